@@ -1,0 +1,19 @@
+"""fastopt: fused, in-place optimizer update kernels.
+
+One pass per parameter buffer: the gradient EMAs, bias correction and the parameter step are
+computed together, in place, with no temporaries, on the Numba CPU backend (default), Cython,
+numba.cuda or a plain NumPy reference.
+
+``import fastopt`` is cheap: it imports NumPy and this package's Python code only; backends (Numba,
+numba.cuda, the Cython extension) are imported and kernels compiled on first use.
+"""
+from ._version import __version__
+from .arena import Arena
+from .kernels import BACKENDS, backend_status
+from .optimizers import SGD, Adagrad, Adam, AdamW, Momentum, Optimizer, RMSprop, load, save
+
+__all__ = [
+    "__version__",
+    "SGD", "Momentum", "RMSprop", "Adagrad", "Adam", "AdamW", "Optimizer",
+    "Arena", "save", "load", "BACKENDS", "backend_status",
+]

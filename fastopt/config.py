@@ -1,0 +1,54 @@
+"""Run-time settings, read from ``FASTOPT_*`` environment variables at import and by ``_reset()``.
+
+Kernels read these at call time (not at compile time), so tests can shrink them, e.g. to cover
+multi-block CUDA launches or the parallel CPU path on tiny arrays.
+
+``PARALLEL_THRESHOLD``
+    Buffers with at least this many elements use the multi-threaded CPU kernels; smaller ones the
+    serial variant (thread wake-up costs more than it saves on small buffers).
+    ``FASTOPT_PARALLEL_THRESHOLD``, default 131072 (measured; see bench/README.md).
+``CUDA_THREADS_PER_BLOCK``
+    Threads per block of the CUDA kernels. ``FASTOPT_CUDA_THREADS_PER_BLOCK``, default 256.
+``CUDA_BLOCKS_PER_SM``
+    The grid is ``blocks_per_sm * SM count`` blocks (capped by the work), a grid-stride loop does
+    the rest. ``FASTOPT_CUDA_BLOCKS_PER_SM``, default 4.
+``CUDA_MAX_BLOCKS``
+    Optional cap on the grid size (0: none). ``FASTOPT_CUDA_MAX_BLOCKS``; tests set it small.
+"""
+from __future__ import annotations
+
+import os
+
+#: fastmath flags for the CPU kernels: everything but ``nnan``/``ninf``, so ``isfinite``
+#: checks survive and NaN/Inf propagate exactly as in NumPy.
+FASTMATH_FLAGS = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
+
+PARALLEL_THRESHOLD = 131072
+CUDA_THREADS_PER_BLOCK = 256
+CUDA_BLOCKS_PER_SM = 4
+CUDA_MAX_BLOCKS = 0
+
+
+def _int(name, default, minimum=0):
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise ValueError(f"{name}={value} must be >= {minimum}")
+    return value
+
+
+def _reset():
+    """Re-read every setting from the environment (tests call this after monkeypatching)."""
+    global PARALLEL_THRESHOLD, CUDA_THREADS_PER_BLOCK, CUDA_BLOCKS_PER_SM, CUDA_MAX_BLOCKS
+    PARALLEL_THRESHOLD = _int("FASTOPT_PARALLEL_THRESHOLD", 131072)
+    CUDA_THREADS_PER_BLOCK = _int("FASTOPT_CUDA_THREADS_PER_BLOCK", 256, 1)
+    CUDA_BLOCKS_PER_SM = _int("FASTOPT_CUDA_BLOCKS_PER_SM", 4, 1)
+    CUDA_MAX_BLOCKS = _int("FASTOPT_CUDA_MAX_BLOCKS", 0)
+
+
+_reset()
