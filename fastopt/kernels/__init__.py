@@ -184,7 +184,11 @@ def _load(name):
         from . import reference
         return HostBackend("numpy", reference)
     if name == "cuda":
-        from . import cuda as cuda_kernels  # imports numba.cuda only now
+        try:
+            from . import cuda as cuda_kernels  # imports numba.cuda only now
+        except ImportError as exc:
+            raise RuntimeError(f"backend 'cuda' is not available: {exc} (install the 'cuda' "
+                               f"extra: pip install fastopt[cuda])") from None
         return cuda_kernels.make_backend()
     raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)} or None")
 
