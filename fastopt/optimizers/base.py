@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -52,6 +53,40 @@ def check_lr(lr):
     if callable(lr):
         return
     check_nonneg("lr", lr)
+
+
+class _Group(dict):
+    """A param group: a dict that notes when it is changed, so ``step`` re-validates the
+    hyperparameters only then (torch-style code sets ``group["lr"] = ...`` directly)."""
+
+    __slots__ = ("dirty",)
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.dirty = True
+
+    def __setitem__(self, key, value):
+        self.dirty = True
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key):
+        self.dirty = True
+        super().__delitem__(key)
+
+    def _mark(name):  # noqa: N805 - helper building the mutating methods
+        def method(self, *args, **kw):
+            self.dirty = True
+            return getattr(dict, name)(self, *args, **kw)
+        method.__name__ = name
+        return method
+
+    update = _mark("update")
+    pop = _mark("pop")
+    popitem = _mark("popitem")
+    setdefault = _mark("setdefault")
+    clear = _mark("clear")
+    __ior__ = _mark("__ior__")
+    del _mark
 
 
 class _Segment:
@@ -110,7 +145,7 @@ class Optimizer:
 
         self.param_groups = []
         for g in groups:
-            group = dict(self.defaults)
+            group = _Group(self.defaults)
             group.update({k: v for k, v in g.items() if k != "params"})
             unknown = set(group) - set(self.defaults)
             if unknown:
@@ -125,7 +160,9 @@ class Optimizer:
         self._steps = [0] * len(self.param_groups)
         self._segments = [self._make_segments(g) for g in self.param_groups]
         self._grad_cache = None
-        self._hyper_seen = [None] * len(self.param_groups)
+        self._kernel = getattr(self._backend.kernels, self.family)
+        for g in self.param_groups:
+            g.dirty = False
 
     # -- construction ------------------------------------------------------------------------
     @staticmethod
@@ -310,48 +347,68 @@ class Optimizer:
                             f"{type(grads).__name__}")
 
         cache = self._grad_cache
-        if cache is not None and len(cache[0]) == n and all(
-                a is b for a, b in zip(cache[0], glist)):
-            # Same gradient objects as last step: re-check what an array can change in place.
-            for g, p, name in zip(glist, self._params, self._names):
-                if g.shape != p.shape or g.dtype != p.dtype:
-                    self._grad_cache = None
-                    return self._resolve_grads(grads)
+        if cache is not None and all(map(operator.is_, cache[0], glist)):
+            # The same gradient arrays as last step: validated then, and an array's memory
+            # cannot move, so the plan of kernel calls stands.
             return cache[1]
 
         be = self._backend
         checked = [be.check_grad(_glabel(name), g, p)
                    for name, g, p in zip(self._names, glist, self._params)]
+        self._grad_cache = (glist, self._build_plan(checked))
+        return self._grad_cache[1]
+
+    def _build_plan(self, checked):
+        """Per group: ``{dtype: [kernel argument tuples]}``, scalars excepted: one tuple per
+        segment whose gradients lie like its parameters (an Arena), else one per parameter."""
+        be = self._backend
         plan = []
         for segs in self._segments:
-            gplan = []
+            gplan = {}
             for seg in segs:
+                state = [seg.state[name] for name in self.state_names]
+                calls = gplan.setdefault(seg.dtype, [])
                 if len(seg.indices) == 1:
-                    gplan.append([(seg.param, be.flat(checked[seg.indices[0]]), 0, seg.size)])
+                    calls.append((seg.param, be.flat(checked[seg.indices[0]]), *state))
                     continue
                 garr = [checked[i] for i in seg.indices]
                 gview = be.span(garr)
                 if gview is not None:
-                    gplan.append([(seg.param, gview, 0, seg.size)])
-                else:  # gradients not laid out like the parameters: one call per parameter
-                    calls, off = [], 0
-                    for i, g in zip(seg.indices, garr):
-                        sz = self._params[i].size
-                        calls.append((seg.param[off:off + sz], be.flat(g), off, off + sz))
-                        off += sz
-                    gplan.append(calls)
+                    calls.append((seg.param, gview, *state))
+                    continue
+                off = 0  # gradients not laid out like the parameters: one call per parameter
+                for i, g in zip(seg.indices, garr):
+                    b = off + self._params[i].size
+                    calls.append((seg.param[off:b], be.flat(g),
+                                  *[st[off:b] if st.size else st for st in state]))
+                    off = b
             plan.append(gplan)
-        self._grad_cache = (glist, plan)
         return plan
 
-    def _check_group_hyper(self, gi, group):
-        snap = {k: v for k, v in group.items() if k not in ("params", "lr")}
-        if snap != self._hyper_seen[gi]:
-            self._validate_group({**group, "lr": 0.0})
-            for seg in self._segments[gi]:
-                self._alloc_state(seg, group)
-            self._hyper_seen[gi] = snap
-            self._grad_cache = None if self._grad_cache is None else self._grad_cache
+
+    def _revalidate(self, gi, group):
+        """A group was changed since the last step: check it, (re)allocate state it now needs."""
+        self._validate_group(group)
+        for seg in self._segments[gi]:
+            self._alloc_state(seg, group)
+        self._grad_cache = None  # state buffers may be new: rebuild the plan
+        group.dirty = False
+
+    @staticmethod
+    def _lr_at(lr, t):
+        if not callable(lr):
+            check_lr(lr)
+            return float(lr)
+        value = lr(t - 1)
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise TypeError(f"the lr schedule returned {value!r} at count {t - 1}; expected a "
+                            f"float") from None
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"the lr schedule returned {value} at count {t - 1}; expected a "
+                             f"finite number >= 0")
+        return value
 
     def step(self, grads):
         """Apply one update to every parameter, in place.
@@ -367,52 +424,36 @@ class Optimizer:
         bool
             True when the step was applied, False when it was skipped (``nonfinite="skip"``).
         """
+        groups = self.param_groups
+        for gi, group in enumerate(groups):
+            if group.dirty:
+                self._revalidate(gi, group)
         plan = self._resolve_grads(grads)
-        kernels = self._backend.kernels
         # Phase 1: everything that can fail, before anything is mutated.
         calls = []
-        for gi, group in enumerate(self.param_groups):
-            self._check_group_hyper(gi, group)
-            t = self._steps[gi] + 1
-            lr = group["lr"]
-            if callable(lr):
-                lr = lr(t - 1)
-                try:
-                    lr = float(lr)
-                except (TypeError, ValueError):
-                    raise TypeError(f"the lr schedule returned {lr!r} at count {t - 1}; "
-                                    f"expected a float") from None
-                if not math.isfinite(lr) or lr < 0:
-                    raise ValueError(f"the lr schedule returned {lr} at count {t - 1}; "
-                                     f"expected a finite number >= 0")
-            else:
-                check_lr(lr)
-            cast = {}
-            for seg, seg_calls in zip(self._segments[gi], plan[gi]):
-                sc = cast.get(seg.dtype)
-                if sc is None:
-                    sc = cast[seg.dtype] = self._scalars(group, t, float(lr), seg.dtype)
-                state = [seg.state[name] for name in self.state_names]
-                calls.append((seg_calls, state, sc))
+        steps = self._steps
+        for gi, group in enumerate(groups):
+            t = steps[gi] + 1
+            lr = self._lr_at(group["lr"], t)
+            for dtype, arglist in plan[gi].items():
+                calls.append((arglist, self._scalars(group, t, lr, dtype)))
         if self.nonfinite != "propagate":
-            for seg_calls, _state, _sc in calls:
-                for _p, g, _a, _b in seg_calls:
-                    if g.size and not kernels.all_finite(g):
+            all_finite = self._backend.kernels.all_finite
+            for arglist, _ in calls:
+                for args in arglist:
+                    if args[1].size and not all_finite(args[1]):
                         if self.nonfinite == "raise":
                             raise FloatingPointError(
                                 "non-finite gradient (NaN or Inf); nothing was changed")
                         self.skipped_steps += 1
                         return False
-        # Phase 2: the kernels.  One call per segment (one per group and dtype for an Arena).
-        kernel = getattr(kernels, self.family)
-        for seg_calls, state, sc in calls:
-            for p, g, a, b in seg_calls:
-                if len(seg_calls) == 1:
-                    kernel(p, g, *state, sc)
-                else:
-                    kernel(p, g, *[s[a:b] if s.size else s for s in state], sc)
-        for gi in range(len(self._steps)):
-            self._steps[gi] += 1
+        # Phase 2: the kernels: one call per (group, dtype) for an Arena, else per array.
+        kernel = self._kernel
+        for arglist, sc in calls:
+            for args in arglist:
+                kernel(*args, sc)
+        for gi in range(len(steps)):
+            steps[gi] += 1
         return True
 
     # -- state_dict ----------------------------------------------------------------------------
@@ -503,11 +544,13 @@ class Optimizer:
         # Commit.
         for gi, ng in enumerate(new_groups):
             ng["params"] = self.param_groups[gi]["params"]
-            self.param_groups[gi].clear()
-            self.param_groups[gi].update(ng)
+            group = self.param_groups[gi]
+            group.clear()
+            group.update(ng)
             for seg in self._segments[gi]:
-                self._alloc_state(seg, ng)
-            self._hyper_seen[gi] = None
+                self._alloc_state(seg, group)
+            group.dirty = False
+        self._grad_cache = None
         live = self.state
         be = self._backend
         for gi, i, name, arr in copies:
