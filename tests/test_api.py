@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastopt
-from conftest import HOST_BACKENDS, OPTIMIZERS_UNDER_TEST, make_problem
+from _support import HOST_BACKENDS, OPTIMIZERS_UNDER_TEST, make_problem
 
 CASES = [pytest.param(cls, kw, id=name) for name, cls, kw in OPTIMIZERS_UNDER_TEST]
 

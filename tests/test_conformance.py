@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import fastopt
-from conftest import HOST_BACKENDS, OPTIMIZERS_UNDER_TEST, TOL, make_problem
+from _support import HOST_BACKENDS, OPTIMIZERS_UNDER_TEST, TOL, make_problem
 
 STEPS = 20
 SIZES = [0, 1, 7, 4097]

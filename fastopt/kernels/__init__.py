@@ -115,14 +115,18 @@ class HostBackend(Backend):
         """
         if not arrays:
             return None
-        first = arrays[0]
-        dtype = first.dtype
-        root = _root(first)
-        if root is None or not root.flags.c_contiguous:
+        dtype = arrays[0].dtype
+        if any(a.dtype != dtype for a in arrays):
             return None
-        start = end = first.__array_interface__["data"][0]
-        for a in arrays:
-            if a.dtype != dtype or _root(a) is not root or a.__array_interface__["data"][0] != end:
+        full = [a for a in arrays if a.size]  # an empty view's address says nothing
+        if not full:
+            return arrays[0].reshape(-1)
+        root = _root(full[0])
+        if not root.flags.c_contiguous:
+            return None
+        start = end = full[0].__array_interface__["data"][0]
+        for a in full:
+            if _root(a) is not root or a.__array_interface__["data"][0] != end:
                 return None
             end += a.nbytes
         root_start = root.__array_interface__["data"][0]
@@ -160,8 +164,10 @@ def overlaps(a, b):
 
 
 def is_device_array(x):
-    """True for a GPU array (anything exposing ``__cuda_array_interface__``) that is not NumPy."""
-    return not isinstance(x, np.ndarray) and hasattr(x, "__cuda_array_interface__")
+    """True for a GPU array (anything exposing ``__cuda_array_interface__``, or an array of
+    numba's CUDA simulator) that is not NumPy."""
+    return not isinstance(x, np.ndarray) and (
+        hasattr(x, "__cuda_array_interface__") or getattr(x, "__cuda_ndarray__", False))
 
 
 def _load(name):

@@ -215,13 +215,9 @@ class Optimizer:
         return groups, names, arrays
 
     def _check_aliasing(self):
-        ps = self._params
-        if not ps:
-            return
-        if self._backend.device != "cpu":
-            return  # the device backend checks overlap itself
-        ranges = sorted((p.__array_interface__["data"][0], p.nbytes, i)
-                        for i, p in enumerate(ps) if p.nbytes)
+        be = self._backend
+        ranges = sorted((be.address(p), p.nbytes, i) for i, p in enumerate(self._params)
+                        if p.nbytes)
         for (a0, an, i), (b0, _bn, j) in zip(ranges, ranges[1:]):
             if b0 < a0 + an:
                 raise ValueError(f"{_label(self._names[j])} shares memory with "
@@ -236,18 +232,20 @@ class Optimizer:
             buckets.setdefault(self._params[i].dtype, []).append(i)
         segments = []
         for dtype, idx in buckets.items():
-            run = []
+            run, last = [], None  # last: the run's last non-empty parameter
             for i in idx + [None]:
-                if i is not None and (not run or be.span(
-                        [self._params[run[-1]], self._params[i]]) is not None):
+                p = self._params[i] if i is not None else None
+                if p is not None and (last is None or p.size == 0 or be.span(
+                        [self._params[last], p]) is not None):
                     run.append(i)
+                    last = i if p.size else last
                     continue
                 view = be.span([self._params[j] for j in run]) if len(run) > 1 else None
                 if view is not None:
                     segments.append(_Segment(list(run), view, dtype))
                 else:
                     segments.extend(_Segment([j], be.flat(self._params[j]), dtype) for j in run)
-                run = [i]
+                run, last = [i], (i if p is not None and p.size else None)
         for seg in segments:
             self._alloc_state(seg, group)
         return segments
@@ -304,14 +302,14 @@ class Optimizer:
         """``{param index or name: {state name: view}}``; views into the live state buffers."""
         out = {}
         for gi, group in enumerate(self.param_groups):
+            used = [name for name, needed, _ in self._state_spec(group) if needed]
             for seg in self._segments[gi]:
                 off = 0
                 for i in seg.indices:
                     p = self._params[i]
                     entry = {"step": self._steps[gi]}
-                    for name, buf in seg.state.items():
-                        if buf.size:
-                            entry[name] = buf[off:off + p.size].reshape(p.shape)
+                    for name in used:
+                        entry[name] = seg.state[name][off:off + p.size].reshape(p.shape)
                     out[self._names[i]] = entry
                     off += p.size
         return out
