@@ -6,8 +6,10 @@ Each family's update rule is written once, as a Python loop over the elements, a
 more than it saves.  Both are compiled lazily on first use and cached on disk (``cache=True``).
 
 Kernels follow the contract of :mod:`fastopt.kernels`: 1-D contiguous arrays first, then the
-``scalars`` tuple of :mod:`fastopt.kernels._scalars`, floats already of the arrays' dtype so
-float32 buffers are updated in float32 arithmetic.  Flags in the tuple are loop-invariant; LLVM
+``scalars`` of :mod:`fastopt.kernels._scalars`, floats already of the arrays' dtype so float32
+buffers are updated in float32 arithmetic.  The compiled functions take the floats as one small
+array (``scalars.values``, read once before the loop) and the flags as bools: dispatching one
+array costs a fraction of dispatching ten NumPy scalars.  Flags in the tuple are loop-invariant; LLVM
 unswitches the loops on them (checked in the generated IR, see bench/README.md).
 
 fastmath uses :data:`fastopt.config.FASTMATH_FLAGS` (no ``nnan``/``ninf``): NaN and Inf propagate
@@ -32,8 +34,8 @@ __all__ = ["sgd", "momentum", "rmsprop", "adagrad", "adam", "all_finite", "DETAI
 _FLAGS = set(config.FASTMATH_FLAGS)
 
 
-def _sgd(p, g, b, lr, momentum, one_minus_dampening, weight_decay, grad_sign, nesterov,
-         first_step, has_momentum):
+def _sgd(p, g, b, s, nesterov, first_step, has_momentum):
+    lr, momentum, one_minus_dampening, weight_decay, grad_sign = s[0], s[1], s[2], s[3], s[4]
     n = p.size
     if not has_momentum:
         for i in prange(n):
@@ -60,7 +62,8 @@ def _sgd(p, g, b, lr, momentum, one_minus_dampening, weight_decay, grad_sign, ne
             p[i] = p[i] - lr * d
 
 
-def _momentum(p, g, v, lr_over_bc, beta, one_minus_beta, weight_decay):
+def _momentum(p, g, v, s):
+    lr_over_bc, beta, one_minus_beta, weight_decay = s[0], s[1], s[2], s[3]
     for i in prange(p.size):
         gi = g[i]
         if weight_decay != 0:
@@ -70,8 +73,9 @@ def _momentum(p, g, v, lr_over_bc, beta, one_minus_beta, weight_decay):
         p[i] = p[i] - lr_over_bc * vi
 
 
-def _rmsprop(p, g, s, a, b, lr, alpha, one_minus_alpha, eps, weight_decay, grad_sign, momentum,
-             centered, has_momentum):
+def _rmsprop(p, g, s, a, b, c, centered, has_momentum):
+    lr, alpha, one_minus_alpha, eps = c[0], c[1], c[2], c[3]
+    weight_decay, grad_sign, momentum = c[4], c[5], c[6]
     n = p.size
     if centered:
         for i in prange(n):
@@ -105,7 +109,8 @@ def _rmsprop(p, g, s, a, b, lr, alpha, one_minus_alpha, eps, weight_decay, grad_
                 p[i] = p[i] - lr * gi / den
 
 
-def _adagrad(p, g, h, clr, eps, weight_decay, grad_sign):
+def _adagrad(p, g, h, s):
+    clr, eps, weight_decay, grad_sign = s[0], s[1], s[2], s[3]
     for i in prange(p.size):
         gi = grad_sign * g[i]
         if weight_decay != 0:
@@ -115,8 +120,9 @@ def _adagrad(p, g, h, clr, eps, weight_decay, grad_sign):
         p[i] = p[i] - clr * gi / (np.sqrt(hi) + eps)
 
 
-def _adam(p, g, m, v, vmax, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, l2, decay,
-          grad_sign, step_size, bc2_sqrt, amsgrad):
+def _adam(p, g, m, v, vmax, s, amsgrad):
+    beta1, one_minus_beta1, beta2, one_minus_beta2, eps = s[0], s[1], s[2], s[3], s[4]
+    l2, decay, grad_sign, step_size, bc2_sqrt = s[5], s[6], s[7], s[8], s[9]
     n = p.size
     if amsgrad:
         for i in prange(n):
@@ -180,27 +186,27 @@ _all_finite_par, _all_finite_ser = _pair(_all_finite)
 
 def sgd(param, grad, momentum_buffer, scalars):
     k = _sgd_par if param.size >= config.PARALLEL_THRESHOLD else _sgd_ser
-    k(param, grad, momentum_buffer, *scalars)
+    k(param, grad, momentum_buffer, scalars.values, *scalars.flags)
 
 
 def momentum(param, grad, velocity, scalars):
     k = _momentum_par if param.size >= config.PARALLEL_THRESHOLD else _momentum_ser
-    k(param, grad, velocity, *scalars)
+    k(param, grad, velocity, scalars.values, *scalars.flags)
 
 
 def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, scalars):
     k = _rmsprop_par if param.size >= config.PARALLEL_THRESHOLD else _rmsprop_ser
-    k(param, grad, square_avg, grad_avg, momentum_buffer, *scalars)
+    k(param, grad, square_avg, grad_avg, momentum_buffer, scalars.values, *scalars.flags)
 
 
 def adagrad(param, grad, state_sum, scalars):
     k = _adagrad_par if param.size >= config.PARALLEL_THRESHOLD else _adagrad_ser
-    k(param, grad, state_sum, *scalars)
+    k(param, grad, state_sum, scalars.values, *scalars.flags)
 
 
 def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, scalars):
     k = _adam_par if param.size >= config.PARALLEL_THRESHOLD else _adam_ser
-    k(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *scalars)
+    k(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, scalars.values, *scalars.flags)
 
 
 def all_finite(array):
