@@ -1,0 +1,212 @@
+"""Build script: package metadata lives in pyproject.toml; this file adds the optional Cython
+extension ``fastopt.kernels._cython``.
+
+Everything here is self-contained (no imports from the repository; PEP 517 builds run isolated).
+
+* ``fastopt/kernels/_cython.pyx`` is cythonized when it and Cython are present (an sdist that
+  ships the generated ``_cython.c`` builds without Cython).
+* OpenMP: the compiler is probed with a tiny program; ``-fopenmp`` (``/openmp`` on MSVC) is added
+  to the compile and link arguments only when that probe compiles and links.
+* ``FASTOPT_NO_CYTHON=1`` skips the extension; ``FASTOPT_NO_OPENMP=1`` builds it without OpenMP.
+* The portable build targets the baseline ISA (no ``-march``).  On x86-64, when the compiler takes
+  ``-mavx2``, the same source is also built as ``fastopt.kernels._cython_avx2`` (AVX2 without
+  FMA, so the arithmetic and its rounding are unchanged); ``fastopt.kernels.cython`` uses it
+  only when the running CPU has AVX2.  ``FASTOPT_NO_AVX2=1`` skips that variant.
+* The extension is optional: no Cython, a broken compiler (``CC=false``) or a failed compile
+  prints a warning and the install goes on without it (fastopt then runs on Numba/NumPy).
+"""
+import os
+import platform
+import shutil
+import sys
+import sysconfig
+import tempfile
+import textwrap
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+KERNELS = os.path.join("fastopt", "kernels")
+PYX = os.path.join(KERNELS, "_cython.pyx")
+C_SRC = os.path.join(KERNELS, "_cython.c")
+
+
+def _flag(name):
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _warn(msg):
+    sys.stderr.write(f"\nWARNING (fastopt): {msg}\n\n")
+
+
+def _new_compiler():
+    """The compiler build_ext would use (honours CC, CFLAGS, ... like sysconfig does)."""
+    try:
+        from setuptools._distutils.ccompiler import new_compiler
+        from setuptools._distutils.sysconfig import customize_compiler
+    except ImportError:  # pragma: no cover - very old setuptools
+        from distutils.ccompiler import new_compiler
+        from distutils.sysconfig import customize_compiler
+    cc = new_compiler()
+    customize_compiler(cc)
+    return cc
+
+
+def _openmp_flags():
+    """(compile_args, link_args) enabling OpenMP, or ([], []) if the compiler does not take them."""
+    if _flag("FASTOPT_NO_OPENMP"):
+        return [], []
+    try:
+        cc = _new_compiler()
+        if cc.compiler_type == "msvc":
+            flags = (["/openmp"], [])
+        else:
+            flags = (["-fopenmp"], ["-fopenmp"])
+        tmp = tempfile.mkdtemp(prefix="fastopt-omp-")
+        try:
+            src = os.path.join(tmp, "omp_probe.c")
+            with open(src, "w") as f:
+                f.write(textwrap.dedent("""\
+                    #include <omp.h>
+                    int main(void) {
+                        int n = 0;
+                        #pragma omp parallel reduction(+:n)
+                        n += 1;
+                        return omp_get_max_threads() > 0 && n > 0 ? 0 : 1;
+                    }
+                    """))
+            objs = cc.compile([src], output_dir=tmp, extra_postargs=flags[0])
+            cc.link_executable(objs, "omp_probe", output_dir=tmp, extra_postargs=flags[1])
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return flags
+    except Exception as exc:  # noqa: BLE001 - any failure means "no OpenMP"
+        _warn(f"the compiler does not accept OpenMP ({type(exc).__name__}: {exc}); "
+              "building the Cython kernels single-threaded")
+        return [], []
+
+
+def _compiler_accepts(flags):
+    try:
+        cc = _new_compiler()
+        tmp = tempfile.mkdtemp(prefix="fastopt-flag-")
+        try:
+            src = os.path.join(tmp, "flag_probe.c")
+            with open(src, "w") as f:
+                f.write("int main(void) { return 0; }\n")
+            cc.compile([src], output_dir=tmp, extra_postargs=flags)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _avx2_variant_source():
+    """A copy of _cython.pyx named _cython_avx2.pyx under build/ (the module name is the file's),
+    or None where the variant does not apply."""
+    if _flag("FASTOPT_NO_AVX2") or platform.machine().lower() not in ("x86_64", "amd64"):
+        return None
+    if not _compiler_accepts(["-mavx2"]):
+        return None
+    out_dir = os.path.join("build", "fastopt-generated")
+    os.makedirs(os.path.join(HERE, out_dir), exist_ok=True)
+    dst = os.path.join(out_dir, "_cython_avx2.pyx")
+    with open(os.path.join(HERE, PYX)) as f:
+        text = f.read()
+    old = None
+    if os.path.exists(os.path.join(HERE, dst)):
+        with open(os.path.join(HERE, dst)) as f:
+            old = f.read()
+    if old != text:                       # keep the mtime when unchanged: no needless rebuild
+        with open(os.path.join(HERE, dst), "w") as f:
+            f.write(text)
+    return dst
+
+
+def _extensions():
+    if _flag("FASTOPT_NO_CYTHON"):
+        return []
+    have_pyx = os.path.exists(os.path.join(HERE, PYX))
+    try:
+        from Cython.Build import cythonize
+    except ImportError:
+        cythonize = None
+    if have_pyx and cythonize is not None:
+        source = PYX
+    elif os.path.exists(os.path.join(HERE, C_SRC)):
+        source, cythonize = C_SRC, None
+    else:
+        if have_pyx:
+            _warn("Cython is not installed; skipping the optional extension "
+                  "fastopt.kernels._cython")
+        return []
+
+    omp_compile, omp_link = _openmp_flags()
+    try:
+        msvc = _new_compiler().compiler_type == "msvc"
+    except Exception:  # noqa: BLE001
+        msvc = False
+    # -fno-math-errno: sqrt/sqrtf need not set errno, so gcc can vectorize them (results are
+    # unchanged: IEEE sqrt is exact-rounded either way; NaN still comes out for negative input).
+    # -ffp-contract=off: never fuse a*b+c (targets with FMA in their baseline would otherwise
+    # round differently from the NumPy reference).
+    opt = ["/O2"] if msvc else ["-O3", "-fno-math-errno", "-ffp-contract=off"]
+
+    def ext(name, src, extra=()):
+        return Extension(name, sources=[src], include_dirs=[KERNELS],
+                         extra_compile_args=opt + list(extra) + omp_compile,
+                         extra_link_args=omp_link, optional=True)
+
+    exts = [ext("fastopt.kernels._cython", source)]
+    if cythonize is None:
+        return exts
+    if not msvc:
+        avx2 = _avx2_variant_source()
+        if avx2 is not None:
+            # -mavx2 only: no -mfma, so a*b+c is never contracted and results stay bitwise equal.
+            exts.append(ext("fastopt.kernels._cython_avx2", avx2, ["-mavx2"]))
+    try:
+        exts = cythonize(exts, compiler_directives={"language_level": "3"}, quiet=True)
+    except Exception as exc:  # noqa: BLE001
+        _warn(f"cythonize failed ({type(exc).__name__}: {exc}); skipping fastopt.kernels._cython")
+        return []
+    for e in exts:          # cythonize() drops Extension(optional=True)
+        e.optional = True
+    return exts
+
+
+class optional_build_ext(build_ext):
+    """build_ext that turns any failure into a warning: the extension is an optional speed-up."""
+
+    def run(self):
+        try:
+            super().run()
+        except Exception as exc:  # noqa: BLE001
+            _warn(f"building the optional extension failed ({type(exc).__name__}: {exc}); "
+                  "fastopt will use its Numba/NumPy backends")
+
+    def build_extension(self, ext):
+        try:
+            super().build_extension(ext)
+        except Exception as exc:  # noqa: BLE001
+            _warn(f"building {ext.name} failed ({type(exc).__name__}: {exc}); "
+                  "fastopt will use its Numba/NumPy backends")
+
+    def copy_extensions_to_source(self):
+        # Editable/inplace installs copy the built library next to the sources; skip what failed.
+        exts, self.extensions = self.extensions, [
+            e for e in self.extensions if os.path.exists(self.get_ext_fullpath(e.name))
+            or os.path.exists(os.path.join(self.build_lib, self.get_ext_filename(e.name)))]
+        try:
+            super().copy_extensions_to_source()
+        finally:
+            self.extensions = exts
+
+    def get_outputs(self):
+        # A wheel must not list a library that was never built.
+        return [p for p in super().get_outputs() if os.path.exists(p)]
+
+
+setup(ext_modules=_extensions(), cmdclass={"build_ext": optional_build_ext})
