@@ -8,7 +8,10 @@ numba.cuda or a plain NumPy reference.
 numba.cuda, the Cython extension) are imported and kernels compiled on first use.
 """
 from ._version import __version__
+from . import schedules
 from .arena import Arena
+from .averaging import EWA, WeightEMA, ewa
+from .data import minibatches
 from .kernels import BACKENDS, backend_status
 from .optimizers import SGD, Adagrad, Adam, AdamW, Momentum, Optimizer, RMSprop, load, save
 
@@ -16,4 +19,5 @@ __all__ = [
     "__version__",
     "SGD", "Momentum", "RMSprop", "Adagrad", "Adam", "AdamW", "Optimizer",
     "Arena", "save", "load", "BACKENDS", "backend_status",
+    "schedules", "ewa", "EWA", "WeightEMA", "minibatches",
 ]
