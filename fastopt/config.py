@@ -6,7 +6,8 @@ multi-block CUDA launches or the parallel CPU path on tiny arrays.
 ``PARALLEL_THRESHOLD``
     Buffers with at least this many elements use the multi-threaded CPU kernels; smaller ones the
     serial variant (thread wake-up costs more than it saves on small buffers).
-    ``FASTOPT_PARALLEL_THRESHOLD``, default 131072 (measured; see bench/README.md).
+    ``FASTOPT_PARALLEL_THRESHOLD``, default 65536: the measured serial/parallel crossover on 2
+    cores is ~16K elements for Adam and 46-65K for SGD (bench/README.md, test_threshold).
 ``CUDA_THREADS_PER_BLOCK``
     Threads per block of the CUDA kernels. ``FASTOPT_CUDA_THREADS_PER_BLOCK``, default 256.
 ``CUDA_BLOCKS_PER_SM``
@@ -23,7 +24,7 @@ import os
 #: checks survive and NaN/Inf propagate exactly as in NumPy.
 FASTMATH_FLAGS = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
 
-PARALLEL_THRESHOLD = 131072
+PARALLEL_THRESHOLD = 65536
 CUDA_THREADS_PER_BLOCK = 256
 CUDA_BLOCKS_PER_SM = 4
 CUDA_MAX_BLOCKS = 0
@@ -45,7 +46,7 @@ def _int(name, default, minimum=0):
 def _reset():
     """Re-read every setting from the environment (tests call this after monkeypatching)."""
     global PARALLEL_THRESHOLD, CUDA_THREADS_PER_BLOCK, CUDA_BLOCKS_PER_SM, CUDA_MAX_BLOCKS
-    PARALLEL_THRESHOLD = _int("FASTOPT_PARALLEL_THRESHOLD", 131072)
+    PARALLEL_THRESHOLD = _int("FASTOPT_PARALLEL_THRESHOLD", 65536)
     CUDA_THREADS_PER_BLOCK = _int("FASTOPT_CUDA_THREADS_PER_BLOCK", 256, 1)
     CUDA_BLOCKS_PER_SM = _int("FASTOPT_CUDA_BLOCKS_PER_SM", 4, 1)
     CUDA_MAX_BLOCKS = _int("FASTOPT_CUDA_MAX_BLOCKS", 0)

@@ -1,0 +1,192 @@
+"""Single-buffer benchmarks: every optimizer family, sizes 2**12 ... 2**26, every host backend.
+
+One parameter array of ``n`` elements, stepped through the optimizer classes (``opt.step``, so the
+Python overhead of a step is included, as a user pays it).  Implementations:
+
+``numba``, ``cython`` (skipped cleanly when the extension is not built), ``numpy`` (the reference
+backend), ``course`` (the naive course-notes NumPy class, for the families the course has),
+``torch-forloop`` / ``torch-foreach`` / ``torch-fused`` (``torch.optim.Adam``/``AdamW`` on
+``torch.from_numpy`` views of the same data; skipped without torch).
+
+float32 at every even exponent 12..26, float64 at a few sizes.  A second set,
+``test_threshold``, times the Numba serial and parallel kernels directly (no optimizer) at
+sizes around ``fastopt.config.PARALLEL_THRESHOLD`` to measure where threads start paying off.
+
+Each case records in ``extra_info``: suite, family, impl, n, dtype, bytes_moved, GBps,
+fraction_of_floor (DRAM in-place triad, this run) and fraction_of_cache_floor (triad at the same
+working set).  ``bench/report.py`` turns the JSON into the ratio tables.
+"""
+from __future__ import annotations
+
+import gc
+import importlib.util
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+
+def _helpers():
+    """bench/conftest.py as a module (the one pytest loaded, or loaded now by path)."""
+    return sibling("conftest.py", "fastopt_bench_conftest")
+
+
+def sibling(filename, modname):
+    """A module of bench/ by file name: the already-imported one, else loaded now by path."""
+    path = pathlib.Path(__file__).resolve().with_name(filename)
+    for mod in list(sys.modules.values()):
+        f = getattr(mod, "__file__", None)
+        if f and pathlib.Path(f).resolve() == path:
+            return mod
+    spec = importlib.util.spec_from_file_location(modname, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+H = _helpers()
+
+F32_EXPONENTS = list(range(12, 27, 2))          # 2**12 ... 2**26
+F64_EXPONENTS = [16, 20, 24]
+F64_FAMILIES = ["sgd", "adam"]
+FAMILIES = list(H.ARRAY_PASSES)
+TORCH_FAMILIES = {"adam", "adamw"}
+HOST_IMPLS = ["numba", "cython", "numpy"]
+TORCH_IMPLS = {"torch-forloop": dict(foreach=False), "torch-foreach": dict(foreach=True),
+               "torch-fused": dict(fused=True)}
+
+
+def _cases():
+    out = []
+    for e in F32_EXPONENTS:
+        for fam in FAMILIES:
+            impls = list(HOST_IMPLS)
+            if fam in H.COURSE:
+                impls.append("course")
+            out += [(e, "float32", fam, impl) for impl in impls]
+        if e in F64_EXPONENTS:
+            out += [(e, "float64", fam, impl) for fam in F64_FAMILIES for impl in HOST_IMPLS]
+    return out
+
+
+def torch_cases():
+    """The torch baselines.  They run at the end of the session (``bench_models.py``'s
+    ``test_torch_kernel``): torch's OpenMP pool and Numba's are two thread teams on the same
+    cores, and once torch has run, Numba's threaded kernels can stall for a scheduler tick
+    (4-12 ms per call on a 2-core VM; see bench/README.md).  Running them last keeps every
+    fastopt number free of that; the ratios are still medians of one run."""
+    return [(e, "float32", fam, impl) for e in F32_EXPONENTS for fam in FAMILIES
+            if fam in TORCH_FAMILIES for impl in TORCH_IMPLS]
+
+
+# Base data of the current size (the cases are ordered by size: one size alive at a time).
+_data: dict = {}
+
+
+def data(n, dtype):
+    key = (n, dtype)
+    if key not in _data:
+        _data.clear()
+        gc.collect()
+        rng = np.random.default_rng(n)
+        p0 = (rng.standard_normal(n, dtype=np.float32) * 0.02).astype(dtype, copy=False)
+        g = (rng.standard_normal(n, dtype=np.float32) * 1e-3).astype(dtype, copy=False)
+        _data[key] = (p0, g)
+    return _data[key]
+
+
+def make_step(family, impl, p, g):
+    """-> a no-argument callable doing one step of ``family`` with ``impl`` on ``p`` (in place)."""
+    if impl in HOST_IMPLS:
+        cls, kw = H.family_cases()[family]
+        opt = cls([p], backend=impl, **kw)
+        glist = [g]
+        return lambda: opt.step(glist)
+    if impl == "course":
+        ccls, ckw, _, _ = H.COURSE[family]
+        params, grads = {"W": p}, {"W": g}
+        opt = ccls(params, **ckw)
+        return lambda: opt.step(params, grads)
+    if impl in TORCH_IMPLS:
+        torch = H.torch_or_none()
+        tp = torch.from_numpy(p)
+        tp.grad = torch.from_numpy(g)
+        cls = torch.optim.AdamW if family == "adamw" else torch.optim.Adam
+        kw = dict(weight_decay=1e-2) if family == "adamw" else {}
+        opt = cls([tp], lr=1e-3, **TORCH_IMPLS[impl], **kw)
+        return opt.step
+    raise ValueError(impl)
+
+
+def skip_unavailable(impl):
+    if impl == "cython" and not H.backend_available("cython"):
+        pytest.skip("cython backend not built")
+    if impl.startswith("torch") and H.torch_or_none() is None:
+        pytest.skip("torch not installed")
+
+
+@pytest.mark.parametrize("exponent,dtype,family,impl", _cases(),
+                         ids=[f"e{e}-{d}-{f}-{i}" for e, d, f, i in _cases()])
+def test_kernel(benchmark, floor, exponent, dtype, family, impl):
+    kernel_case(benchmark, floor, exponent, dtype, family, impl)
+
+
+def kernel_case(benchmark, floor, exponent, dtype, family, impl):
+    skip_unavailable(impl)
+    n = 1 << exponent
+    p0, g = data(n, np.dtype(dtype))
+    p = p0.copy()
+    step = make_step(family, impl, p, g)
+    benchmark.group = f"kernel 2^{exponent} {dtype} {family}"
+    budget = 0.6 if exponent >= 24 else 0.3
+    H.run(benchmark, step, budget=budget, min_rounds=3 if exponent < 26 else 2)
+    bpe = H.bytes_per_element(family, dtype)
+    H.record(benchmark, floor, bytes_moved=bpe * n,
+             working_set=H.ARRAYS_RESIDENT[family] * np.dtype(dtype).itemsize * n,
+             suite="kernels", family=family, impl=impl, n=n, dtype=dtype)
+    del step
+    gc.collect()
+
+
+# --------------------------------------------------------------------------------------------
+# the parallel threshold: serial vs parallel Numba kernels, called directly
+# --------------------------------------------------------------------------------------------
+
+THRESHOLD_SIZES = sorted({int(2 ** (k / 2)) for k in range(22, 45)})   # 2**11 ... 2**22, x sqrt2
+
+
+def _threshold_cases():
+    return [(fam, n, kind) for fam in ("sgd", "adam") for n in THRESHOLD_SIZES
+            for kind in ("serial", "parallel")]
+
+
+@pytest.mark.parametrize("family,n,kind", _threshold_cases(),
+                         ids=[f"{f}-{n}-{k}" for f, n, k in _threshold_cases()])
+def test_threshold(benchmark, floor, monkeypatch, family, n, kind):
+    """The backend's public kernel (``cpu.sgd`` / ``cpu.adam``) with the threshold forced: 0
+    (always the threaded kernel) or 2**62 (always the serial one)."""
+    from fastopt import config
+    from fastopt.kernels import _scalars, cpu
+    monkeypatch.setattr(config, "PARALLEL_THRESHOLD", 0 if kind == "parallel" else 1 << 62)
+    rng = np.random.default_rng(0)
+    p = rng.standard_normal(n, dtype=np.float32) * 0.02
+    g = rng.standard_normal(n, dtype=np.float32) * 1e-3
+    empty = np.zeros(0, np.float32)
+    if family == "sgd":
+        sc = _scalars.sgd(np.float32, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
+                          nesterov=False, maximize=False, first_step=False)
+        fn = cpu.sgd
+        args = (p, g, empty, sc)
+    else:
+        sc = _scalars.adam(np.float32, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
+                           weight_decay=0.0, decoupled_weight_decay=False, amsgrad=False,
+                           maximize=False, bias_correction1=0.19, bias_correction2=0.002)
+        fn = cpu.adam
+        args = (p, g, np.zeros(n, np.float32), np.zeros(n, np.float32), empty, sc)
+    benchmark.group = f"threshold {family} {n}"
+    H.run(benchmark, lambda: fn(*args), budget=0.15, min_rounds=5)
+    bpe = H.bytes_per_element(family)
+    H.record(benchmark, floor, bytes_moved=bpe * n, suite="threshold", family=family,
+             impl=f"numba-{kind}", n=n, dtype="float32")
