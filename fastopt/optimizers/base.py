@@ -393,9 +393,10 @@ class Optimizer:
         group.dirty = False
 
     @staticmethod
-    def _lr_at(lr, t):
+    def _lr_at(lr, t, validated=False):
         if not callable(lr):
-            check_lr(lr)
+            if not validated:
+                check_lr(lr)
             return float(lr)
         value = lr(t - 1)
         try:
@@ -432,7 +433,7 @@ class Optimizer:
         steps = self._steps
         for gi, group in enumerate(groups):
             t = steps[gi] + 1
-            lr = self._lr_at(group["lr"], t)
+            lr = self._lr_at(group["lr"], t, validated=True)  # a float lr: checked when set
             for dtype, arglist in plan[gi].items():
                 calls.append((arglist, self._scalars(group, t, lr, dtype)))
         if self.nonfinite != "propagate":
