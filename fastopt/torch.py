@@ -131,6 +131,7 @@ def _host(t):
 
 
 _EMPTY_DEVICE = {}
+_EMPTY_HOST = {}
 
 
 def _device(t):
@@ -407,8 +408,11 @@ class _FusedOptimizer(_TorchOptimizer):
         be = self._backend_for("parameter", device.type)
         kernel = getattr(be.kernels, self._family)
         if device.type == "cpu":
-            empty = np.empty(0, dtype=np_dtype)
-            kernel(_host(p), _host(g), *[empty if b is None else _host(b) for b in bufs], sc)
+            empty = _EMPTY_HOST.get(np_dtype)
+            if empty is None:
+                empty = _EMPTY_HOST[np_dtype] = np.empty(0, dtype=np_dtype)
+            view = self._host_view
+            kernel(view(p), _host(g), *[empty if b is None else view(b) for b in bufs], sc)
             return
         # CUDA (never run on a GPU; see the module docstring)
         stream = torch.cuda.current_stream(device)
@@ -420,6 +424,19 @@ class _FusedOptimizer(_TorchOptimizer):
         if foreign:
             from numba import cuda
             cuda.synchronize()
+
+    def _host_view(self, t):
+        """``_host(t)`` cached for long-lived tensors (parameters, flat buffers, state): reused
+        while it is the same tensor over the same memory.  Gradients are not cached (a cached
+        view would keep a discarded ``.grad`` alive)."""
+        cache = self.__dict__.setdefault("_views", {})
+        hit = cache.get(id(t))
+        ptr = t.data_ptr()
+        if hit is not None and hit[0] is t and hit[1] == ptr and hit[2].size == t.numel():
+            return hit[2]
+        a = _host(t)
+        cache[id(t)] = (t, ptr, a)
+        return a
 
     # -- zero_grad ----------------------------------------------------------------------------------
     def zero_grad(self, set_to_none: bool = True) -> None:
