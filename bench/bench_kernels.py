@@ -19,7 +19,6 @@ working set).  ``bench/report.py`` turns the JSON into the ratio tables.
 from __future__ import annotations
 
 import gc
-import importlib.util
 import pathlib
 import sys
 
@@ -27,26 +26,10 @@ import numpy as np
 import pytest
 
 
-def _helpers():
-    """bench/conftest.py as a module (the one pytest loaded, or loaded now by path)."""
-    return sibling("conftest.py", "fastopt_bench_conftest")
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from _bench_import import sibling  # noqa: E402
 
-
-def sibling(filename, modname):
-    """A module of bench/ by file name: the already-imported one, else loaded now by path."""
-    path = pathlib.Path(__file__).resolve().with_name(filename)
-    for mod in list(sys.modules.values()):
-        f = getattr(mod, "__file__", None)
-        if f and pathlib.Path(f).resolve() == path:
-            return mod
-    spec = importlib.util.spec_from_file_location(modname, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-H = _helpers()
+H = sibling("conftest.py", "fastopt_bench_conftest")
 
 F32_EXPONENTS = list(range(12, 27, 2))          # 2**12 ... 2**26
 F64_EXPONENTS = [16, 20, 24]

@@ -28,7 +28,6 @@ Also here:
 from __future__ import annotations
 
 import gc
-import importlib.util
 import pathlib
 import sys
 
@@ -36,26 +35,10 @@ import numpy as np
 import pytest
 
 
-def _helpers():
-    """bench/conftest.py as a module (the one pytest loaded, or loaded now by path)."""
-    return sibling("conftest.py", "fastopt_bench_conftest")
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from _bench_import import sibling  # noqa: E402
 
-
-def sibling(filename, modname):
-    """A module of bench/ by file name: the already-imported one, else loaded now by path."""
-    path = pathlib.Path(__file__).resolve().with_name(filename)
-    for mod in list(sys.modules.values()):
-        f = getattr(mod, "__file__", None)
-        if f and pathlib.Path(f).resolve() == path:
-            return mod
-    spec = importlib.util.spec_from_file_location(modname, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-H = _helpers()
+H = sibling("conftest.py", "fastopt_bench_conftest")
 K = sibling("bench_kernels.py", "fastopt_bench_kernels")
 
 MODELS = ["course_mlp", "resnet50", "gpt2_small"]

@@ -4,7 +4,6 @@ A plain module (not conftest.py) so that tests/cuda/conftest.py cannot shadow it
 import os
 
 import numpy as np
-import pytest
 
 import fastopt
 

@@ -1,7 +1,6 @@
 """Keep the benchmark helpers working (no timings here): the naive course baselines compute the
 same update as fastopt (or their speed-ups would mean nothing), every benchmark case can be built
 and stepped on tiny arrays, and the report renders from a pytest-benchmark-shaped JSON."""
-import importlib.util
 import json
 import pathlib
 import sys
@@ -14,17 +13,12 @@ import fastopt
 BENCH = pathlib.Path(__file__).resolve().parent.parent / "bench"
 
 
+sys.path.insert(0, str(BENCH))
+from _bench_import import sibling  # noqa: E402
+
+
 def _load(name, filename):
-    path = BENCH / filename
-    for mod in list(sys.modules.values()):
-        f = getattr(mod, "__file__", None)
-        if f and pathlib.Path(f).resolve() == path:
-            return mod
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return sibling(filename, name)
 
 
 H = _load("fastopt_bench_conftest", "conftest.py")

@@ -17,7 +17,6 @@ them, and the CUDA one (which imports ``numba.cuda``) only when asked for.
 """
 from __future__ import annotations
 
-import importlib
 
 import numpy as np
 

@@ -21,7 +21,6 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from .. import kernels as _kernels
-from ..kernels import _scalars
 
 __all__ = ["Optimizer", "save", "load"]
 
