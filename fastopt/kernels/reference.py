@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["sgd", "momentum", "rmsprop", "adagrad", "adam", "all_finite"]
+__all__ = ["sgd", "momentum", "rmsprop", "adagrad", "adam", "all_finite", "DETAIL"]
+
+DETAIL = f"the NumPy reference (numpy {np.__version__}): the test oracle and naive baseline"
 
 
 def _effective_grad(param, grad, weight_decay, grad_sign):
