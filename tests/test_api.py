@@ -178,13 +178,13 @@ def test_bad_schedule_changes_nothing():
     assert_unchanged(opt, snap)
 
 
-def test_changed_grad_dtype_in_place_is_caught():
+def test_replaced_grad_is_validated_despite_cached_plan():
     params, grads = make_problem([4], np.float64)
     opt = fastopt.Adam(params)
     opt.step(grads[0])
     g = grads[0]["p0"]
-    opt.step(grads[0])  # cached plan
-    grads[0]["p0"] = g.view(np.float32)  # a different object now
+    opt.step(grads[0])  # cached plan for these gradient objects
+    grads[0]["p0"] = g.view(np.float32)  # a new object of the wrong dtype: must be re-checked
     with pytest.raises((TypeError, ValueError)):
         opt.step(grads[0])
 
