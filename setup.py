@@ -1,10 +1,17 @@
 """Build script: package metadata lives in pyproject.toml; this file adds the optional Cython
 extension ``fastopt.kernels._cython``.
 
-Everything here is self-contained (no imports from the repository; PEP 517 builds run isolated).
+Everything here is self-contained (no package imports from the repository; PEP 517 builds run
+isolated): the loop generator ``fastopt/kernels/_codegen.py`` is loaded by path.
 
-* ``fastopt/kernels/_cython.pyx`` is cythonized when it and Cython are present (an sdist that
-  ships the generated ``_cython.c`` builds without Cython).
+* The ``.pyx`` is *generated* from the update rules (``fastopt/kernels/rules.py``) into
+  ``build/fastopt-generated/`` at every build (rewritten only when its text changes), then
+  cythonized.  Nothing generated is kept in the source tree, so an edited rule can never be
+  built from an old ``.pyx`` or ``.c``; the extension records the rules' hash
+  (``SOURCE_HASH``) and fastopt refuses a build whose hash differs from the installed rules.
+* Cython is required to build the extension (it is in ``build-system.requires``; for
+  ``--no-build-isolation`` builds the ``test`` extra installs it).  Without it the install goes
+  on without the extension (fastopt then runs on Numba/NumPy) and says so.
 * OpenMP: the compiler is probed with a tiny program; ``-fopenmp`` (``/openmp`` on MSVC) is added
   to the compile and link arguments only when that probe compiles and links.
 * ``FASTOPT_NO_CYTHON=1`` skips the extension; ``FASTOPT_NO_OPENMP=1`` builds it without OpenMP.
@@ -13,8 +20,9 @@ Everything here is self-contained (no imports from the repository; PEP 517 build
   FMA, so the arithmetic and its rounding are unchanged); ``fastopt.kernels.cython`` uses it
   only when the running CPU has AVX2.  ``FASTOPT_NO_AVX2=1`` skips that variant.
 * The extension is optional: no Cython, a broken compiler (``CC=false``) or a failed compile
-  prints a warning and the install goes on without it (fastopt then runs on Numba/NumPy).
+  prints a warning and the install goes on without it.
 """
+import importlib.util
 import os
 import platform
 import shutil
@@ -28,8 +36,7 @@ from setuptools.command.build_ext import build_ext
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 KERNELS = os.path.join("fastopt", "kernels")
-PYX = os.path.join(KERNELS, "_cython.pyx")
-C_SRC = os.path.join(KERNELS, "_cython.c")
+GENERATED = os.path.join("build", "fastopt-generated")
 
 
 def _flag(name):
@@ -103,44 +110,47 @@ def _compiler_accepts(flags):
         return False
 
 
-def _avx2_variant_source():
-    """A copy of _cython.pyx named _cython_avx2.pyx under build/ (the module name is the file's),
-    or None where the variant does not apply."""
+def _codegen():
+    path = os.path.join(HERE, KERNELS, "_codegen.py")
+    spec = importlib.util.spec_from_file_location("_fastopt_codegen", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _write_if_changed(rel, text):
+    """Write ``text`` to ``rel`` (under this folder) unless it already holds exactly that: an
+    unchanged file keeps its mtime, so nothing is rebuilt needlessly."""
+    path = os.path.join(HERE, rel)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            if f.read() == text:
+                return rel
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    return rel
+
+
+def _avx2_wanted():
     if _flag("FASTOPT_NO_AVX2") or platform.machine().lower() not in ("x86_64", "amd64"):
-        return None
-    if not _compiler_accepts(["-mavx2"]):
-        return None
-    out_dir = os.path.join("build", "fastopt-generated")
-    os.makedirs(os.path.join(HERE, out_dir), exist_ok=True)
-    dst = os.path.join(out_dir, "_cython_avx2.pyx")
-    with open(os.path.join(HERE, PYX)) as f:
-        text = f.read()
-    old = None
-    if os.path.exists(os.path.join(HERE, dst)):
-        with open(os.path.join(HERE, dst)) as f:
-            old = f.read()
-    if old != text:                       # keep the mtime when unchanged: no needless rebuild
-        with open(os.path.join(HERE, dst), "w") as f:
-            f.write(text)
-    return dst
+        return False
+    return _compiler_accepts(["-mavx2"])
 
 
 def _extensions():
     if _flag("FASTOPT_NO_CYTHON"):
         return []
-    have_pyx = os.path.exists(os.path.join(HERE, PYX))
     try:
         from Cython.Build import cythonize
     except ImportError:
-        cythonize = None
-    if have_pyx and cythonize is not None:
-        source = PYX
-    elif os.path.exists(os.path.join(HERE, C_SRC)):
-        source, cythonize = C_SRC, None
-    else:
-        if have_pyx:
-            _warn("Cython is not installed; skipping the optional extension "
-                  "fastopt.kernels._cython")
+        _warn("Cython is not installed; skipping the optional extension fastopt.kernels._cython "
+              "(install Cython, e.g. `pip install -e .[test]`, and rebuild)")
+        return []
+    try:
+        pyx = _codegen().cython_source()
+    except Exception as exc:  # noqa: BLE001 - a broken rule must not break the install
+        _warn(f"generating the Cython kernels failed ({type(exc).__name__}: {exc})")
         return []
 
     omp_compile, omp_link = _openmp_flags()
@@ -159,14 +169,13 @@ def _extensions():
                          extra_compile_args=opt + list(extra) + omp_compile,
                          extra_link_args=omp_link, optional=True)
 
-    exts = [ext("fastopt.kernels._cython", source)]
-    if cythonize is None:
-        return exts
-    if not msvc:
-        avx2 = _avx2_variant_source()
-        if avx2 is not None:
-            # -mavx2 only: no -mfma, so a*b+c is never contracted and results stay bitwise equal.
-            exts.append(ext("fastopt.kernels._cython_avx2", avx2, ["-mavx2"]))
+    exts = [ext("fastopt.kernels._cython",
+                _write_if_changed(os.path.join(GENERATED, "_cython.pyx"), pyx))]
+    if not msvc and _avx2_wanted():
+        # -mavx2 only: no -mfma, so a*b+c is never contracted and results stay bitwise equal.
+        exts.append(ext("fastopt.kernels._cython_avx2",
+                        _write_if_changed(os.path.join(GENERATED, "_cython_avx2.pyx"), pyx),
+                        ["-mavx2"]))
     try:
         exts = cythonize(exts, compiler_directives={"language_level": "3"}, quiet=True)
     except Exception as exc:  # noqa: BLE001

@@ -84,7 +84,7 @@ def make_step(impl, params0, grads):
     if impl == "course":
         pd = dict(enumerate(params))
         gd = dict(enumerate(grads))
-        opt = H.CourseAdam(pd, lr=ADAM["lr"], beta1=0.9, beta2=0.999, epsilon=ADAM["eps"])
+        opt = H.AdamNaive(pd, lr=ADAM["lr"], beta1=0.9, beta2=0.999, eps=ADAM["eps"])
         return (lambda: opt.step(pd, gd)), params
     if impl in TORCH_IMPLS:
         torch = H.torch_or_none()

@@ -12,9 +12,11 @@
   needs to group cases) in ``benchmark.extra_info`` from the benchmark's median, after the run.
 * :func:`run` picks rounds/iterations from a probe call so that tiny and huge cases both take a
   fraction of a second (``benchmark.pedantic`` with a warm-up round, which also compiles).
-* The naive "course" optimizers: NumPy code written the way the course notes write it (a class, a
-  dict loop, NumPy expressions with temporaries).  They compute the same update as fastopt (the
-  smoke test ``tests/test_bench_smoke.py`` checks it), so a speed-up over them is meaningful.
+* The naive "course" optimizers are :mod:`fastopt.course.naive` (``GDNaive``, ``MomentumNaive``,
+  ``RMSpropNaive``, ``AdamNaive``; the demo's baseline too): NumPy code written the way the course
+  notes write it (a class, a dict loop, NumPy expressions with temporaries).  :data:`COURSE` pairs
+  each with the fastopt optimizer computing the same update (the smoke test
+  ``tests/test_bench_smoke.py`` checks it), so a speed-up over them is meaningful.
 
 Nothing here times anything at import; nothing here is a test.  Standalone bench files
 (``bench_cython.py``, ``bench_torch_adapter.py``, ``gpu.py``) do not depend on this module.
@@ -283,76 +285,19 @@ def machine_name(info=None):
 
 
 # --------------------------------------------------------------------------------------------
-# the naive course baselines
+# the naive course baselines: fastopt.course.naive (shared with the demo)
 # --------------------------------------------------------------------------------------------
 
-class CourseGD:
-    """Plain gradient descent as the course writes it: ``W = W - learning_rate * dW``."""
-
-    def __init__(self, params, lr=0.01):
-        self.lr = lr
-
-    def step(self, params, grads):
-        for k in params:
-            params[k] -= self.lr * grads[k]
-
-
-class CourseMomentum:
-    """The course's momentum: ``v = beta*v + (1-beta)*dW``; ``W = W - lr*v``."""
-
-    def __init__(self, params, lr=0.01, beta=0.9):
-        self.lr, self.beta = lr, beta
-        self.v = {k: np.zeros_like(p) for k, p in params.items()}
-
-    def step(self, params, grads):
-        for k in params:
-            self.v[k] = self.beta * self.v[k] + (1 - self.beta) * grads[k]
-            params[k] -= self.lr * self.v[k]
-
-
-class CourseRMSprop:
-    """The course's RMSprop: ``s = beta*s + (1-beta)*dW**2``; ``W -= lr*dW/(sqrt(s)+eps)``."""
-
-    def __init__(self, params, lr=0.01, beta=0.99, eps=1e-8):
-        self.lr, self.beta, self.eps = lr, beta, eps
-        self.s = {k: np.zeros_like(p) for k, p in params.items()}
-
-    def step(self, params, grads):
-        for k in params:
-            self.s[k] = self.beta * self.s[k] + (1 - self.beta) * np.square(grads[k])
-            params[k] -= self.lr * grads[k] / (np.sqrt(self.s[k]) + self.eps)
-
-
-class CourseAdam:
-    """Adam as the course notes write it: a dict loop of NumPy expressions with temporaries
-    (the update of ``torch.optim.Adam`` / ``fastopt.Adam`` with default options)."""
-
-    def __init__(self, params, lr=0.001, beta1=0.9, beta2=0.999, epsilon=1e-8):
-        self.lr, self.beta1, self.beta2, self.epsilon = lr, beta1, beta2, epsilon
-        self.v = {k: np.zeros_like(p) for k, p in params.items()}
-        self.s = {k: np.zeros_like(p) for k, p in params.items()}
-        self.t = 0
-
-    def step(self, params, grads):
-        self.t += 1
-        t, beta1, beta2 = self.t, self.beta1, self.beta2
-        v, s = self.v, self.s
-        for k in params:
-            v[k] = beta1 * v[k] + (1 - beta1) * grads[k]
-            s[k] = beta2 * s[k] + (1 - beta2) * np.square(grads[k])
-            v_corrected = v[k] / (1 - beta1 ** t)
-            s_corrected = s[k] / (1 - beta2 ** t)
-            params[k] -= self.lr * v_corrected / (np.sqrt(s_corrected) + self.epsilon)
-
+from fastopt.course.naive import AdamNaive, GDNaive, MomentumNaive, RMSpropNaive  # noqa: E402
 
 #: fastopt family case -> (course class, its kwargs, fastopt class name, fastopt kwargs):
 #: pairs computing the same update
 COURSE = {
-    "sgd": (CourseGD, dict(lr=1e-3), "SGD", dict(lr=1e-3)),
-    "momentum": (CourseMomentum, dict(lr=1e-3, beta=0.9), "Momentum", dict(lr=1e-3, beta=0.9)),
-    "rmsprop": (CourseRMSprop, dict(lr=1e-3, beta=0.99, eps=1e-8), "RMSprop",
+    "sgd": (GDNaive, dict(lr=1e-3), "SGD", dict(lr=1e-3)),
+    "momentum": (MomentumNaive, dict(lr=1e-3, beta=0.9), "Momentum", dict(lr=1e-3, beta=0.9)),
+    "rmsprop": (RMSpropNaive, dict(lr=1e-3, beta2=0.99, eps=1e-8), "RMSprop",
                 dict(lr=1e-3, alpha=0.99, eps=1e-8)),
-    "adam": (CourseAdam, dict(lr=1e-3), "Adam", dict(lr=1e-3)),
+    "adam": (AdamNaive, dict(lr=1e-3), "Adam", dict(lr=1e-3)),
 }
 
 

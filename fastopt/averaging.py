@@ -13,13 +13,12 @@ bias correction the first values are pulled towards :math:`v_0 = 0`; dividing by
 :math:`1-\beta^t` removes that (exactly: :math:`\hat v_1 = \theta_1`) and fades out as
 :math:`\beta^t \to 0`.
 
-- :func:`ewa`: the whole series at once, along axis 0 (one compiled pass).
+- :func:`ewa`: the whole series at once, along axis 0.
 - :class:`EWA`: the streaming form, one value (scalar or array) at a time.
 - :class:`WeightEMA`: Polyak averaging of a model's parameters for evaluation,
-  ``avg = decay * avg + (1 - decay) * p`` as a fused in-place kernel per contiguous run.
-
-Numba is imported, and kernels are compiled, on first use (not at import); compiled code is
-cached on disk.
+  ``avg = decay * avg + (1 - decay) * p``: the ``ema`` rule of :mod:`fastopt.kernels.rules`,
+  fused and in place, on every backend (threaded on the CPU, device arrays with ``cuda``), one
+  kernel call per contiguous run of parameters.
 """
 from __future__ import annotations
 
@@ -29,53 +28,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .kernels import HostBackend
+from . import kernels as _kernels
 
 __all__ = ["ewa", "EWA", "WeightEMA"]
-
-_HOST = HostBackend("numba", None)  # array handling only (validation, span detection)
-
-
-# -- kernels: plain Python here, compiled by numba.njit on first use ------------------------
-def _ewa_py(x, out, one, beta, one_minus_beta, bias_correction):
-    """x, out: (T, K) C-contiguous, one float dtype; one, beta, one_minus_beta: that dtype.
-
-    ``beta_t`` is beta**t by repeated multiplication (EWA does the same)."""
-    T, K = x.shape
-    v = np.zeros(K, dtype=out.dtype)
-    beta_t = one
-    for t in range(T):
-        beta_t = beta_t * beta
-        denominator = one - beta_t
-        for k in range(K):
-            vk = beta * v[k] + one_minus_beta * x[t, k]
-            v[k] = vk
-            out[t, k] = vk / denominator if bias_correction else vk
-
-
-def _ema_py(avg, p, decay, one_minus_decay):
-    """avg = decay*avg + (1-decay)*p, in place; 1-D arrays of one dtype."""
-    for i in range(avg.size):
-        avg[i] = decay * avg[i] + one_minus_decay * p[i]
-
-
-def _swap_py(a, b):
-    for i in range(a.size):
-        t = a[i]
-        a[i] = b[i]
-        b[i] = t
-
-
-_compiled: dict = {}
-
-
-def _kernel(name):
-    fn = _compiled.get(name)
-    if fn is None:
-        from numba import njit  # imported on first use only
-
-        fn = _compiled[name] = njit(cache=True)(globals()[name])
-    return fn
 
 
 # -- validation helpers ------------------------------------------------------------------------
@@ -116,8 +71,8 @@ def ewa(theta, beta=0.9, bias_correction=False):
         \text{returned: } v_t \ \text{or, with bias correction, } \frac{v_t}{1-\beta^t}
 
     for :math:`t = 1, \dots, T`.  Every trailing position (``theta[:, i, j, ...]``) is its own
-    series.  One compiled pass over the data; float32 input is averaged in float32, everything
-    else in float64.
+    series (averaged together, one vector operation per time step); float32 input is averaged
+    in float32, everything else in float64.
 
     Parameters
     ----------
@@ -150,10 +105,20 @@ def ewa(theta, beta=0.9, bias_correction=False):
     out = np.empty(x.shape, dtype=dtype)
     if x.size == 0:
         return out
-    x2 = np.ascontiguousarray(x, dtype=dtype).reshape(x.shape[0], -1)
+    x2 = np.asarray(x, dtype=dtype).reshape(x.shape[0], -1)
+    out2 = out.reshape(x2.shape)
     cast = dtype.type
-    _kernel("_ewa_py")(x2, out.reshape(x2.shape), cast(1.0), cast(beta),
-                       cast(1.0) - cast(beta), bias_correction)
+    b, omb, one = cast(beta), cast(1.0) - cast(beta), cast(1.0)
+    v = np.zeros(x2.shape[1], dtype=dtype)
+    beta_t = one
+    for t in range(x2.shape[0]):   # vector over the trailing positions, in the input's dtype
+        np.multiply(v, b, out=v)
+        v += omb * x2[t]
+        beta_t = beta_t * b
+        if bias_correction:
+            np.divide(v, one - beta_t, out=out2[t])
+        else:
+            out2[t] = v
     return out
 
 
@@ -253,22 +218,29 @@ class WeightEMA:
     .. math:: \bar p \leftarrow \text{decay}\cdot \bar p + (1-\text{decay})\cdot p
 
     The averages start as copies of the parameters (so no bias correction is needed).  Each
-    :meth:`update` is one fused, in-place Numba pass per *contiguous run* of parameters: the
-    views of an :class:`fastopt.Arena` lie end to end in one buffer, so a whole model is one
-    kernel call; separate arrays are one call each.  float32 parameters are averaged in float32.
+    :meth:`update` is one fused, in-place pass per *contiguous run* of parameters, the ``ema``
+    rule compiled by the chosen backend (threaded above ``fastopt.config.PARALLEL_THRESHOLD``
+    elements): the views of an :class:`fastopt.Arena` lie end to end in one buffer, so a whole
+    model is one kernel call; separate arrays are one row each of the same call.  float32
+    parameters are averaged in float32.  It reads 8 and writes 4 bytes per float32 element.
 
     Parameters
     ----------
-    params : dict or list of ndarray
-        The live parameters (float32/float64, C-contiguous host arrays); kept by reference,
-        never copied or modified except by :meth:`copy_to` / :meth:`swap`.
+    params : dict or list of arrays
+        The live parameters (float32/float64, C-contiguous; host NumPy arrays, or device arrays
+        with the ``cuda`` backend, e.g. a device Arena's views); kept by reference, never copied
+        or modified except by :meth:`copy_to` / :meth:`swap`.
     decay : float
         In [0, 1].  Typical 0.99-0.9999; averages over about ``1/(1-decay)`` updates.
+    backend : {None, "cython", "numba", "numpy", "cuda"}
+        As for the optimizers: ``None`` picks ``"cuda"`` for device arrays, else the first
+        available host backend; a named backend that is not available raises.
 
     Attributes
     ----------
-    averages : dict or list of ndarray
-        The averaged parameters, same structure, shapes and dtypes as ``params``.
+    averages : dict or list of arrays
+        The averaged parameters, same structure, shapes and dtypes as ``params`` (on the same
+        device).
     num_updates : int
 
     Examples
@@ -286,7 +258,7 @@ class WeightEMA:
     array([1., 1., 1.])
     """
 
-    def __init__(self, params, decay=0.999):
+    def __init__(self, params, decay=0.999, *, backend=None):
         self.decay = _check_beta("decay", decay, closed=True)
         if isinstance(params, Mapping):
             keys = list(params)
@@ -301,48 +273,51 @@ class WeightEMA:
                             f"{type(params).__name__}")
         if not arrays:
             raise ValueError("params is empty")
-        for lab, a in zip(labels, arrays):
-            _HOST.check_param(lab, a)
+        if backend is not None and backend not in _kernels.BACKENDS:
+            raise ValueError(f"backend: unknown backend {backend!r}; choose one of "
+                             f"{', '.join(repr(b) for b in _kernels.BACKENDS)} or None")
+        be = self._backend = _kernels.resolve_backend(arrays, backend)
+        arrays = [be.check_param(lab, a) for lab, a in zip(labels, arrays)]
         self._keys = keys
         self._labels = labels
         self._params = arrays
         self.num_updates = 0
-        # Runs of consecutive same-dtype parameters laid end to end in one allocation.
-        runs, cur = [], [0]
-        for i in range(1, len(arrays)):
-            if _HOST.span([arrays[j] for j in cur] + [arrays[i]]) is not None:
-                cur.append(i)
-            else:
-                runs.append(cur)
-                cur = [i]
-        runs.append(cur)
-        self._runs = []       # (flat param view, flat average buffer)
+        # Runs of consecutive same-dtype parameters laid end to end in one allocation: one
+        # average buffer per run, every average a view into it.
         avg_views = [None] * len(arrays)
-        for run in runs:
+        by_dtype = {}
+        for run in be.runs(arrays):
             members = [arrays[j] for j in run]
-            pflat = _HOST.span(members)
-            buf = pflat.copy()
+            pflat = be.join(members) if len(run) > 1 else be.flat(members[0])
+            buf = be.zeros(pflat.size, pflat.dtype)
+            be.copy(buf, pflat)
             off = 0
             for j in run:
                 a = arrays[j]
-                avg_views[j] = buf[off:off + a.size].reshape(a.shape)
+                view = buf[off:off + a.size]
+                avg_views[j] = view.reshape(a.shape) if tuple(a.shape) != (a.size,) else view
                 off += a.size
-            self._runs.append((pflat, buf))
+            by_dtype.setdefault(np.dtype(pflat.dtype), []).append((buf, pflat))
+        self._ema = [be.bind(be.kernel("ema", dt, ()), rows) for dt, rows in by_dtype.items()]
+        self._swap = [be.bind(be.kernel("swap", dt, ()), rows) for dt, rows in by_dtype.items()]
         self._avg_list = avg_views
         self.averages = dict(zip(keys, avg_views)) if keys is not None else list(avg_views)
 
     @property
+    def backend(self):
+        """Name of the backend in use."""
+        return self._backend.name
+
+    @property
     def num_kernel_calls(self):
-        """Kernel calls per :meth:`update` (1 for an Arena's views of one dtype)."""
-        return len(self._runs)
+        """Buffers (rows) one :meth:`update` steps: 1 for an Arena's views of one dtype."""
+        return sum(len(call.rows) for call in self._ema)
 
     def update(self):
         """``avg = decay * avg + (1 - decay) * p`` for every parameter, in place."""
-        ema = _kernel("_ema_py")
-        for pflat, buf in self._runs:
-            if buf.size:
-                cast = buf.dtype.type
-                ema(buf, pflat, cast(self.decay), cast(1.0) - cast(self.decay))
+        scalars = (self.decay, 1.0 - self.decay)
+        for call in self._ema:
+            call(scalars)
         self.num_updates += 1
 
     # -- moving values between parameters and averages ----------------------------------------
@@ -361,15 +336,15 @@ class WeightEMA:
             if not isinstance(params, (list, tuple)) or len(params) != len(self._params):
                 raise ValueError(f"params must be a list of {len(self._params)} arrays")
             arrays = list(params)
+        out = []
         for lab, a, ref in zip(self._labels, arrays, self._avg_list):
-            if not isinstance(a, np.ndarray):
+            if not (isinstance(a, np.ndarray) or _kernels.is_device_array(a)):
                 raise TypeError(f"{lab} must be a numpy.ndarray, got {type(a).__name__}")
-            if a.shape != ref.shape or a.dtype != ref.dtype:
-                raise ValueError(f"{lab} has shape {a.shape} and dtype {a.dtype}; the average "
-                                 f"has {ref.shape} {ref.dtype}")
-            if not a.flags.writeable:
-                raise ValueError(f"{lab} is read-only")
-        return arrays
+            if tuple(a.shape) != tuple(ref.shape) or np.dtype(a.dtype) != np.dtype(ref.dtype):
+                raise ValueError(f"{lab} has shape {tuple(a.shape)} and dtype {a.dtype}; the "
+                                 f"average has {tuple(ref.shape)} {ref.dtype}")
+            out.append(self._backend.check_param(lab, a))
+        return out
 
     def copy_to(self, params=None):
         """Write the averages into ``params`` (default: the averaged parameters themselves).
@@ -377,17 +352,15 @@ class WeightEMA:
         All targets are checked before anything is written.
         """
         for dst, src in zip(self._targets(params), self._avg_list):
-            np.copyto(dst, src)
+            self._backend.copy(dst, src)
 
     def swap(self):
         """Exchange the parameters' values and the averages, in place (no temporaries).
 
         Call it twice to get back where you were; :meth:`swapped` does that for you.
         """
-        swap = _kernel("_swap_py")
-        for pflat, buf in self._runs:
-            if buf.size:
-                swap(pflat, buf)
+        for call in self._swap:
+            call(())
 
     @contextlib.contextmanager
     def swapped(self):
@@ -400,8 +373,8 @@ class WeightEMA:
 
     # -- state ----------------------------------------------------------------------------------
     def state_dict(self):
-        """``{"decay", "num_updates", "averages"}`` with copies of the averages."""
-        avgs = [a.copy() for a in self._avg_list]
+        """``{"decay", "num_updates", "averages"}`` with copies of the averages (host arrays)."""
+        avgs = [self._backend.to_numpy(a) for a in self._avg_list]
         return {"decay": self.decay, "num_updates": self.num_updates,
                 "averages": dict(zip(self._keys, avgs)) if self._keys is not None else avgs}
 
@@ -426,15 +399,15 @@ class WeightEMA:
             src = list(avgs)
         for lab, a, ref in zip(self._labels, src, self._avg_list):
             a = np.asarray(a)
-            if a.shape != ref.shape:
+            if a.shape != tuple(ref.shape):
                 raise ValueError(f"state['averages'] for {lab} has shape {a.shape}, expected "
-                                 f"{ref.shape}")
+                                 f"{tuple(ref.shape)}")
         for a, ref in zip(src, self._avg_list):
-            np.copyto(ref, np.asarray(a), casting="same_kind")
+            self._backend.copy_from_numpy(ref, np.asarray(a))
         self.decay = decay
         self.num_updates = int(n)
 
     def __repr__(self):
         n = sum(a.size for a in self._avg_list)
         return (f"WeightEMA(decay={self.decay}, {len(self._avg_list)} tensors, {n} values, "
-                f"{self.num_kernel_calls} kernel call(s) per update)")
+                f"{self.num_kernel_calls} kernel call(s) per update, backend={self.backend!r})")

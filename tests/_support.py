@@ -1,11 +1,14 @@
 """Shared test helpers: tolerances per dtype (one place), backends, the optimizer table.
 
-A plain module (not conftest.py) so that tests/cuda/conftest.py cannot shadow it."""
+A plain module (not conftest.py) so that tests/cuda/conftest.py cannot shadow it.  The table of
+optimizers under test is derived from the specs (:mod:`fastopt.specs`): every spec's ``cases``
+(every option of the family), so a new optimizer is tested by adding its spec."""
 import os
 
 import numpy as np
 
 import fastopt
+from fastopt.specs import SPECS
 
 #: Tolerances of a backend run in the given dtype against the float64 NumPy reference.
 TOL = {
@@ -18,34 +21,15 @@ TOL = {
 HOST_BACKENDS = ["numba", "numpy"] + ([] if os.environ.get("FASTOPT_NO_CYTHON") == "1"
                                       else ["cython"])
 
-#: (id, class, kwargs): every family and option of SPEC.md.
-OPTIMIZERS_UNDER_TEST = [
-    ("sgd", fastopt.SGD, dict(lr=0.05)),
-    ("sgd-wd-max", fastopt.SGD, dict(lr=0.05, weight_decay=0.1, maximize=True)),
-    ("sgd-mom", fastopt.SGD, dict(lr=0.05, momentum=0.9)),
-    ("sgd-mom-damp-wd", fastopt.SGD, dict(lr=0.05, momentum=0.8, dampening=0.3,
-                                          weight_decay=0.01)),
-    ("sgd-nesterov", fastopt.SGD, dict(lr=0.05, momentum=0.9, nesterov=True)),
-    ("momentum", fastopt.Momentum, dict(lr=0.1, beta=0.9)),
-    ("momentum-bc-wd", fastopt.Momentum, dict(lr=0.1, beta=0.8, bias_correction=True,
-                                              weight_decay=0.01)),
-    ("rmsprop", fastopt.RMSprop, dict(lr=0.01)),
-    ("rmsprop-mom-wd-max", fastopt.RMSprop, dict(lr=0.01, momentum=0.9, weight_decay=0.01,
-                                                 maximize=True)),
-    ("rmsprop-centered", fastopt.RMSprop, dict(lr=0.01, alpha=0.9, centered=True)),
-    ("rmsprop-centered-mom", fastopt.RMSprop, dict(lr=0.01, centered=True, momentum=0.5)),
-    ("adagrad", fastopt.Adagrad, dict(lr=0.1)),
-    ("adagrad-decay-init-wd-max", fastopt.Adagrad, dict(lr=0.1, lr_decay=0.01,
-                                                        initial_accumulator_value=0.1,
-                                                        weight_decay=0.01, maximize=True)),
-    ("adam", fastopt.Adam, dict(lr=0.01)),
-    ("adam-wd-ams", fastopt.Adam, dict(lr=0.01, weight_decay=0.01, amsgrad=True)),
-    ("adam-nobc-max", fastopt.Adam, dict(lr=0.01, bias_correction=False, maximize=True,
-                                         betas=(0.8, 0.99))),
-    ("adamw", fastopt.AdamW, dict(lr=0.01)),
-    ("adamw-ams-max", fastopt.AdamW, dict(lr=0.01, weight_decay=0.1, amsgrad=True,
-                                          maximize=True)),
-]
+
+def _case_id(spec, key):
+    base = spec.name.lower()
+    return f"{base}-{key}" if key else base
+
+
+#: (id, class, kwargs): every family and option of SPEC.md, from the specs.
+OPTIMIZERS_UNDER_TEST = [(_case_id(s, k), getattr(fastopt, s.name), kw)
+                         for s in SPECS for k, kw in s.cases.items()]
 
 
 def make_problem(sizes, dtype, seed=0):
@@ -58,3 +42,32 @@ def make_problem(sizes, dtype, seed=0):
     grads = [{k: rng.standard_normal(v.shape).astype(dtype) for k, v in params.items()}
              for _ in range(5)]
     return params, grads
+
+
+def kernel_group(spec, kwargs):
+    """The param group a spec's optimizer would hold for ``kwargs`` (validated)."""
+    group = spec.defaults() | dict(kwargs)
+    spec.validate(group)
+    return group
+
+
+def kernel_state(spec, group, n, dtype):
+    """State buffers in rule order, initialised as the optimizer does; unused ones are None."""
+    needed = spec.needed(group)
+    return [np.full(n, spec.initial(name, group), dtype=dtype) if needed[name] else None
+            for name in spec.state_names]
+
+
+def run_kernel(backend, spec, group, param, grads, steps, readonly=False, state=None):
+    """``steps`` updates of ``param`` (in place) through ``backend``'s compiled rule, with the
+    spec's scalars and flags, as the optimizer computes them.  Returns [param, *used state]."""
+    state = kernel_state(spec, group, param.size, param.dtype) if state is None else state
+    flags = spec.flags(group)
+    for t in range(1, steps + 1):
+        g = grads[(t - 1) % len(grads)]
+        if readonly:
+            g = g.copy()
+            g.setflags(write=False)
+        backend.run(spec.rule, param.dtype, flags, [param, g, *state],
+                    spec.scalars(group, t, float(group["lr"])))
+    return [param] + [s for s in state if s is not None]

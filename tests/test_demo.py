@@ -1,5 +1,5 @@
-"""The training demo (fastopt.demo): backprop against finite differences, the course-style
-optimizers against fastopt's, and a short end-to-end run."""
+"""The training demo (fastopt.demo, with fastopt.course): backprop against finite differences,
+the course-style optimizers against fastopt's, and a short end-to-end run."""
 import numpy as np
 import pytest
 
@@ -70,21 +70,23 @@ def test_backward_writes_into_arena_grads():
     assert np.shares_memory(arena.grads["W1"], arena.buffers[np.dtype(np.float64)][1])
 
 
-@pytest.mark.parametrize("make_fast, naive", [
-    (lambda p: fastopt.SGD(p, lr=0.1), demo.GDNaive(0.1)),
-    (lambda p: fastopt.Momentum(p, lr=0.1, beta=0.9), demo.MomentumNaive(0.1, 0.9)),
-    (lambda p: fastopt.RMSprop(p, lr=0.01, alpha=0.9, eps=1e-8), demo.RMSpropNaive(0.01, 0.9)),
-    (lambda p: fastopt.Adam(p, lr=0.01), demo.AdamNaive(0.01)),
+@pytest.mark.parametrize("make_fast, make_naive", [
+    (lambda p: fastopt.SGD(p, lr=0.1), lambda p: demo.GDNaive(p, 0.1)),
+    (lambda p: fastopt.Momentum(p, lr=0.1, beta=0.9), lambda p: demo.MomentumNaive(p, 0.1, 0.9)),
+    (lambda p: fastopt.RMSprop(p, lr=0.01, alpha=0.9, eps=1e-8),
+     lambda p: demo.RMSpropNaive(p, 0.01, 0.9)),
+    (lambda p: fastopt.Adam(p, lr=0.01), lambda p: demo.AdamNaive(p, 0.01)),
 ], ids=["gd", "momentum", "rmsprop", "adam"])
-def test_course_optimizers_compute_what_fastopt_computes(make_fast, naive):
+def test_course_optimizers_compute_what_fastopt_computes(make_fast, make_naive):
     params, X, Y = _problem("softmax", seed=4)
     copy = {k: v.copy() for k, v in params.items()}
     opt = make_fast(params)
+    naive = make_naive(copy)
     for _ in range(5):
         AL, caches = demo.forward(X, params, "softmax")
         g = demo.backward(AL, Y, caches, params, 0.1)
         opt.step(g)
-        naive.update(copy, g)
+        naive.step(copy, g)
     for k in params:
         np.testing.assert_allclose(params[k], copy[k], rtol=1e-10, atol=1e-12)
 

@@ -1,61 +1,170 @@
-"""Backend registry.
+"""Backend registry and the kernel contract.
 
-A *backend* is a module of fused kernels plus the handful of array operations the optimizers need
-to hold state next to the parameters (host memory or a GPU).  Every kernel module exposes the same
-functions with the same signature (see :mod:`fastopt.kernels.reference` for the contract)::
+A *backend* compiles the update rules of :mod:`fastopt.kernels.rules` for one kind of memory
+and knows how to hold arrays there (host NumPy arrays, or GPU arrays for ``cuda``).  Every
+backend offers the same three calls::
 
-    sgd(param, grad, momentum_buffer, scalars)
-    momentum(param, grad, velocity, scalars)
-    rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, scalars)
-    adagrad(param, grad, sum, scalars)
-    adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, scalars)
-    all_finite(array) -> bool
+    kernel = backend.kernel(rule, dtype, flags)    # a compiled variant (cached)
+    call = backend.bind(kernel, rows)               # rows: [(array, ...), ...] in rule order
+    call(scalars)                                   # one step over every row
 
-``scalars`` is the tuple built once per (param group, dtype, step) by
-:mod:`fastopt.kernels._scalars`.  Backends are imported lazily: ``import fastopt`` imports none of
-them, and the CUDA one (which imports ``numba.cuda``) only when asked for.
+``rule`` names a rule (``"adam"``), ``flags`` is the tuple of its flag values (compile-time:
+each combination is its own loop), ``rows`` are tuples of 1-D contiguous arrays of one dtype and
+length in the rule's array order (``None`` for an optional array the flags leave unused), and
+``scalars`` is the tuple of the rule's per-step scalars as Python floats.  ``bind`` checks the
+rows once; the returned call does nothing but run the loops, so an optimizer binds when its
+buffers change and calls every step.  ``backend.run(rule, dtype, flags, arrays, scalars)`` does
+all three for one row (tests, benchmarks).  ``backend.all_finite(array)`` is the one reduction.
+
+Backends are imported lazily: ``import fastopt`` imports none of them, and the CUDA one (which
+imports ``numba.cuda``) only when asked for.  ``backend=None`` picks ``"cuda"`` for GPU arrays
+and, for host arrays, the first available of ``HOST_ORDER``: the compiled Cython extension
+where it was built (it starts in a few milliseconds), else Numba, else the NumPy reference.
 """
 from __future__ import annotations
 
-
 import numpy as np
 
-__all__ = ["BACKENDS", "Backend", "HostBackend", "get_backend", "resolve_backend",
-           "backend_status", "is_device_array"]
+from .. import _layout
 
-#: Backend names, in the order ``backend=None`` tries them for host (NumPy) arrays.
+__all__ = ["BACKENDS", "HOST_ORDER", "Backend", "HostBackend", "get_backend", "resolve_backend",
+           "backend_status", "is_device_array", "check_dtype", "rule_signature"]
+
+#: Backend names.
 BACKENDS = ("numba", "cython", "numpy", "cuda")
-HOST_ORDER = ("numba", "cython", "numpy")
+#: The order ``backend=None`` tries for host (NumPy) arrays.
+HOST_ORDER = ("cython", "numba", "numpy")
 
 _SUPPORTED = (np.dtype(np.float32), np.dtype(np.float64))
 _cache: dict = {}
+_signatures: dict = {}
+
+
+def rule_signature(rule):
+    """The :class:`~fastopt.kernels._codegen.Signature` of a rule (arrays, scalars, flags)."""
+    sig = _signatures.get(rule)
+    if sig is None:
+        from . import _codegen, rules
+        if not _signatures:
+            _signatures.update(_codegen.signatures(rules, check=False))
+        sig = _signatures.get(rule)
+        if sig is None:
+            raise ValueError(f"unknown rule {rule!r}; rules: {', '.join(_signatures)}")
+    return sig
+
+
+class Kernel:
+    """A compiled variant: a rule for one dtype and one combination of flag values."""
+
+    __slots__ = ("sig", "dtype", "flags", "name", "impl", "used")
+
+    def __init__(self, sig, dtype, flags, impl):
+        from ._codegen import variant_name
+        self.sig, self.dtype, self.flags, self.impl = sig, np.dtype(dtype), tuple(flags), impl
+        self.name = variant_name(sig, self.dtype.name, self.flags)
+        self.used = sig.used(self.flags)
+
+    def __repr__(self):
+        return f"<fastopt kernel {self.name}>"
 
 
 class Backend:
-    """What an optimizer needs from a backend: kernels and array handling."""
+    """What an optimizer needs from a backend: compiled kernels, binding, array handling."""
 
     name = "?"
     device = "cpu"
 
-    def __init__(self, kernels):
-        self.kernels = kernels
+    def __init__(self):
+        self._kernels = {}
 
     def __repr__(self):
         return f"<fastopt backend {self.name!r}>"
+
+    # -- kernels -------------------------------------------------------------------------------
+    def kernel(self, rule, dtype, flags):
+        """The compiled variant of ``rule`` for ``dtype`` and ``flags`` (cached)."""
+        dtype = np.dtype(dtype)
+        key = (rule, dtype, tuple(bool(f) for f in flags))
+        k = self._kernels.get(key)
+        if k is None:
+            sig = rule_signature(rule)
+            if len(key[2]) != len(sig.flags):
+                raise ValueError(f"rule {rule!r} takes flags {sig.flags}, got {flags!r}")
+            check_dtype("param", dtype)
+            k = self._kernels[key] = Kernel(sig, dtype, key[2], None)
+            k.impl = self._compile(k)
+        return k
+
+    def _compile(self, kernel):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def bind(self, kernel, rows):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def run(self, rule, dtype, flags, arrays, scalars):
+        """Compile, bind one row and run it once (for tests and benchmarks)."""
+        k = self.kernel(rule, dtype, flags)
+        self.bind(k, [tuple(arrays)])(tuple(scalars))
+
+    def _check_rows(self, kernel, rows):
+        """Every used array of every row: the kernel's dtype, 1-D, the row's length."""
+        sig, used = kernel.sig, kernel.used
+        out = []
+        for row in rows:
+            row = tuple(row)
+            if len(row) != len(sig.arrays):
+                raise ValueError(f"{kernel.name}: a row has {len(row)} arrays, the rule takes "
+                                 f"{len(sig.arrays)} ({', '.join(sig.arrays)})")
+            n = None
+            for name, a in zip(sig.arrays, row):
+                if name not in used:
+                    continue
+                if a is None:
+                    raise TypeError(f"{kernel.name}: {name} is None but these flags use it")
+                if np.dtype(a.dtype) != kernel.dtype:
+                    raise TypeError(f"{name}: dtype {a.dtype} does not match the kernel's "
+                                    f"{kernel.dtype} (all arrays of one update share one dtype)")
+                if a.ndim != 1:
+                    raise ValueError(f"{name}: kernels take 1-D arrays, got shape {a.shape}")
+                size = a.shape[0]
+                if n is None:
+                    n = size
+                elif size != n:
+                    raise ValueError(f"{name} has {size} elements, {sig.arrays[0]} has {n}")
+            out.append((n or 0, row))
+        return out
 
 
 def _describe(x):
     return type(x).__module__ + "." + type(x).__qualname__
 
 
+def check_dtype(label, dtype):
+    dtype = np.dtype(dtype)
+    if dtype not in _SUPPORTED:
+        if dtype.kind == "f":
+            raise TypeError(f"{label} has dtype {dtype}; fastopt steps float32 and float64 "
+                            f"arrays (half precision is not supported yet)")
+        raise TypeError(f"{label} has dtype {dtype}; parameters must be float32 or float64")
+
+
+def overlaps(a, b):
+    """True when two contiguous host arrays' memory ranges intersect (cheap bounds check)."""
+    a0 = a.__array_interface__["data"][0]
+    b0 = b.__array_interface__["data"][0]
+    return a0 < b0 + b.nbytes and b0 < a0 + a.nbytes
+
+
+def _root(a):
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
+
+
 class HostBackend(Backend):
     """Array handling for backends that work on NumPy arrays in host memory."""
 
     device = "cpu"
-
-    def __init__(self, name, kernels):
-        super().__init__(kernels)
-        self.name = name
 
     # -- validation (nothing is mutated by these) -------------------------------------------
     def check_param(self, label, x):
@@ -105,32 +214,37 @@ class HostBackend(Backend):
         return x.__array_interface__["data"][0]
 
     @staticmethod
-    def span(arrays):
-        """A 1-D view covering ``arrays`` exactly, or None.
+    def locate(x):
+        """``(allocation key, start, nbytes)`` for :func:`fastopt._layout.runs`."""
+        root = _root(x)
+        key = (id(root), x.dtype) if root.flags.c_contiguous else None
+        return key, x.__array_interface__["data"][0], x.nbytes
 
-        Returns a view when the arrays are C-contiguous views of one allocation (one root array),
-        laid end to end in this order with no gaps, all of one dtype: an Arena's views, or any
-        such layout the caller made.  The optimizer then steps them with one kernel call.
-        """
-        if not arrays:
-            return None
-        dtype = arrays[0].dtype
-        if any(a.dtype != dtype for a in arrays):
-            return None
-        full = [a for a in arrays if a.size]  # an empty view's address says nothing
+    @classmethod
+    def runs(cls, arrays):
+        return _layout.runs(arrays, cls.locate)
+
+    @staticmethod
+    def join(arrays):
+        """One 1-D view over ``arrays`` (a run found by :meth:`runs`)."""
+        full = [a for a in arrays if a.size]
         if not full:
             return arrays[0].reshape(-1)
+        if len(full) == 1:
+            return full[0].reshape(-1)
         root = _root(full[0])
-        if not root.flags.c_contiguous:
-            return None
-        start = end = full[0].__array_interface__["data"][0]
-        for a in full:
-            if _root(a) is not root or a.__array_interface__["data"][0] != end:
-                return None
-            end += a.nbytes
+        start = full[0].__array_interface__["data"][0]
+        end = full[-1].__array_interface__["data"][0] + full[-1].nbytes
         root_start = root.__array_interface__["data"][0]
         raw = root.reshape(-1).view(np.uint8)
-        return raw[start - root_start:end - root_start].view(dtype)
+        return raw[start - root_start:end - root_start].view(full[0].dtype)
+
+    @classmethod
+    def span(cls, arrays):
+        """A 1-D view covering ``arrays`` exactly when they form one run, else None."""
+        if not arrays:
+            return None
+        return cls.join(arrays) if len(cls.runs(arrays)) == 1 else None
 
     @staticmethod
     def to_numpy(x):
@@ -140,26 +254,9 @@ class HostBackend(Backend):
     def copy_from_numpy(dst, src):
         np.copyto(dst, np.asarray(src).reshape(dst.shape), casting="same_kind")
 
-
-def _root(a):
-    while isinstance(a.base, np.ndarray):
-        a = a.base
-    return a
-
-
-def check_dtype(label, dtype):
-    if dtype not in _SUPPORTED:
-        if dtype.kind == "f":
-            raise TypeError(f"{label} has dtype {dtype}; fastopt steps float32 and float64 "
-                            f"arrays (half precision is not supported yet)")
-        raise TypeError(f"{label} has dtype {dtype}; parameters must be float32 or float64")
-
-
-def overlaps(a, b):
-    """True when two contiguous arrays' memory ranges intersect (cheap bounds check)."""
-    a0 = a.__array_interface__["data"][0]
-    b0 = b.__array_interface__["data"][0]
-    return a0 < b0 + b.nbytes and b0 < a0 + a.nbytes
+    @staticmethod
+    def copy(dst, src):
+        np.copyto(dst, src)
 
 
 def is_device_array(x):
@@ -176,18 +273,13 @@ def _load(name):
         except ImportError as exc:  # pragma: no cover - numba is a dependency
             raise RuntimeError(f"backend 'numba' is not available: {exc}") from None
         from . import cpu
-        return HostBackend("numba", cpu)
+        return cpu.NumbaBackend()
     if name == "cython":
-        try:
-            from . import _cython  # compiled extension
-        except ImportError as exc:
-            raise RuntimeError("backend 'cython' is not available: the extension "
-                               f"fastopt.kernels._cython was not built ({exc})") from None
-        from . import cython as cython_kernels
-        return HostBackend("cython", cython_kernels)
+        from . import cython as cython_kernels  # raises RuntimeError when not built or stale
+        return cython_kernels.CythonBackend()
     if name == "numpy":
         from . import reference
-        return HostBackend("numpy", reference)
+        return reference.NumpyBackend()
     if name == "cuda":
         try:
             from . import cuda as cuda_kernels  # imports numba.cuda only now
@@ -222,7 +314,7 @@ def resolve_backend(arrays, requested=None):
 
     An explicitly requested backend is returned or raises ``RuntimeError``; it never falls back.
     With ``requested=None``, device arrays get ``'cuda'`` and host arrays the first available of
-    ``'numba'``, ``'cython'``, ``'numpy'``.
+    :data:`HOST_ORDER`.
     """
     if requested is not None:
         return get_backend(requested)
@@ -252,6 +344,5 @@ def backend_status():
         except Exception as exc:  # a broken optional install should not break `info`
             out[name] = (False, f"{type(exc).__name__}: {exc}")
         else:
-            detail = getattr(backend.kernels, "DETAIL", "")
-            out[name] = (True, detail() if callable(detail) else detail)
+            out[name] = (True, backend.detail())
     return out

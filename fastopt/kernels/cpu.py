@@ -1,153 +1,42 @@
-"""Numba CPU backend: one fused, in-place pass per buffer.
+"""Numba CPU backend: the generated ``prange`` loops of :mod:`fastopt.kernels._codegen`.
 
-Each family's update rule is written once, as a Python loop over the elements, and compiled twice:
-``parallel=True`` (``prange`` split over threads) for buffers of at least
-``fastopt.config.PARALLEL_THRESHOLD`` elements and serially below it, where waking threads costs
-more than it saves.  Both are compiled lazily on first use and cached on disk (``cache=True``).
+Every variant (rule, dtype, flags) is a pair of loops in the generated module: ``*_par``
+(``parallel=True``: split over Numba's threads) for buffers of at least
+``fastopt.config.PARALLEL_THRESHOLD`` elements (read at call time) and ``*_ser`` below it, where
+waking threads costs more than it saves.  Both compile on first use and are cached on disk.
 
-Kernels follow the contract of :mod:`fastopt.kernels`: 1-D contiguous arrays first, then the
-``scalars`` of :mod:`fastopt.kernels._scalars`, floats already of the arrays' dtype so float32
-buffers are updated in float32 arithmetic.  The compiled functions take the floats as one small
-array (``scalars.values``, read once before the loop) and the flags as bools: dispatching one
-array costs a fraction of dispatching ten NumPy scalars.  Flags in the tuple are loop-invariant; LLVM
-unswitches the loops on them (checked in the generated IR, see bench/README.md).
+``bind`` compiles the variant for the rows' array types once and keeps each overload's compiled
+entry point, so a step calls machine code directly, without Numba's per-call type dispatch.
 
-fastmath uses :data:`fastopt.config.FASTMATH_FLAGS` (no ``nnan``/``ninf``): NaN and Inf propagate
-as in NumPy, and :func:`all_finite` is not optimized away.
-
-Short names inside the kernels: ``p`` param, ``g`` grad, ``m`` exp_avg, ``v`` exp_avg_sq,
-``vmax`` max_exp_avg_sq, ``b`` momentum_buffer, ``s`` square_avg, ``a`` grad_avg, ``h`` sum.
+fastmath uses :data:`fastopt.config.FASTMATH_FLAGS` (no ``nnan``/``ninf``): NaN and Inf
+propagate, and :meth:`all_finite` is not optimized away.  How the generated code was checked
+(packed ``vsqrtps``/``vdivps``, no ``fpext`` in float32 loops): tests/test_codegen.py inspects
+the LLVM IR and assembly of every float32 variant that a test compiles.
 """
 from __future__ import annotations
 
 import math
-import types
 
 import numba
 import numpy as np
 from numba import njit, prange
 
 from .. import config
+from . import HostBackend
+from ._generated import load
 
-__all__ = ["sgd", "momentum", "rmsprop", "adagrad", "adam", "all_finite", "DETAIL"]
+__all__ = ["NumbaBackend", "module"]
 
 _FLAGS = set(config.FASTMATH_FLAGS)
+_module = None
 
 
-def _sgd(p, g, b, s, nesterov, first_step, has_momentum):
-    lr, momentum, one_minus_dampening, weight_decay, grad_sign = s[0], s[1], s[2], s[3], s[4]
-    n = p.size
-    if not has_momentum:
-        for i in prange(n):
-            gi = grad_sign * g[i]
-            if weight_decay != 0:
-                gi = gi + weight_decay * p[i]
-            p[i] = p[i] - lr * gi
-    elif first_step:
-        for i in prange(n):
-            gi = grad_sign * g[i]
-            if weight_decay != 0:
-                gi = gi + weight_decay * p[i]
-            b[i] = gi
-            d = gi + momentum * gi if nesterov else gi
-            p[i] = p[i] - lr * d
-    else:
-        for i in prange(n):
-            gi = grad_sign * g[i]
-            if weight_decay != 0:
-                gi = gi + weight_decay * p[i]
-            bi = momentum * b[i] + one_minus_dampening * gi
-            b[i] = bi
-            d = gi + momentum * bi if nesterov else bi
-            p[i] = p[i] - lr * d
-
-
-def _momentum(p, g, v, s):
-    lr_over_bc, beta, one_minus_beta, weight_decay = s[0], s[1], s[2], s[3]
-    for i in prange(p.size):
-        gi = g[i]
-        if weight_decay != 0:
-            gi = gi + weight_decay * p[i]
-        vi = beta * v[i] + one_minus_beta * gi
-        v[i] = vi
-        p[i] = p[i] - lr_over_bc * vi
-
-
-def _rmsprop(p, g, s, a, b, c, centered, has_momentum):
-    lr, alpha, one_minus_alpha, eps = c[0], c[1], c[2], c[3]
-    weight_decay, grad_sign, momentum = c[4], c[5], c[6]
-    n = p.size
-    if centered:
-        for i in prange(n):
-            gi = grad_sign * g[i]
-            if weight_decay != 0:
-                gi = gi + weight_decay * p[i]
-            si = alpha * s[i] + one_minus_alpha * gi * gi
-            s[i] = si
-            ai = alpha * a[i] + one_minus_alpha * gi
-            a[i] = ai
-            den = np.sqrt(si - ai * ai) + eps
-            if has_momentum:
-                bi = momentum * b[i] + gi / den
-                b[i] = bi
-                p[i] = p[i] - lr * bi
-            else:
-                p[i] = p[i] - lr * gi / den
-    else:
-        for i in prange(n):
-            gi = grad_sign * g[i]
-            if weight_decay != 0:
-                gi = gi + weight_decay * p[i]
-            si = alpha * s[i] + one_minus_alpha * gi * gi
-            s[i] = si
-            den = np.sqrt(si) + eps
-            if has_momentum:
-                bi = momentum * b[i] + gi / den
-                b[i] = bi
-                p[i] = p[i] - lr * bi
-            else:
-                p[i] = p[i] - lr * gi / den
-
-
-def _adagrad(p, g, h, s):
-    clr, eps, weight_decay, grad_sign = s[0], s[1], s[2], s[3]
-    for i in prange(p.size):
-        gi = grad_sign * g[i]
-        if weight_decay != 0:
-            gi = gi + weight_decay * p[i]
-        hi = h[i] + gi * gi
-        h[i] = hi
-        p[i] = p[i] - clr * gi / (np.sqrt(hi) + eps)
-
-
-def _adam(p, g, m, v, vmax, s, amsgrad):
-    beta1, one_minus_beta1, beta2, one_minus_beta2, eps = s[0], s[1], s[2], s[3], s[4]
-    l2, decay, grad_sign, step_size, bc2_sqrt = s[5], s[6], s[7], s[8], s[9]
-    n = p.size
-    if amsgrad:
-        for i in prange(n):
-            pi = p[i] * decay
-            gi = grad_sign * g[i]
-            if l2 != 0:
-                gi = gi + l2 * pi
-            mi = beta1 * m[i] + one_minus_beta1 * gi
-            vi = beta2 * v[i] + one_minus_beta2 * gi * gi
-            m[i] = mi
-            v[i] = vi
-            wi = max(vmax[i], vi)
-            vmax[i] = wi
-            p[i] = pi - step_size * mi / (np.sqrt(wi) / bc2_sqrt + eps)
-    else:
-        for i in prange(n):
-            pi = p[i] * decay
-            gi = grad_sign * g[i]
-            if l2 != 0:
-                gi = gi + l2 * pi
-            mi = beta1 * m[i] + one_minus_beta1 * gi
-            vi = beta2 * v[i] + one_minus_beta2 * gi * gi
-            m[i] = mi
-            v[i] = vi
-            p[i] = pi - step_size * mi / (np.sqrt(vi) / bc2_sqrt + eps)
+def module():
+    """The generated Numba module (written and imported on first use)."""
+    global _module
+    if _module is None:
+        _module = load("numba")
+    return _module
 
 
 def _all_finite(x):
@@ -158,65 +47,58 @@ def _all_finite(x):
     return bad == 0
 
 
-def _renamed(fn, suffix):
-    """A copy of ``fn`` under another name, so its on-disk cache entry is its own (Numba's cache
-    index is keyed by qualified name, not by the ``parallel`` flag)."""
-    name = fn.__name__ + suffix
-    code = fn.__code__.replace(co_name=name, co_qualname=name)
-    clone = types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
-    clone.__qualname__ = name
-    clone.__module__ = fn.__module__
-    return clone
+_all_finite_par = njit(parallel=True, fastmath=_FLAGS, error_model="numpy", cache=True,
+                       nogil=True)(_all_finite)
 
 
-def _pair(fn):
-    """(parallel, serial) lazily-compiled, disk-cached dispatchers for one update rule."""
-    par = njit(parallel=True, fastmath=_FLAGS, error_model="numpy", cache=True, nogil=True)(fn)
-    ser = njit(fastmath=_FLAGS, error_model="numpy", cache=True, nogil=True)(_renamed(fn, "_serial"))
-    return par, ser
+@njit(fastmath=_FLAGS, error_model="numpy", cache=True, nogil=True)
+def _all_finite_ser(x):
+    for i in range(x.size):
+        if not math.isfinite(x[i]):
+            return False
+    return True
 
 
-_sgd_par, _sgd_ser = _pair(_sgd)
-_momentum_par, _momentum_ser = _pair(_momentum)
-_rmsprop_par, _rmsprop_ser = _pair(_rmsprop)
-_adagrad_par, _adagrad_ser = _pair(_adagrad)
-_adam_par, _adam_ser = _pair(_adam)
-_all_finite_par, _all_finite_ser = _pair(_all_finite)
+def _entry(dispatcher, types):
+    """The compiled entry point of ``dispatcher`` for argument ``types`` (compiles or loads
+    from the cache when needed): callable like the dispatcher, minus type dispatch."""
+    dispatcher.compile(types)
+    return dispatcher.overloads[types].entry_point
 
 
-def sgd(param, grad, momentum_buffer, scalars):
-    k = _sgd_par if param.size >= config.PARALLEL_THRESHOLD else _sgd_ser
-    k(param, grad, momentum_buffer, scalars.values, *scalars.flags)
+class NumbaBackend(HostBackend):
+    name = "numba"
 
+    def _compile(self, kernel):
+        mod = module()
+        return getattr(mod, kernel.name + "_par"), getattr(mod, kernel.name + "_ser")
 
-def momentum(param, grad, velocity, scalars):
-    k = _momentum_par if param.size >= config.PARALLEL_THRESHOLD else _momentum_ser
-    k(param, grad, velocity, scalars.values, *scalars.flags)
+    def bind(self, kernel, rows):
+        par, ser = kernel.impl
+        n_scalars = len(kernel.sig.scalars)
+        empty = np.empty(0, dtype=kernel.dtype)
+        calls = []
+        for n, row in self._check_rows(kernel, rows):
+            if not n:
+                continue
+            args = tuple(empty if a is None else a for a in row)
+            types = tuple(numba.typeof(a) for a in args) + (numba.float64,) * n_scalars
+            calls.append((n, _entry(par, types), _entry(ser, types), args))
 
+        def call(scalars):
+            threshold = config.PARALLEL_THRESHOLD
+            for n, p, s, args in calls:
+                (p if n >= threshold else s)(*args, *scalars)
+        call.rows = [c[0] for c in calls]
+        return call
 
-def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, scalars):
-    k = _rmsprop_par if param.size >= config.PARALLEL_THRESHOLD else _rmsprop_ser
-    k(param, grad, square_avg, grad_avg, momentum_buffer, scalars.values, *scalars.flags)
+    def all_finite(self, array):
+        k = _all_finite_par if array.size >= config.PARALLEL_THRESHOLD else _all_finite_ser
+        return bool(k(array))
 
-
-def adagrad(param, grad, state_sum, scalars):
-    k = _adagrad_par if param.size >= config.PARALLEL_THRESHOLD else _adagrad_ser
-    k(param, grad, state_sum, scalars.values, *scalars.flags)
-
-
-def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, scalars):
-    k = _adam_par if param.size >= config.PARALLEL_THRESHOLD else _adam_ser
-    k(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, scalars.values, *scalars.flags)
-
-
-def all_finite(array):
-    k = _all_finite_par if array.size >= config.PARALLEL_THRESHOLD else _all_finite_ser
-    return bool(k(array))
-
-
-def DETAIL():
-    return (f"numba {numba.__version__}, {numba.get_num_threads()} threads, "
-            f"threading layer {_threading_layer()}")
+    def detail(self):
+        return (f"numba {numba.__version__}, {numba.get_num_threads()} threads, "
+                f"threading layer {_threading_layer()}")
 
 
 def _threading_layer():

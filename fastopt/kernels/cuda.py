@@ -1,23 +1,22 @@
-"""numba.cuda backend: one fused, in-place grid-stride kernel launch per buffer.
+"""numba.cuda backend: the generated grid-stride kernels of :mod:`fastopt.kernels._codegen`.
 
 Imported only when ``backend="cuda"`` is asked for (or a device Arena is built): this module is the
-only place in fastopt that imports :mod:`numba.cuda`.  Under ``NUMBA_ENABLE_CUDASIM=1`` the same
-kernels run in numba's CUDA simulator (slow, exact Python semantics): that is how the tests run on
-machines without a GPU.
+only place in fastopt that imports :mod:`numba.cuda`.  The rules of :mod:`fastopt.kernels.rules`
+are device functions (force-inlined) of a generated module, with one grid-stride kernel per
+variant (rule, dtype, flags).  Under ``NUMBA_ENABLE_CUDASIM=1`` the same kernels run in numba's
+CUDA simulator (slow, exact Python semantics): that is how the tests run on machines without a
+GPU.  **None of this has run on a real GPU yet** (no GPU was available to the sessions that
+wrote it).
 
-Kernels follow the contract of :mod:`fastopt.kernels`: 1-D contiguous *device* arrays first (a
-state buffer the options do not use is a zero-length array and is never indexed), then the
-``scalars`` tuple of :mod:`fastopt.kernels._scalars`, whose floats are already NumPy scalars of the
-arrays' dtype, so a float32 buffer is updated in float32 arithmetic (``math.sqrt`` of a float32 is
-``sqrtf``).  The arithmetic order is that of :mod:`fastopt.kernels.reference`.
+Arrays are 1-D contiguous *device* arrays; an optional state buffer the flags leave unused is
+a zero-length device array and is never indexed.  The step's scalars are kernel arguments
+(doubles, cast to the arrays' dtype inside the kernel, so a float32 buffer is updated in
+float32 arithmetic).
 
 Launch configuration is read from :mod:`fastopt.config` at call time: ``CUDA_THREADS_PER_BLOCK``
 threads per block, ``min(CUDA_BLOCKS_PER_SM * SM count, ceil(n / threads))`` blocks, capped by
 ``CUDA_MAX_BLOCKS`` when that is > 0; a grid-stride loop covers the rest, so tests can shrink the
 grid and exercise multi-block, multi-stride paths on tiny arrays.
-
-Short names inside the kernels: ``p`` param, ``g`` grad, ``m`` exp_avg, ``v`` exp_avg_sq,
-``vmax`` max_exp_avg_sq, ``b`` momentum_buffer, ``s`` square_avg, ``a`` grad_avg, ``h`` sum.
 """
 from __future__ import annotations
 
@@ -27,135 +26,24 @@ import weakref
 import numpy as np
 from numba import cuda
 
-from .. import config
-from . import Backend, check_dtype
+from .. import _layout, config
+from . import Backend, HostBackend, check_dtype
+from ._generated import load
 
-__all__ = ["sgd", "momentum", "rmsprop", "adagrad", "adam", "all_finite", "fill_zero", "DETAIL",
-           "make_backend", "arena_fill", "launch_config", "SIMULATOR"]
+__all__ = ["CudaBackend", "fill_zero", "make_backend", "arena_fill", "launch_config",
+           "SIMULATOR", "module"]
 
 #: True when numba's CUDA simulator stands in for a GPU (``NUMBA_ENABLE_CUDASIM=1``).
 SIMULATOR = "simulator" in getattr(cuda.jit, "__module__", "")
+_module = None
 
 
-# -- kernels -----------------------------------------------------------------------------------
-@cuda.jit
-def _sgd_kernel(p, g, b, lr, momentum, one_minus_dampening, weight_decay, grad_sign, nesterov,
-                first_step, has_momentum):
-    start = cuda.grid(1)
-    stride = cuda.gridsize(1)
-    n = p.shape[0]
-    if not has_momentum:
-        for i in range(start, n, stride):
-            gi = grad_sign * g[i]
-            if weight_decay != 0:
-                gi = gi + weight_decay * p[i]
-            p[i] = p[i] - lr * gi
-    elif first_step:
-        for i in range(start, n, stride):
-            gi = grad_sign * g[i]
-            if weight_decay != 0:
-                gi = gi + weight_decay * p[i]
-            b[i] = gi
-            if nesterov:
-                d = gi + momentum * gi
-            else:
-                d = gi
-            p[i] = p[i] - lr * d
-    else:
-        for i in range(start, n, stride):
-            gi = grad_sign * g[i]
-            if weight_decay != 0:
-                gi = gi + weight_decay * p[i]
-            bi = momentum * b[i] + one_minus_dampening * gi
-            b[i] = bi
-            if nesterov:
-                d = gi + momentum * bi
-            else:
-                d = bi
-            p[i] = p[i] - lr * d
-
-
-@cuda.jit
-def _momentum_kernel(p, g, v, lr_over_bc, beta, one_minus_beta, weight_decay):
-    start = cuda.grid(1)
-    stride = cuda.gridsize(1)
-    for i in range(start, p.shape[0], stride):
-        gi = g[i]
-        if weight_decay != 0:
-            gi = gi + weight_decay * p[i]
-        vi = beta * v[i] + one_minus_beta * gi
-        v[i] = vi
-        p[i] = p[i] - lr_over_bc * vi
-
-
-@cuda.jit
-def _rmsprop_kernel(p, g, s, a, b, lr, alpha, one_minus_alpha, eps, weight_decay, grad_sign,
-                    momentum, centered, has_momentum):
-    start = cuda.grid(1)
-    stride = cuda.gridsize(1)
-    for i in range(start, p.shape[0], stride):
-        gi = grad_sign * g[i]
-        if weight_decay != 0:
-            gi = gi + weight_decay * p[i]
-        si = alpha * s[i] + one_minus_alpha * gi * gi
-        s[i] = si
-        if centered:
-            ai = alpha * a[i] + one_minus_alpha * gi
-            a[i] = ai
-            den = math.sqrt(si - ai * ai) + eps
-        else:
-            den = math.sqrt(si) + eps
-        if has_momentum:
-            bi = momentum * b[i] + gi / den
-            b[i] = bi
-            p[i] = p[i] - lr * bi
-        else:
-            p[i] = p[i] - lr * gi / den
-
-
-@cuda.jit
-def _adagrad_kernel(p, g, h, clr, eps, weight_decay, grad_sign):
-    start = cuda.grid(1)
-    stride = cuda.gridsize(1)
-    for i in range(start, p.shape[0], stride):
-        gi = grad_sign * g[i]
-        if weight_decay != 0:
-            gi = gi + weight_decay * p[i]
-        hi = h[i] + gi * gi
-        h[i] = hi
-        p[i] = p[i] - clr * gi / (math.sqrt(hi) + eps)
-
-
-@cuda.jit
-def _adam_kernel(p, g, m, v, vmax, beta1, one_minus_beta1, beta2, one_minus_beta2, eps, l2,
-                 decay, grad_sign, step_size, bc2_sqrt, amsgrad):
-    start = cuda.grid(1)
-    stride = cuda.gridsize(1)
-    n = p.shape[0]
-    if amsgrad:
-        for i in range(start, n, stride):
-            pi = p[i] * decay
-            gi = grad_sign * g[i]
-            if l2 != 0:
-                gi = gi + l2 * pi
-            mi = beta1 * m[i] + one_minus_beta1 * gi
-            vi = beta2 * v[i] + one_minus_beta2 * gi * gi
-            m[i] = mi
-            v[i] = vi
-            wi = max(vmax[i], vi)
-            vmax[i] = wi
-            p[i] = pi - step_size * mi / (math.sqrt(wi) / bc2_sqrt + eps)
-    else:
-        for i in range(start, n, stride):
-            pi = p[i] * decay
-            gi = grad_sign * g[i]
-            if l2 != 0:
-                gi = gi + l2 * pi
-            mi = beta1 * m[i] + one_minus_beta1 * gi
-            vi = beta2 * v[i] + one_minus_beta2 * gi * gi
-            m[i] = mi
-            v[i] = vi
-            p[i] = pi - step_size * mi / (math.sqrt(vi) / bc2_sqrt + eps)
+def module():
+    """The generated numba.cuda module (written and imported on first use)."""
+    global _module
+    if _module is None:
+        _module = load("cuda")
+    return _module
 
 
 @cuda.jit
@@ -199,43 +87,11 @@ def launch_config(n):
     return max(blocks, 1), tpb
 
 
-def sgd(param, grad, momentum_buffer, scalars):
-    n = param.shape[0]
-    if n:
-        _sgd_kernel[launch_config(n)](param, grad, momentum_buffer, *scalars)
-
-
-def momentum(param, grad, velocity, scalars):
-    n = param.shape[0]
-    if n:
-        _momentum_kernel[launch_config(n)](param, grad, velocity, *scalars)
-
-
-def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, scalars):
-    n = param.shape[0]
-    if n:
-        _rmsprop_kernel[launch_config(n)](param, grad, square_avg, grad_avg, momentum_buffer,
-                                          *scalars)
-
-
-def adagrad(param, grad, state_sum, scalars):
-    n = param.shape[0]
-    if n:
-        _adagrad_kernel[launch_config(n)](param, grad, state_sum, *scalars)
-
-
-def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, scalars):
-    n = param.shape[0]
-    if n:
-        _adam_kernel[launch_config(n)](param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq,
-                                       *scalars)
-
-
 _ZERO_FLAG = np.zeros(1, dtype=np.int32)
 _flag = None
 
 
-def all_finite(array):
+def _all_finite(array):
     """True when every element of the 1-D device array is finite (one reduction launch, one
     4-byte copy back, which synchronizes)."""
     global _flag
@@ -259,17 +115,6 @@ def _fill(x, value):
 def fill_zero(x):
     """Set a contiguous device array to zero in place (``Arena.zero_grad``)."""
     _fill(x, 0)
-
-
-def DETAIL():
-    version = _numba_cuda_version()
-    if SIMULATOR:
-        return f"numba-cuda {version} simulator (NUMBA_ENABLE_CUDASIM=1): no GPU is used"
-    dev = cuda.get_current_device()
-    name = dev.name.decode() if isinstance(dev.name, bytes) else str(dev.name)
-    cc = ".".join(map(str, dev.compute_capability))
-    return (f"{name}, compute capability {cc}, {_multiprocessors()} SMs; numba-cuda {version}"
-            f"{_bindings()}")
 
 
 def _numba_cuda_version():
@@ -345,20 +190,40 @@ def register_buffer(buf):
     _roots[key] = (start, start + buf.nbytes, weakref.ref(buf, forget))
 
 
-def _host_span(arrays):
-    from . import HostBackend
-    return HostBackend.span(arrays)
+def _root_of(start, end, dtype):
+    """The registered Arena buffer holding [start, end), or None."""
+    for r0, r1, ref in list(_roots.values()):
+        root = ref()
+        if root is not None and r0 <= start and end <= r1 and root.dtype == dtype:
+            return r0, root
+    return None
 
 
 class CudaBackend(Backend):
     """Array handling for numba.cuda device arrays (or anything with __cuda_array_interface__,
-    viewed zero-copy)."""
+    viewed zero-copy), and the generated kernels."""
 
     name = "cuda"
     device = "cuda"
 
-    def __init__(self, kernels):
-        super().__init__(kernels)
+    # -- kernels -----------------------------------------------------------------------------
+    def _compile(self, kernel):
+        return getattr(module(), kernel.name)
+
+    def bind(self, kernel, rows):
+        kern = kernel.impl
+        empty = cuda.device_array(0, dtype=kernel.dtype)
+        calls = [(n, tuple(empty if a is None else a for a in row))
+                 for n, row in self._check_rows(kernel, rows) if n]
+
+        def call(scalars):
+            for n, args in calls:
+                kern[launch_config(n)](*args, *scalars)
+        call.rows = [n for n, _ in calls]
+        return call
+
+    def all_finite(self, array):
+        return _all_finite(array)
 
     # -- validation (nothing is mutated by these) -------------------------------------------
     def check_param(self, label, x):
@@ -412,39 +277,57 @@ class CudaBackend(Backend):
         return _address(x)
 
     @staticmethod
-    def span(arrays):
-        """A 1-D device view covering ``arrays`` exactly, or None.
+    def locate(d):
+        """``(allocation key, start, nbytes)`` for :func:`fastopt._layout.runs`: a device
+        Arena's buffer (registered), or on the simulator the host root array; on a GPU, the
+        driver's allocation (``cuMemGetAddressRange``)."""
+        if not _contiguous(d):
+            return None, 0, d.nbytes
+        start = _address(d)
+        dtype = np.dtype(d.dtype)
+        if not d.size:
+            return None, start, 0
+        hit = _root_of(start, start + d.nbytes, dtype)
+        if hit is not None:
+            return ("arena", hit[0], dtype), start, d.nbytes
+        if SIMULATOR:
+            key, _, _ = HostBackend.locate(d._ary)
+            return key, start, d.nbytes
+        return _driver_key(d, dtype), start, d.nbytes  # pragma: no cover - needs a GPU
 
-        The arrays must be contiguous, of one dtype, laid end to end in this order inside one
-        allocation: a device Arena's buffer (registered), or, found through the driver, any
-        one allocation (on the simulator: one NumPy root array).  Zero-size arrays are skipped.
-        """
+    @classmethod
+    def runs(cls, arrays):
+        return _layout.runs(arrays, cls.locate)
+
+    @staticmethod
+    def join(arrays):
+        """One 1-D device view over ``arrays`` (a run found by :meth:`runs`)."""
+        full = [a for a in arrays if a.size]
+        if not full:
+            return CudaBackend.flat(arrays[0])
+        if len(full) == 1:
+            return CudaBackend.flat(full[0])
+        dtype = np.dtype(full[0].dtype)
+        start = _address(full[0])
+        end = _address(full[-1]) + full[-1].nbytes
+        hit = _root_of(start, end, dtype)
+        if hit is not None:
+            r0, root = hit
+            isz = dtype.itemsize
+            return root[(start - r0) // isz:(end - r0) // isz]
+        if SIMULATOR:
+            return type(full[0])(HostBackend.join([a._ary for a in full]))
+        return _driver_span(full, start, end, dtype)  # pragma: no cover - needs a GPU
+
+    @classmethod
+    def span(cls, arrays):
+        """A 1-D device view covering ``arrays`` exactly when they form one run, else None."""
         if not arrays:
             return None
-        dtype = arrays[0].dtype
-        start = end = None
-        for a in arrays:
-            if a.dtype != dtype or not _contiguous(a):
-                return None
-            addr = _address(a)
-            if not a.size and any(r0 <= addr <= r1 for r0, r1, _ in _roots.values()):
-                continue  # an empty view of an Arena buffer (wherever its pointer says it is)
-            if start is None:
-                start = end = addr
-            elif addr != end:
-                return None
-            end += a.nbytes
-        if not start:
-            return None  # a zero-size array with no memory: belongs to no allocation
-        isz = np.dtype(dtype).itemsize
-        for r0, r1, ref in list(_roots.values()):
-            root = ref()
-            if root is not None and r0 <= start and end <= r1 and root.dtype == dtype:
-                return root[(start - r0) // isz:(end - r0) // isz]
-        if SIMULATOR:
-            view = _host_span([a._ary for a in arrays])
-            return None if view is None else type(arrays[0])(view)
-        return _driver_span(arrays, start, end, dtype)  # pragma: no cover - needs a GPU
+        try:
+            return cls.join(arrays) if len(cls.runs(arrays)) == 1 else None
+        except Exception:  # pragma: no cover - a driver that cannot say: not joined
+            return None
 
     @staticmethod
     def to_numpy(x):
@@ -457,20 +340,39 @@ class CudaBackend(Backend):
         if dst.size:
             dst.copy_to_device(src)
 
+    @staticmethod
+    def copy(dst, src):
+        """Device-to-device copy of equal-shaped arrays."""
+        if dst.size:
+            dst.copy_to_device(src)
 
-def _driver_span(arrays, start, end, dtype):  # pragma: no cover - needs a GPU
-    """Join adjacent views of one allocation that fastopt did not make (e.g. slices of one flat
-    torch tensor): ``cuMemGetAddressRange`` says whether [start, end) lies in one allocation."""
+    def detail(self):
+        version = _numba_cuda_version()
+        if SIMULATOR:
+            return f"numba-cuda {version} simulator (NUMBA_ENABLE_CUDASIM=1): no GPU is used"
+        dev = cuda.get_current_device()
+        name = dev.name.decode() if isinstance(dev.name, bytes) else str(dev.name)
+        cc = ".".join(map(str, dev.compute_capability))
+        return (f"{name}, compute capability {cc}, {_multiprocessors()} SMs; numba-cuda {version}"
+                f"{_bindings()}")
+
+
+def _driver_key(d, dtype):  # pragma: no cover - needs a GPU
+    """The driver's allocation holding ``d`` (its base address), as a layout key."""
     try:
         from numba.cuda.cudadrv import driver
-        base, stop = driver.device_extents(arrays[0])
-        if not (base <= start and end <= stop):
-            return None
-        desc = {"shape": ((end - start) // np.dtype(dtype).itemsize,), "strides": None,
-                "typestr": np.dtype(dtype).str, "data": (start, False), "version": 3}
-        return cuda.from_cuda_array_interface(desc, owner=tuple(arrays), sync=False)
+        base, _stop = driver.device_extents(d)
+        return ("alloc", int(base), dtype)
     except Exception:
         return None
+
+
+def _driver_span(arrays, start, end, dtype):  # pragma: no cover - needs a GPU
+    """A device view of [start, end) inside one allocation that fastopt did not make (e.g.
+    slices of one flat torch tensor)."""
+    desc = {"shape": ((end - start) // np.dtype(dtype).itemsize,), "strides": None,
+            "typestr": np.dtype(dtype).str, "data": (start, False), "version": 3}
+    return cuda.from_cuda_array_interface(desc, owner=tuple(arrays), sync=False)
 
 
 def arena_fill(arena, arrays, order, pviews, gviews):
@@ -517,5 +419,4 @@ def make_backend():
         raise RuntimeError("backend 'cuda' is not available: numba.cuda.is_available() is False "
                            "(no CUDA GPU or driver found; NUMBA_ENABLE_CUDASIM=1 runs the "
                            "simulator instead)")
-    import sys
-    return CudaBackend(sys.modules[__name__])
+    return CudaBackend()

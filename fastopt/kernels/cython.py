@@ -1,16 +1,21 @@
-"""Cython backend: thin wrappers over the compiled extension :mod:`fastopt.kernels._cython`.
+"""Cython backend: the compiled extension built from :mod:`fastopt.kernels._codegen`'s ``.pyx``.
 
-Same contract as every backend (see :mod:`fastopt.kernels`): 1-D C-contiguous arrays of one dtype
-(float32 or float64) first, then the ``scalars`` tuple of :mod:`fastopt.kernels._scalars`.  Each
-wrapper checks that every array has the parameter's dtype (a mismatch raises ``TypeError`` naming
-the argument, instead of Cython's "No matching signature"), unpacks ``scalars``, and calls the
-float or double specialization of the fused kernel directly (no fused-dispatch lookup per call),
-passing :data:`fastopt.config.PARALLEL_THRESHOLD` read at call time: shorter buffers run on the
-calling thread, longer ones are split over OpenMP threads (when the extension was built with it).
+setup.py generates the ``.pyx`` from the rules at build time and compiles it twice on x86-64:
+``_cython`` for the baseline ISA and ``_cython_avx2`` (AVX2 without FMA, ``-ffp-contract=off``
+everywhere: the same arithmetic, so the same bits, in 8-wide vectors), used where the CPU has
+AVX2 unless ``FASTOPT_CYTHON_ISA=baseline``.
 
-The portable extension ``_cython`` targets the baseline ISA.  On x86-64 the build also makes
-``_cython_avx2`` from the same source (AVX2 without FMA: the same arithmetic, so the same bits, in
-8-wide vectors); it is used when the CPU has AVX2, unless ``FASTOPT_CYTHON_ISA=baseline``.
+A build that does not match the installed sources is refused: each extension carries the
+``SOURCE_HASH`` of the rules and the generator it was built from, and this module raises
+``RuntimeError`` (the backend is then unavailable, and ``backend=None`` moves on to Numba) when
+it differs from :func:`fastopt.kernels._codegen.source_hash` of the files next to it.  Rebuild
+with ``make setup`` or ``pip install -e . --no-build-isolation``.
+
+Each variant's entry point takes a *table* of buffers (``(n, address, ...)`` rows, built once
+by :meth:`CythonBackend.bind` and kept alive with the arrays it points into), the step's scalars
+as doubles and the thread threshold: one Python call steps every buffer of a (group, dtype),
+serially below ``fastopt.config.PARALLEL_THRESHOLD`` elements (read at call time) and over
+OpenMP threads above it.
 """
 from __future__ import annotations
 
@@ -19,13 +24,9 @@ import os
 import numpy as np
 
 from .. import config
-from . import _cython
+from . import HostBackend, _codegen
 
-__all__ = ["sgd", "momentum", "rmsprop", "adagrad", "adam", "all_finite", "DETAIL", "OPENMP",
-           "ISA", "variants"]
-
-_F32 = np.dtype(np.float32)
-_F64 = np.dtype(np.float64)
+__all__ = ["CythonBackend", "variants", "ISA", "OPENMP", "extension"]
 
 
 def _cpu_has(feature):
@@ -39,8 +40,12 @@ def _cpu_has(feature):
     return bool(__cpu_features__.get(feature, False))
 
 
-def variants():
-    """``{name: extension module}`` of the builds importable here that this CPU can run."""
+def _import_builds():
+    try:
+        from . import _cython
+    except ImportError as exc:
+        raise RuntimeError("backend 'cython' is not available: the extension "
+                           f"fastopt.kernels._cython was not built ({exc})") from None
     found = {"baseline": _cython}
     if _cpu_has("AVX2"):
         try:
@@ -49,86 +54,88 @@ def variants():
             pass
         else:
             found["avx2"] = _cython_avx2
+    expected = _codegen.source_hash()
+    for name, ext in found.items():
+        got = getattr(ext, "SOURCE_HASH", None)
+        if got != expected:
+            raise RuntimeError(
+                f"backend 'cython' is not available: the {name} build "
+                f"({os.path.basename(ext.__file__)}) was compiled from other sources (hash "
+                f"{got}, the rules here hash to {expected}); rebuild it with `make setup` or "
+                f"`pip install -e . --no-build-isolation`")
     return found
 
 
-def _specializations(fused):
-    return {_F32: fused["float"], _F64: fused["double"]}
+_BUILDS = _import_builds()
+
+
+def variants():
+    """``{name: extension module}`` of the builds importable here that this CPU can run."""
+    return dict(_BUILDS)
 
 
 def _use(name):
-    """Bind the wrappers to the extension build ``name`` (``'baseline'`` or ``'avx2'``)."""
-    global ISA, OPENMP, _ext, _SGD, _MOMENTUM, _RMSPROP, _ADAGRAD, _ADAM, _ALL_FINITE
-    ext = variants()[name]
-    ISA, _ext = name, ext
-    OPENMP = bool(ext.OPENMP)
-    _SGD = _specializations(ext.sgd)
-    _MOMENTUM = _specializations(ext.momentum)
-    _RMSPROP = _specializations(ext.rmsprop)
-    _ADAGRAD = _specializations(ext.adagrad)
-    _ADAM = _specializations(ext.adam)
-    _ALL_FINITE = _specializations(ext.all_finite)
+    """Bind the backend to the extension build ``name`` (``'baseline'`` or ``'avx2'``)."""
+    global ISA, OPENMP, extension
+    extension = _BUILDS[name]
+    ISA, OPENMP = name, bool(extension.OPENMP)
 
 
-#: Which build the wrappers call: ``'avx2'`` where built and supported, else ``'baseline'``.
+#: Which build is used: ``'avx2'`` where built and supported, else ``'baseline'``.
 ISA = "baseline"
 #: True when that build was compiled with OpenMP.
 OPENMP = False
+extension = None
 _use("baseline" if os.environ.get("FASTOPT_CYTHON_ISA", "") == "baseline"
-     else "avx2" if "avx2" in variants() else "baseline")
+     else "avx2" if "avx2" in _BUILDS else "baseline")
+
+_TAG = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 
 
-def _kernel(table, param, **others):
-    """The specialization for ``param``'s dtype, after checking every other array matches it."""
-    dtype = getattr(param, "dtype", None)
-    kernel = table.get(dtype)
-    if kernel is None:
-        raise TypeError(f"param: the cython backend supports float32 and float64 arrays, "
-                        f"got {dtype if dtype is not None else type(param).__name__}")
-    for name, arr in others.items():
-        got = getattr(arr, "dtype", None)
-        if got != dtype:
-            raise TypeError(f"{name}: dtype {got} does not match param's dtype {dtype} "
-                            f"(all arrays of one update share one dtype)")
-    return kernel
+def _address(a):
+    return a.__array_interface__["data"][0]
 
 
-def sgd(param, grad, momentum_buffer, scalars):
-    k = _kernel(_SGD, param, grad=grad, momentum_buffer=momentum_buffer)
-    k(param, grad, momentum_buffer, *scalars, config.PARALLEL_THRESHOLD)
+class CythonBackend(HostBackend):
+    name = "cython"
 
+    def _compile(self, kernel):
+        return kernel.name   # looked up in the extension in use when binding
 
-def momentum(param, grad, velocity, scalars):
-    k = _kernel(_MOMENTUM, param, grad=grad, velocity=velocity)
-    k(param, grad, velocity, *scalars, config.PARALLEL_THRESHOLD)
+    def bind(self, kernel, rows):
+        fn = getattr(extension, kernel.impl)
+        checked = [(n, row) for n, row in self._check_rows(kernel, rows) if n]
+        width = 1 + len(kernel.sig.arrays)
+        table = np.zeros((len(checked), width), dtype=np.uintp)
+        keep = []
+        for k, (n, row) in enumerate(checked):
+            table[k, 0] = n
+            for j, a in enumerate(row):
+                if a is not None and kernel.sig.arrays[j] in kernel.used:
+                    table[k, j + 1] = _address(a)
+                    keep.append(a)
+        address, count = _address(table), len(checked)
 
+        def call(scalars, _keep=(table, keep)):
+            fn(address, count, *scalars, config.PARALLEL_THRESHOLD)
+        call.rows = [n for n, _ in checked]
+        return call
 
-def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, scalars):
-    k = _kernel(_RMSPROP, param, grad=grad, square_avg=square_avg, grad_avg=grad_avg,
-                momentum_buffer=momentum_buffer)
-    k(param, grad, square_avg, grad_avg, momentum_buffer, *scalars, config.PARALLEL_THRESHOLD)
+    def all_finite(self, array):
+        tag = _TAG.get(np.dtype(array.dtype))
+        if tag is None:
+            raise TypeError(f"all_finite: the cython backend checks float32 and float64 "
+                            f"arrays, got {array.dtype}")
+        if not array.flags.c_contiguous:
+            raise ValueError("all_finite: the array must be C-contiguous")
+        if not array.size:
+            return True
+        fn = getattr(extension, "all_finite_" + tag)
+        return bool(fn(_address(array), array.size, config.PARALLEL_THRESHOLD))
 
-
-def adagrad(param, grad, state_sum, scalars):
-    k = _kernel(_ADAGRAD, param, grad=grad, sum=state_sum)
-    k(param, grad, state_sum, *scalars, config.PARALLEL_THRESHOLD)
-
-
-def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, scalars):
-    k = _kernel(_ADAM, param, grad=grad, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq,
-                max_exp_avg_sq=max_exp_avg_sq)
-    k(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, *scalars, config.PARALLEL_THRESHOLD)
-
-
-def all_finite(array):
-    """True when every element is finite."""
-    return bool(_kernel(_ALL_FINITE, array)(array, config.PARALLEL_THRESHOLD))
-
-
-def DETAIL():
-    """One line for ``backend_status()`` / ``python -m fastopt info``."""
-    isa = "AVX2 kernels" if ISA == "avx2" else "baseline-ISA kernels"
-    if OPENMP:
-        n = _ext.max_threads()
-        return f"built with OpenMP, {n} thread{'s' if n != 1 else ''}, {isa}"
-    return f"built without OpenMP (single-threaded), {isa}"
+    def detail(self):
+        isa = "AVX2 kernels" if ISA == "avx2" else "baseline-ISA kernels"
+        if OPENMP:
+            n = extension.max_threads()
+            return f"built with OpenMP, {n} thread{'s' if n != 1 else ''}, {isa}"
+        return f"built without OpenMP (single-threaded), {isa}"

@@ -1,100 +1,136 @@
-"""NumPy reference backend: the formulas of SPEC.md written plainly, one line per line.
+"""NumPy reference backend: the formulas of SPEC.md written plainly, in vector form.
 
 This module is the test oracle (run in float64) and the naive baseline the benchmarks beat: it
-allocates temporaries freely and makes several passes over memory.  It follows the kernel
-contract shared by every backend (see :mod:`fastopt.kernels`):
+allocates temporaries freely and makes several passes over memory.  It is written from SPEC.md
+and torch.optim's documented algorithms, *not* generated from :mod:`fastopt.kernels.rules`, so
+that the two can catch each other's mistakes.
 
-* arrays first, all 1-D and C-contiguous with the same length; a state buffer the options do not
-  use (``momentum_buffer`` without momentum, ``grad_avg`` without ``centered``,
-  ``max_exp_avg_sq`` without ``amsgrad``) is a zero-length array and is not touched;
-* then ``scalars``, the tuple built by :mod:`fastopt.kernels._scalars` for this family, its floats
-  already cast to the arrays' dtype (so float32 arrays are updated in float32 arithmetic);
-* every array is updated in place; nothing is returned.
+Each function takes the same arguments as the rule of the same name (see
+:mod:`fastopt.kernels.rules`): the arrays (1-D, one dtype, ``None`` for optional state the flags
+leave unused), then the scalars, then the flags by keyword.  The scalars are cast to the arrays'
+dtype first (float32 arrays are updated in float32 arithmetic), and every array is updated in
+place.  Operations follow torch.optim's single-tensor code op for op (``addcmul`` is
+``self + (value*t1)*t2``, ``addcdiv`` is ``self + value*(t1/t2)``), so the rounding is torch's;
+non-finite values follow it too: ``lerp`` as ATen computes it, ``np.maximum`` for
+``torch.maximum``, the L2 term only when ``weight_decay != 0``.
 """
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["sgd", "momentum", "rmsprop", "adagrad", "adam", "all_finite", "DETAIL"]
+from . import HostBackend
 
-DETAIL = f"the NumPy reference (numpy {np.__version__}): the test oracle and naive baseline"
+__all__ = ["NumpyBackend", "sgd", "momentum", "rmsprop", "adagrad", "adam", "ema", "swap"]
 
 
-def _effective_grad(param, grad, weight_decay, grad_sign):
+def _effective_grad(param, grad, grad_sign, weight_decay, l2):
     # SPEC: maximize first (g = -g), then L2 weight decay (g = g + weight_decay * p).
     g = grad_sign * grad
-    if weight_decay != 0:
-        g = g + weight_decay * param
-    return g
+    return g + weight_decay * param if l2 else g
 
 
-def sgd(param, grad, momentum_buffer, scalars):
-    """torch.optim.SGD: ``b = g`` (first step) or ``b = momentum*b + (1-dampening)*g``;
-    ``d = g + momentum*b`` (nesterov) or ``b``; ``p -= lr*d``."""
-    lr, momentum, one_minus_dampening, weight_decay, grad_sign, nesterov, first_step, \
-        has_momentum = scalars
-    g = _effective_grad(param, grad, weight_decay, grad_sign)
+def _lerp(start, end, weight, weight_minus_one, small):
+    """torch.lerp as ATen's vectorized CPU kernel: ``start + w*(end - start)`` for |w| < 0.5,
+    else ``end + (w - 1)*(end - start)``."""
+    if small:
+        return start + weight * (end - start)
+    return end + weight_minus_one * (end - start)
+
+
+def sgd(param, grad, momentum_buffer, neg_lr, grad_sign, weight_decay, buffer_decay,
+        grad_scale, momentum, *, has_momentum, nesterov, l2):
+    """torch.optim.SGD: ``b = g`` (first step: buffer_decay 0, grad_scale 1) or ``b =
+    momentum*b + (1-dampening)*g``; ``d = g + momentum*b`` (nesterov) or ``b``; ``p -= lr*d``."""
+    g = _effective_grad(param, grad, grad_sign, weight_decay, l2)
     if has_momentum:
-        if first_step:
-            momentum_buffer[...] = g
-        else:
-            momentum_buffer[...] = momentum * momentum_buffer + one_minus_dampening * g
+        momentum_buffer[...] = buffer_decay * momentum_buffer + grad_scale * g
         d = g + momentum * momentum_buffer if nesterov else momentum_buffer
     else:
         d = g
-    param -= lr * d
+    param += neg_lr * d
 
 
-def momentum(param, grad, velocity, scalars):
+def momentum(param, grad, velocity, neg_step, beta, one_minus_beta, weight_decay, *, l2):
     """The course's momentum: ``v = beta*v + (1-beta)*g``; ``p -= lr/bc * v``."""
-    lr_over_bc, beta, one_minus_beta, weight_decay = scalars
-    g = _effective_grad(param, grad, weight_decay, 1)
+    g = _effective_grad(param, grad, 1, weight_decay, l2)
     velocity[...] = beta * velocity + one_minus_beta * g
-    param -= lr_over_bc * velocity
+    param += neg_step * velocity
 
 
-def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, scalars):
+def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, neg_lr, grad_sign, weight_decay,
+            alpha, one_minus_alpha, neg_alpha, eps, momentum, *, centered, has_momentum, l2,
+            lerp_small):
     """torch.optim.RMSprop, with ``centered`` and ``momentum``."""
-    lr, alpha, one_minus_alpha, eps, weight_decay, grad_sign, momentum, centered, \
-        has_momentum = scalars
-    g = _effective_grad(param, grad, weight_decay, grad_sign)
-    square_avg[...] = alpha * square_avg + one_minus_alpha * g * g
+    g = _effective_grad(param, grad, grad_sign, weight_decay, l2)
+    square_avg[...] = square_avg * alpha + one_minus_alpha * g * g        # mul_, addcmul_
     if centered:
-        grad_avg[...] = alpha * grad_avg + one_minus_alpha * g
+        grad_avg[...] = _lerp(grad_avg, g, one_minus_alpha, neg_alpha, lerp_small)
         den = np.sqrt(square_avg - grad_avg * grad_avg) + eps
     else:
         den = np.sqrt(square_avg) + eps
     if has_momentum:
         momentum_buffer[...] = momentum * momentum_buffer + g / den
-        param -= lr * momentum_buffer
+        param += neg_lr * momentum_buffer
     else:
-        param -= lr * g / den
+        param += neg_lr * (g / den)
 
 
-def adagrad(param, grad, state_sum, scalars):
+def adagrad(param, grad, sum, neg_clr, grad_sign, weight_decay, eps, *, l2):  # noqa: A002
     """torch.optim.Adagrad: ``h += g*g``; ``p -= clr*g/(sqrt(h)+eps)``."""
-    clr, eps, weight_decay, grad_sign = scalars
-    g = _effective_grad(param, grad, weight_decay, grad_sign)
-    state_sum += g * g
-    param -= clr * g / (np.sqrt(state_sum) + eps)
+    g = _effective_grad(param, grad, grad_sign, weight_decay, l2)
+    sum += g * g
+    param += neg_clr * (g / (np.sqrt(sum) + eps))
 
 
-def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, scalars):
+def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, decay, grad_sign, weight_decay,
+         one_minus_beta1, neg_beta1, beta2, one_minus_beta2, neg_step_size,
+         bias_correction2_sqrt, eps, *, amsgrad, l2, lerp_small):
     """torch.optim.Adam / AdamW, with ``amsgrad``, ``maximize`` and optional bias correction."""
-    beta1, one_minus_beta1, beta2, one_minus_beta2, eps, l2_weight_decay, decay_factor, \
-        grad_sign, step_size, bias_correction2_sqrt, amsgrad = scalars
-    param *= decay_factor                                   # AdamW: p *= 1 - lr*wd
-    g = _effective_grad(param, grad, l2_weight_decay, grad_sign)
-    exp_avg[...] = beta1 * exp_avg + one_minus_beta1 * g
-    exp_avg_sq[...] = beta2 * exp_avg_sq + one_minus_beta2 * g * g
+    param *= decay                                   # AdamW: p *= 1 - lr*wd
+    g = _effective_grad(param, grad, grad_sign, weight_decay, l2)
+    exp_avg[...] = _lerp(exp_avg, g, one_minus_beta1, neg_beta1, lerp_small)
+    exp_avg_sq[...] = exp_avg_sq * beta2 + one_minus_beta2 * g * g       # mul_, addcmul_
     if amsgrad:
-        np.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
+        np.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)   # NaN propagates
         v = max_exp_avg_sq
     else:
         v = exp_avg_sq
-    param -= step_size * exp_avg / (np.sqrt(v) / bias_correction2_sqrt + eps)
+    param += neg_step_size * (exp_avg / (np.sqrt(v) / bias_correction2_sqrt + eps))
 
 
-def all_finite(array):
-    """True when every element is finite."""
-    return bool(np.isfinite(array).all())
+def ema(average, param, decay, one_minus_decay):
+    """``average = decay*average + (1-decay)*param``."""
+    average[...] = decay * average + one_minus_decay * param
+
+
+def swap(a, b):
+    """Exchange the values of ``a`` and ``b``."""
+    tmp = a.copy()
+    a[...] = b
+    b[...] = tmp
+
+
+class NumpyBackend(HostBackend):
+    name = "numpy"
+
+    def _compile(self, kernel):
+        return globals()[kernel.sig.name]
+
+    def bind(self, kernel, rows):
+        fn, dtype = kernel.impl, kernel.dtype.type
+        flags = dict(zip(kernel.sig.flags, kernel.flags))
+        calls = [row for n, row in self._check_rows(kernel, rows) if n]
+
+        def call(scalars):
+            cast = [dtype(s) for s in scalars]
+            with np.errstate(all="ignore"):   # NaN/Inf propagate silently, as in the kernels
+                for row in calls:
+                    fn(*row, *cast, **flags)
+        call.rows = [row[0].shape[0] for row in calls]
+        return call
+
+    def all_finite(self, array):
+        return bool(np.isfinite(array).all())
+
+    def detail(self):
+        return f"the NumPy reference (numpy {np.__version__}): the test oracle and naive baseline"

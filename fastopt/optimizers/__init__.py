@@ -1,7 +1,43 @@
-"""Optimizer classes: one module per family, all built on :mod:`.base`."""
-from .adam import Adam, AdamW
-from .base import Optimizer, load, save
-from .rmsprop import Adagrad, RMSprop
-from .sgd import SGD, Momentum
+"""The NumPy-facing optimizer classes, one per spec of :mod:`fastopt.specs`.
 
-__all__ = ["Optimizer", "SGD", "Momentum", "RMSprop", "Adagrad", "Adam", "AdamW", "save", "load"]
+Each class is made by :func:`make_class`: a subclass of :class:`Optimizer` with the spec's
+hyperparameters as its constructor's arguments (in the spec's order, the keyword-only ones after
+``*``, then ``backend`` and ``nonfinite``) and the docstring the spec writes.  No class holds
+math: :class:`Optimizer` steps whatever its spec describes.
+"""
+from __future__ import annotations
+
+from .. import specs as _specs
+from ._state_io import load, save
+from .core import Optimizer
+
+__all__ = ["Optimizer", "make_class", "save", "load"] + [s.name for s in _specs.SPECS]
+
+
+def make_class(spec, base=Optimizer, module=__name__):
+    """The optimizer class of ``spec``: its ``__init__`` has the spec's signature."""
+    args, kw = [], False
+    for h in spec.hypers:
+        if h.kw_only and not kw:
+            args.append("*")
+            kw = True
+        args.append(f"{h.name}={h.default!r}")
+    if not kw:
+        args.append("*")
+    args += ["backend=None", "nonfinite='propagate'"]
+    hyper = ", ".join(f"{h.name}={h.name}" for h in spec.hypers)
+    src = (f"def __init__(self, params, {', '.join(args)}):\n"
+           f"    _base.__init__(self, params, dict({hyper}), backend=backend, "
+           f"nonfinite=nonfinite)\n")
+    ns = {"_base": base}
+    exec(src, ns)  # noqa: S102 - built from the spec's names and literal defaults
+    init = ns["__init__"]
+    init.__qualname__ = f"{spec.name}.__init__"
+    init.__module__ = module
+    return type(spec.name, (base,), {"__init__": init, "spec": spec, "__module__": module,
+                                     "__doc__": spec.docstring()})
+
+
+for _spec in _specs.SPECS:
+    globals()[_spec.name] = make_class(_spec)
+del _spec

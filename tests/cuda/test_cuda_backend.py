@@ -84,10 +84,9 @@ def test_launch_shapes_cover_every_element(ck, monkeypatch, tpb, blocks_per_sm, 
                 assert blocks <= max_blocks
             p = cuda.to_device(np.zeros(n, np.float32))
             g = cuda.to_device(np.arange(1, n + 1, dtype=np.float32))
-            empty = cuda.device_array(0, np.float32)
-            sc = (np.float32(1), np.float32(0), np.float32(1), np.float32(0), np.float32(1),
-                  False, True, False)
-            ck.sgd(p, g, empty, sc)
+            # plain SGD, lr 1: p = 0 - g
+            get_backend("cuda").run("sgd", np.float32, (False, False, False), [p, g, None],
+                                    (-1.0, 1.0, 0.0, 0.0, 1.0, 0.0))
             np.testing.assert_array_equal(p.copy_to_host(), -np.arange(1, n + 1))
     finally:
         monkeypatch.undo()
@@ -115,15 +114,15 @@ def test_launch_config_uses_sm_count(ck, monkeypatch):
 # -- all_finite -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_all_finite(ck, dtype, small_grid):
-    assert ck.all_finite(cuda.device_array(0, dtype)) is True
+    assert get_backend("cuda").all_finite(cuda.device_array(0, dtype)) is True
     x = np.linspace(-1, 1, 300).astype(dtype)
-    assert ck.all_finite(cuda.to_device(x)) is True
+    assert get_backend("cuda").all_finite(cuda.to_device(x)) is True
     for pos in (0, 17, 299):
         for bad in (np.nan, np.inf, -np.inf):
             y = x.copy()
             y[pos] = bad
-            assert ck.all_finite(cuda.to_device(y)) is False
-    assert ck.all_finite(cuda.to_device(x)) is True  # the flag is reset between calls
+            assert get_backend("cuda").all_finite(cuda.to_device(y)) is False
+    assert get_backend("cuda").all_finite(cuda.to_device(x)) is True  # the flag is reset between calls
 
 
 @pytest.mark.parametrize("mode", ["skip", "raise"])
@@ -193,10 +192,15 @@ def test_unavailable_backend_message(ck, monkeypatch):
 
 def test_backend_shape_and_detail(ck):
     be = get_backend("cuda")
-    assert be.name == "cuda" and be.device == "cuda" and be.kernels is ck
-    for fn in ("sgd", "momentum", "rmsprop", "adagrad", "adam", "all_finite"):
-        assert callable(getattr(ck, fn))
-    detail = ck.DETAIL()
+    assert be.name == "cuda" and be.device == "cuda" and isinstance(be, ck.CudaBackend)
+    from fastopt.kernels import _codegen
+    gen = ck.module()
+    assert gen.SOURCE_HASH == _codegen.source_hash()   # generated from the rules here
+    for rule in ("sgd", "momentum", "rmsprop", "adagrad", "adam", "ema", "swap"):
+        sig = _codegen.signatures(_codegen.load_rules())[rule]
+        k = be.kernel(rule, np.float32, (False,) * len(sig.flags))
+        assert k.impl is getattr(gen, k.name)
+    detail = be.detail()
     assert "numba-cuda" in detail
     assert ("simulator" in detail) == ck.SIMULATOR
     assert fastopt.backend_status()["cuda"][0] is True
@@ -324,3 +328,39 @@ def test_backend_none_picks_cuda_for_device_arrays():
     assert opt.backend == "cuda"
     with pytest.raises(TypeError, match="mix GPU arrays and host arrays"):
         fastopt.SGD([cuda.to_device(np.zeros(3)), np.zeros(3)], lr=0.1)
+
+
+# -- WeightEMA on device ---------------------------------------------------------------------------
+def test_weight_ema_on_a_device_arena(small_grid):
+    """WeightEMA is a kernel family like the optimizers: device arrays, one row per Arena
+    buffer, the same numbers as the host reference."""
+    rng = np.random.default_rng(6)
+    host = {"w": rng.standard_normal((3, 5)).astype(np.float32),
+            "b": rng.standard_normal(7).astype(np.float32)}
+    arena = fastopt.Arena(host, device="cuda")
+    ema = fastopt.WeightEMA(arena.params, decay=0.9)
+    ref = fastopt.WeightEMA({k: v.copy() for k, v in host.items()}, decay=0.9, backend="numpy")
+    assert ema.backend == "cuda" and ema.num_kernel_calls == 1
+    for t in range(4):
+        new = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in host.items()}
+        for k in host:
+            arena.params[k].copy_to_device(new[k])
+            ref._params[list(host).index(k)][...] = new[k]
+        ema.update()
+        ref.update()
+    for k in host:
+        np.testing.assert_allclose(ema.averages[k].copy_to_host(), ref.averages[k],
+                                   rtol=1e-6, atol=1e-7)
+    before = {k: arena.params[k].copy_to_host() for k in host}
+    with ema.swapped():
+        for k in host:
+            np.testing.assert_allclose(arena.params[k].copy_to_host(), ref.averages[k],
+                                       rtol=1e-6, atol=1e-7)
+    for k in host:
+        np.testing.assert_array_equal(arena.params[k].copy_to_host(), before[k])
+    ema.copy_to()
+    for k in host:
+        np.testing.assert_allclose(arena.params[k].copy_to_host(), ref.averages[k],
+                                   rtol=1e-6, atol=1e-7)
+    sd = ema.state_dict()
+    assert isinstance(sd["averages"]["w"], np.ndarray)

@@ -1,0 +1,189 @@
+"""The update rules: the per-element arithmetic of every kernel family, written once.
+
+Every backend's loops are generated from this file by :mod:`fastopt.kernels._codegen`:
+
+* Numba CPU: the rules and helpers are compiled with ``njit(inline="always")`` and called from
+  one generated ``prange`` loop (and its serial twin) per family, dtype and flag combination;
+* numba.cuda: the same functions as ``cuda.jit(device=True, forceinline=True)`` device
+  functions, called from one generated grid-stride kernel per family, dtype and flag combination;
+* Cython: the same source, given C types, becomes ``cdef inline ... noexcept nogil`` functions
+  called from one generated serial/``prange`` loop per family, dtype and flag combination
+  (setup.py writes the ``.pyx``; nothing generated is checked in).
+
+The NumPy reference (:mod:`fastopt.kernels.reference`) is *not* generated from here: it is the
+oracle, written independently from SPEC.md in vector form.
+
+How a rule is written (checked by ``_codegen.signature`` when the loops are generated):
+
+* Positional-only parameters (before ``/``) are the **elements of the arrays** the kernel walks,
+  in kernel-argument order: for an optimizer the parameter, its gradient, then its state buffers,
+  named as the state is named in checkpoints (``exp_avg``, ``momentum_buffer``, ...).
+* Parameters between ``/`` and ``*`` are the **per-step scalars** (floats the optimizer computes
+  once per step and group; the loop casts them to the arrays' dtype before it starts, so float32
+  buffers are updated in float32 arithmetic).
+* Keyword-only parameters (after ``*``) are **flags**: compile-time constants.  Each combination
+  is its own compiled loop, so a flag never costs a branch per element.
+* The single ``return`` at the end gives the new values of the arrays the rule writes (all but
+  those named in ``@rule(readonly=...)``), in order, as a tuple.
+* ``@rule(optional={array: flag})``: the array exists only when that flag is set; otherwise the
+  loop never reads or writes it (the rule receives a placeholder value and must not use it).
+* No numeric literals (``1.0`` would promote float32 arithmetic to float64 in Numba): constants
+  arrive as scalars.  Only arithmetic, comparisons, conditional expressions, ``sqrt`` and the
+  ``@helper`` functions below are used.
+
+Non-finite values: every rule follows torch.optim operation for operation where it matters for
+NaN/Inf (``lerp`` for torch's ``lerp_``, NaN-propagating ``nan_max`` for ``torch.maximum``, the
+L2 term added only when ``weight_decay != 0``), so NaN and Inf propagate to the same positions on
+every backend and in torch.
+"""
+from math import sqrt
+
+__all__ = ["rule", "helper", "nan_max", "lerp", "sgd", "momentum", "rmsprop", "adagrad", "adam",
+           "ema", "swap"]
+
+
+def rule(*, readonly=(), optional=None):
+    """Mark a function as an update rule (see the module docstring for the conventions)."""
+    def mark(fn):
+        fn.fastopt_rule = {"readonly": tuple(readonly), "optional": dict(optional or {})}
+        return fn
+    return mark
+
+
+def helper(fn):
+    """Mark a scalar helper that rules may call (one value out; ``x: bool`` marks a flag)."""
+    fn.fastopt_helper = True
+    return fn
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+@helper
+def nan_max(a, b):
+    """``max(a, b)`` that propagates NaN from either side, as ``torch.maximum`` (Python's and
+    Numba's ``max`` drop a NaN in the first argument).  Written with ``|`` (no short circuit)
+    so that it compiles to a compare-and-blend and the loop still vectorizes."""
+    return a if (a > b) | (a != a) else b
+
+
+@helper
+def lerp(start, end, weight, weight_minus_one, small: bool):
+    """``torch.lerp(start, end, weight)`` exactly as ATen computes it: ``start + weight*(end -
+    start)`` when ``|weight| < 0.5`` (``small``), else ``end + (weight - 1)*(end - start)``.
+
+    After an infinite gradient the two forms put NaN in different places, so the average is
+    NaN exactly where torch's is."""
+    if small:
+        return start + weight * (end - start)
+    return end + weight_minus_one * (end - start)
+
+
+# -- optimizers ------------------------------------------------------------------------------
+
+@rule(readonly=("grad",), optional={"momentum_buffer": "has_momentum"})
+def sgd(param, grad, momentum_buffer, /, neg_lr, grad_sign, weight_decay, buffer_decay,
+        grad_scale, momentum, *, has_momentum, nesterov, l2):
+    """torch.optim.SGD.
+
+    ``g = grad_sign*grad (+ weight_decay*param)``; ``b = buffer_decay*b + grad_scale*g``
+    (first step: ``buffer_decay = 0``, ``grad_scale = 1``, so ``b = g`` as torch's clone; later
+    ``momentum`` and ``1 - dampening``); ``d = g + momentum*b`` (nesterov) or ``b``;
+    ``param += neg_lr*d``.
+    """
+    g = grad_sign * grad
+    if l2:
+        g = g + weight_decay * param
+    if has_momentum:
+        momentum_buffer = buffer_decay * momentum_buffer + grad_scale * g
+        if nesterov:
+            g = g + momentum * momentum_buffer
+        else:
+            g = momentum_buffer
+    param = param + neg_lr * g
+    return param, momentum_buffer
+
+
+@rule(readonly=("grad",))
+def momentum(param, grad, velocity, /, neg_step, beta, one_minus_beta, weight_decay, *, l2):
+    """The course's momentum: ``v = beta*v + (1-beta)*g``; ``param += neg_step*v`` with
+    ``neg_step = -lr`` or ``-lr/(1 - beta**t)`` (bias correction)."""
+    g = grad
+    if l2:
+        g = g + weight_decay * param
+    velocity = beta * velocity + one_minus_beta * g
+    param = param + neg_step * velocity
+    return param, velocity
+
+
+@rule(readonly=("grad",), optional={"grad_avg": "centered", "momentum_buffer": "has_momentum"})
+def rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, /, neg_lr, grad_sign,
+            weight_decay, alpha, one_minus_alpha, neg_alpha, eps, momentum, *, centered,
+            has_momentum, l2, lerp_small):
+    """torch.optim.RMSprop: ``s = alpha*s + (1-alpha)*g*g``; centered: ``a = lerp(a, g,
+    1-alpha)``, ``avg = sqrt(s - a*a) + eps``, else ``avg = sqrt(s) + eps``; with momentum
+    ``b = momentum*b + g/avg``, ``param += neg_lr*b``, else ``param += neg_lr*(g/avg)``."""
+    g = grad_sign * grad
+    if l2:
+        g = g + weight_decay * param
+    square_avg = alpha * square_avg + one_minus_alpha * g * g
+    if centered:
+        grad_avg = lerp(grad_avg, g, one_minus_alpha, neg_alpha, lerp_small)
+        avg = sqrt(square_avg - grad_avg * grad_avg) + eps
+    else:
+        avg = sqrt(square_avg) + eps
+    if has_momentum:
+        momentum_buffer = momentum * momentum_buffer + g / avg
+        param = param + neg_lr * momentum_buffer
+    else:
+        param = param + neg_lr * (g / avg)
+    return param, square_avg, grad_avg, momentum_buffer
+
+
+@rule(readonly=("grad",))
+def adagrad(param, grad, sum, /, neg_clr, grad_sign, weight_decay, eps, *, l2):  # noqa: A002
+    """torch.optim.Adagrad: ``h += g*g``; ``param += neg_clr*(g/(sqrt(h) + eps))`` with
+    ``neg_clr = -lr/(1 + (t-1)*lr_decay)``."""
+    g = grad_sign * grad
+    if l2:
+        g = g + weight_decay * param
+    sum = sum + g * g  # noqa: A001
+    param = param + neg_clr * (g / (sqrt(sum) + eps))
+    return param, sum
+
+
+@rule(readonly=("grad",), optional={"max_exp_avg_sq": "amsgrad"})
+def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, /, decay, grad_sign, weight_decay,
+         one_minus_beta1, neg_beta1, beta2, one_minus_beta2, neg_step_size,
+         bias_correction2_sqrt, eps, *, amsgrad, l2, lerp_small):
+    """torch.optim.Adam / AdamW: ``param *= decay`` (AdamW: ``1 - lr*wd``; Adam: 1);
+    ``m = lerp(m, g, 1-beta1)``; ``v = beta2*v + (1-beta2)*g*g``; amsgrad ``vmax =
+    max(vmax, v)`` used for v; ``param += neg_step_size*(m/(sqrt(v)/sqrt(bc2) + eps))`` with
+    ``neg_step_size = -lr/bc1``."""
+    param = param * decay
+    g = grad_sign * grad
+    if l2:
+        g = g + weight_decay * param
+    exp_avg = lerp(exp_avg, g, one_minus_beta1, neg_beta1, lerp_small)
+    exp_avg_sq = beta2 * exp_avg_sq + one_minus_beta2 * g * g
+    if amsgrad:
+        max_exp_avg_sq = nan_max(max_exp_avg_sq, exp_avg_sq)
+        denom = sqrt(max_exp_avg_sq) / bias_correction2_sqrt + eps
+    else:
+        denom = sqrt(exp_avg_sq) / bias_correction2_sqrt + eps
+    param = param + neg_step_size * (exp_avg / denom)
+    return param, exp_avg, exp_avg_sq, max_exp_avg_sq
+
+
+# -- parameter averaging (fastopt.WeightEMA) -------------------------------------------------
+
+@rule(readonly=("param",))
+def ema(average, param, /, decay, one_minus_decay):
+    """Polyak averaging: ``average = decay*average + (1-decay)*param``."""
+    average = decay * average + one_minus_decay * param
+    return (average,)
+
+
+@rule()
+def swap(a, b, /):
+    """Exchange two buffers' values in place (``WeightEMA.swap``)."""
+    return b, a

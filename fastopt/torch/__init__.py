@@ -1,0 +1,108 @@
+r"""PyTorch adapter: ``torch.optim.Optimizer`` subclasses stepped by fastopt's fused kernels.
+
+``import fastopt`` does not import this package (nor torch); import it explicitly::
+
+    import fastopt.torch
+    opt = fastopt.torch.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+
+Each class is made from its spec (:mod:`fastopt.specs`): it takes ``torch.optim``'s constructor
+arguments in torch's order (the update rules are those of SPEC.md, option for option as
+torch.optim), keeps ``param_groups``, ``add_param_group``, ``zero_grad``, ``step(closure=None)``
+and ``state_dict()``/``load_state_dict()`` in torch's layout and state names, so a checkpoint
+written by ``torch.optim.Adam`` loads into :class:`Adam` and the reverse.  Per-parameter state is
+exactly torch's: ``step`` a float32 scalar tensor on the CPU (Adam, AdamW, RMSprop, Adagrad,
+Momentum), ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq`` (amsgrad), ``square_avg``,
+``grad_avg`` (centered), ``momentum_buffer``, ``sum``; SGD keeps only ``momentum_buffer``
+(created by the first step).  Parameters whose ``grad`` is None are skipped and their ``step``
+does not advance, as in torch.
+
+How tensors reach the kernels
+    * CPU tensors are passed as zero-copy NumPy views (``t.detach().view(-1).numpy()``, checked
+      to share memory) to the host backend (the default host backend: Cython where built, else
+      Numba; ``backend="numba"``/``"numpy"``/``"cython"`` may be named).
+    * CUDA tensors are passed through ``__cuda_array_interface__`` (``numba.cuda.as_cuda_array``)
+      to the ``"cuda"`` backend.  **This path has never been run on a GPU**; it is written to be
+      correct by construction (same kernel contract as the host path).  Kernels run on Numba's
+      default stream; when torch's current stream is not the default one, the adapter
+      synchronizes that stream before and the device after the kernels.
+    * float32 and float64 only: bfloat16/float16 (or any other dtype) raise ``TypeError`` naming
+      the parameter, at construction.  Non-contiguous parameters raise ``ValueError`` (they are
+      not copied: the step updates the parameter's own memory).  A non-contiguous *gradient* is
+      copied to a contiguous one (read only, so this is correct, just slower).  Sparse
+      gradients raise ``RuntimeError``.  ``capturable=True`` and ``differentiable=True`` are not
+      supported (``ValueError``); ``foreach`` and ``fused`` are accepted and ignored (the step
+      is always one fused pass per buffer).
+
+Kernel calls
+    Parameters of one (device, dtype) whose step scalars agree (the bias corrections use each
+    parameter's own ``step``) are one kernel call; within it, tensors laid end to end in one
+    storage (parameters, gradients and every state buffer alike) are one row, others one row
+    each.
+
+``flatten=True``
+    At construction, each param group's parameters are moved, per (device, dtype), into one
+    contiguous buffer: ``p.data`` becomes a view into it and ``p.grad`` a view into a flat
+    gradient buffer (existing gradients are copied in); state buffers are flat too, and each
+    parameter's state entries are views into them.  A step is then **one kernel row per
+    (group, device, dtype)**.  Trade-offs: the parameter objects (and so ``model.parameters()``
+    and any reference to them) are kept, but their storage is re-homed and the parameter memory
+    is copied once at construction (peak: old + new parameter memory); the gradient buffers
+    exist for the optimizer's lifetime (as with ``zero_grad(set_to_none=False)``).
+
+    Parameters with ``requires_grad=False`` are not flattened (they keep ``grad`` None and are
+    skipped, as in torch).  ``zero_grad()`` in flatten mode always zeroes the flat gradient
+    buffer and re-attaches the views, whatever ``set_to_none`` says (setting ``.grad`` to None
+    would let autograd allocate fresh, scattered gradients).  Consequently a parameter that
+    backward did not reach has a zero gradient rather than None and *is* stepped, exactly as
+    ``torch.optim`` does after ``zero_grad(set_to_none=False)``.  If ``.grad`` was replaced by
+    another tensor (or set to None), or ``.data`` moved (``model.to(...)``), that tensor simply
+    is not in the run any more: the step makes it a row of its own (or skips it), and the next
+    ``zero_grad()`` re-attaches the gradient views.
+
+State dicts
+    ``state_dict()`` returns torch's layout holding references to the live state (as torch);
+    in flatten mode these are views into the flat state buffers (``torch.save`` writes each flat
+    buffer once).  ``load_state_dict()`` validates shapes before changing anything and then
+    **copies** the loaded values into this optimizer's own buffers (torch would alias them), so
+    the loaded dict can keep being used elsewhere.
+"""
+from __future__ import annotations
+
+from .. import specs as _specs
+from ._optimizer import FusedOptimizer, torch_signature
+from ._tensors import host as _host  # noqa: F401 - zero-copy view helper (tests, users)
+
+__all__ = ["FusedOptimizer", "make_class"] + [s.name for s in _specs.SPECS]
+
+
+def make_class(spec, module=__name__):
+    """The torch class of ``spec``: torch.optim's constructor signature, the spec's rule."""
+    args, kw = [], False
+    for name, default, kw_only in torch_signature(spec):
+        if kw_only and not kw:
+            args.append("*")
+            kw = True
+        args.append(f"{name}={default!r}")
+    if not kw:
+        args.append("*")
+    args += ["backend=None", "flatten=False"]
+    names = [name for name, _, _ in torch_signature(spec)]
+    src = (f"def __init__(self, params, {', '.join(args)}):\n"
+           f"    _base.__init__(self, params, dict({', '.join(f'{n}={n}' for n in names)}, "
+           f"**_fixed), backend=backend, flatten=flatten)\n")
+    ns = {"_base": FusedOptimizer, "_fixed": dict(spec.fixed)}
+    exec(src, ns)  # noqa: S102 - built from the spec's names and literal defaults
+    init = ns["__init__"]
+    init.__qualname__ = f"{spec.name}.__init__"
+    init.__module__ = module
+    equivalent = f"as ``{spec.torch}``" if spec.torch else "no torch.optim equivalent"
+    doc = (f"{spec.summary}  ({equivalent}; the rule is :class:`fastopt.{spec.name}`'s.)\n\n"
+           f"{spec.math.strip()}\n\nTakes torch.optim's arguments; extra keyword arguments: "
+           f"``backend``, ``flatten`` (see :mod:`fastopt.torch`).\n")
+    return type(spec.name, (FusedOptimizer,), {"__init__": init, "spec": spec,
+                                               "__module__": module, "__doc__": doc})
+
+
+for _spec in _specs.SPECS:
+    globals()[_spec.name] = make_class(_spec)
+del _spec

@@ -1,0 +1,57 @@
+"""``flatten=True``: a (group, device, dtype) run of parameters re-homed into one buffer.
+
+The parameter objects are kept; their ``.data`` becomes a view into one flat parameter tensor
+and their ``.grad`` a view into one flat gradient tensor; state buffers are flat too.  Nothing in
+the step is special to this mode: the step looks for tensors laid end to end
+(:func:`fastopt._layout.runs`) and finds the parameters, gradients and state of a ``Flat`` in
+one run each, so they become one kernel row.  A gradient replaced by another tensor (or a
+parameter moved) just splits the run for that step.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = ["Flat"]
+
+
+class Flat:
+    """One (group, device, dtype) run of parameters re-homed into contiguous buffers."""
+
+    def __init__(self, params):
+        p0 = params[0]
+        self.params = params
+        self.device, self.dtype = p0.device, p0.dtype
+        self.numels = [p.numel() for p in params]
+        self.offsets = np.cumsum([0] + self.numels).tolist()
+        n = self.offsets[-1]
+        self.param = torch.empty(n, dtype=self.dtype, device=self.device)
+        self.grad = torch.zeros(n, dtype=self.dtype, device=self.device)
+        self.state = {}
+        for p, a, b in zip(params, self.offsets, self.offsets[1:]):
+            self.param[a:b].copy_(p.detach().reshape(-1))
+            if p.grad is not None and not p.grad.is_sparse and p.grad.shape == p.shape:
+                self.grad[a:b].copy_(p.grad.detach().reshape(-1))
+        self.grads = []
+        for p, a, b in zip(params, self.offsets, self.offsets[1:]):
+            p.data = self.param[a:b].view_as(p)
+        self.attach_grads()
+
+    def attach_grads(self):
+        self.grads = [self.grad[a:b].view_as(p)
+                      for p, a, b in zip(self.params, self.offsets, self.offsets[1:])]
+        for p, g in zip(self.params, self.grads):
+            p.grad = g
+
+    def flat_state(self, name, init):
+        buf = self.state.get(name)
+        if buf is None:
+            n = self.offsets[-1]
+            buf = (torch.full((n,), init, dtype=self.dtype, device=self.device) if init
+                   else torch.zeros(n, dtype=self.dtype, device=self.device))
+            self.state[name] = buf
+        return buf
+
+    def state_view(self, i, name, init):
+        return self.flat_state(name, init)[self.offsets[i]:self.offsets[i + 1]].view_as(
+            self.params[i])

@@ -1,0 +1,323 @@
+"""The ``torch.optim.Optimizer`` subclass every fastopt.torch class is made from.
+
+Per step and param group: the parameters that have a gradient are grouped by (device, dtype,
+step scalars) -- the scalars come from the family's spec with each parameter's own ``step`` --
+then, within a group, tensors laid end to end (a ``flatten=True`` buffer, or any such layout)
+are joined by :func:`fastopt._layout.joint_runs` into one kernel row, and each (device, dtype,
+scalars) group is one bound kernel call over its rows.  Everything is checked before any
+kernel runs.
+"""
+from __future__ import annotations
+
+import torch
+from torch.optim import Optimizer as _TorchOptimizer
+
+from .. import _checks, _layout
+from ..kernels import get_backend, resolve_backend
+from ..specs import TORCH_ONLY
+from . import _tensors as T
+from ._flat import Flat
+
+__all__ = ["FusedOptimizer"]
+
+
+def _locate(t):
+    """``(allocation key, start, nbytes)`` of a tensor, for :mod:`fastopt._layout`."""
+    if t is None:
+        return None, 0, 0
+    n = t.numel() * t.element_size()
+    if not n:
+        return None, 0, 0
+    return (t.untyped_storage().data_ptr(), t.dtype, t.device), t.data_ptr(), n
+
+
+def _join(tensors):
+    """One flat tensor over a run of tensors laid end to end (a view, no copy)."""
+    full = [t for t in tensors if t.numel()]
+    if not full:
+        return tensors[0].reshape(-1)
+    if len(full) == 1:
+        return full[0].reshape(-1)
+    first, last = full[0], full[-1]
+    n = (last.data_ptr() + last.numel() * last.element_size() - first.data_ptr()) \
+        // first.element_size()
+    return torch.as_strided(first, (n,), (1,))
+
+
+class FusedOptimizer(_TorchOptimizer):
+    """Shared machinery; each subclass sets :attr:`spec` (see :mod:`fastopt.specs`)."""
+
+    spec = None
+
+    def __init__(self, params, defaults, *, backend=None, flatten=False):
+        if backend is not None:
+            get_backend(backend)  # unknown -> ValueError, unavailable -> RuntimeError
+        self._requested_backend = backend
+        self._flatten = bool(flatten)
+        self._flats = []          # per group index: [Flat, ...] (flatten mode)
+        self._slot = {}           # id(param) -> (Flat, index)
+        self._backends = {}
+        super().__init__(params, defaults)
+
+    # -- construction --------------------------------------------------------------------------
+    def _check_group(self, group):
+        for key in ("capturable", "differentiable"):
+            if group.get(key):
+                raise ValueError(f"{type(self).__name__}: {key}=True is not supported by "
+                                 f"fastopt.torch")
+        lr = group["lr"]
+        if isinstance(lr, torch.Tensor):
+            group["lr"] = lr.item()
+        betas = group.get("betas")
+        if betas is not None and any(isinstance(b, torch.Tensor) for b in betas):
+            group["betas"] = tuple(float(b) for b in betas)
+        self.spec.validate(group)
+
+    def _backend_for(self, label, device_type):
+        be = self._backends.get(device_type)
+        if be is None:
+            req = self._requested_backend
+            if device_type == "cuda":
+                if req not in (None, "cuda"):
+                    raise ValueError(f"{label} is a CUDA tensor; backend={req!r} steps CPU "
+                                     f"tensors (use backend=None or 'cuda')")
+                be = get_backend("cuda")
+            else:
+                if req == "cuda":
+                    raise ValueError(f"{label} is a CPU tensor; backend='cuda' steps CUDA "
+                                     f"tensors")
+                be = resolve_backend([], req)
+            self._backends[device_type] = be
+        return be
+
+    def add_param_group(self, param_group):
+        n_before = len(self.param_groups)
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        gi = n_before
+        try:
+            self._check_group(group)
+            for i, p in enumerate(group["params"]):
+                label = T.label(group, gi, i, p)
+                T.check_param(label, p)
+                self._backend_for(label, p.device.type)
+        except Exception:
+            self.param_groups.pop()  # leave the optimizer as it was
+            raise
+        if self._flatten:
+            self._flatten_group(group)
+        else:
+            self._flats.append([])
+        if self.spec.torch_eager_state:
+            for p in group["params"]:
+                self._ensure_state(p, group)
+
+    @torch.no_grad()
+    def _flatten_group(self, group):
+        buckets = {}
+        for p in group["params"]:
+            if p.requires_grad:  # frozen parameters stay where they are (and get no grad)
+                buckets.setdefault((p.device, p.dtype), []).append(p)
+        flats = []
+        for params in buckets.values():
+            flat = Flat(params)
+            for i, p in enumerate(params):
+                self._slot[id(p)] = (flat, i)
+            flats.append(flat)
+        self._flats.append(flats)
+
+    # -- state ----------------------------------------------------------------------------------
+    def _new_buffer(self, p, name, init):
+        slot = self._slot.get(id(p))
+        if slot is not None:  # a view into the flat state buffer, (re)initialized
+            return slot[0].state_view(slot[1], name, init).fill_(init)
+        return (torch.full_like(p, init, memory_format=torch.contiguous_format) if init
+                else torch.zeros_like(p, memory_format=torch.contiguous_format))
+
+    def _ensure_state(self, p, group, needed=None):
+        """Create the state torch.optim would create on p's first step; return it."""
+        spec = self.spec
+        needed = spec.needed(group) if needed is None else needed
+        if not spec.torch_step and not any(needed.values()):
+            return self.state.get(p, {})  # SGD without momentum keeps no state (as torch)
+        state = self.state[p]
+        if spec.torch_step and "step" not in state:
+            state["step"] = torch.tensor(0.0, dtype=T.scalar_dtype())
+        for name, need in needed.items():
+            if need and state.get(name) is None:
+                state[name] = self._new_buffer(p, name, spec.initial(name, group))
+        return state
+
+    def _count(self, p):
+        """Steps p has taken (SGD, whose torch state has no step: 1 once it has a buffer)."""
+        state = self.state.get(p)
+        if not state:
+            return 0
+        if self.spec.torch_step:
+            s = state.get("step")
+            return 0 if s is None else int(s.item() if isinstance(s, torch.Tensor) else s)
+        return 0 if state.get("momentum_buffer") is None else 1
+
+    # -- the step ---------------------------------------------------------------------------------
+    def _plan_group(self, gi, group):
+        """-> {(device, dtype, scalars): [(p, grad)]}; validates, mutates nothing."""
+        lr = group["lr"]
+        if isinstance(lr, torch.Tensor):
+            lr = lr.item()
+        if not callable(lr):
+            _checks.lr("lr", lr)
+        scalars = self.spec.scalars
+        by_t = {}
+        for i, p in enumerate(group["params"]):
+            if p.grad is None:
+                continue
+            label = T.label(group, gi, i, p)
+            T.check_param(label, p)
+            g = T.check_grad(label, p, p.grad)
+            by_t.setdefault(self._count(p) + 1, []).append((p, g))
+        buckets = {}
+        for t, pairs in by_t.items():
+            sc = scalars(group, t, _checks.lr_value(lr, t))
+            for p, g in pairs:
+                buckets.setdefault((p.device, p.dtype, sc), []).append((p, g))
+        return buckets
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Perform one optimization step; returns ``closure()``'s loss (evaluated with grad
+        enabled) or None."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        plans = [self._plan_group(gi, g) for gi, g in enumerate(self.param_groups)]
+        for group, buckets in zip(self.param_groups, plans):
+            if buckets:
+                self._run_group(group, buckets)
+        return loss
+
+    def _run_group(self, group, buckets):
+        spec = self.spec
+        needed = spec.needed(group)
+        names = spec.state_names
+        flags = spec.flags(group)
+        steps = []
+        for (device, dtype, sc), pairs in buckets.items():
+            states = [self._ensure_state(p, group, needed) for p, _ in pairs]
+            columns = [[p for p, _ in pairs], [g for _, g in pairs]]
+            columns += [[st[n] for st in states] if needed[n] else [None] * len(pairs)
+                        for n in names]
+            rows = []
+            for run in _layout.joint_runs(columns, _locate):
+                rows.append(tuple(None if col[run[0]] is None else _join([col[k] for k in run])
+                                  for col in columns))
+            be = self._backend_for("parameter", device.type)
+            call = be.bind(be.kernel(spec.rule, T.NP_DTYPE[dtype], flags),
+                           [tuple(None if t is None else self._array(t, device) for t in row)
+                            for row in rows])
+            self._launch(device, call, sc)
+            if spec.torch_step:
+                steps.extend(s["step"] for s in states)
+        if steps:
+            torch._foreach_add_(steps, 1.0)
+
+    def _launch(self, device, call, sc):
+        if device.type == "cpu":
+            call(sc)
+            return
+        # CUDA (never run on a GPU): numba launches on its default stream
+        stream = torch.cuda.current_stream(device)
+        foreign = stream.cuda_stream != 0
+        if foreign:
+            stream.synchronize()
+        call(sc)
+        if foreign:
+            from numba import cuda
+            cuda.synchronize()
+
+    def _array(self, t, device):
+        if device.type != "cpu":
+            return T.device(t)
+        return T.host(t)
+
+    # -- zero_grad ----------------------------------------------------------------------------------
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """As torch; in flatten mode the flat gradient buffers are zeroed and the ``.grad``
+        views re-attached instead of setting them to None (see :mod:`fastopt.torch`)."""
+        if not self._flatten:
+            return super().zero_grad(set_to_none)
+        with torch.no_grad():
+            for flats in self._flats:
+                for flat in flats:
+                    flat.grad.zero_()
+                    if any(p.grad is not g for p, g in zip(flat.params, flat.grads)):
+                        flat.attach_grads()
+
+    # -- state_dict -----------------------------------------------------------------------------
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        for group in self.param_groups:
+            for k, v in self.defaults.items():
+                group.setdefault(k, v)
+            for p in group["params"]:
+                st = self.state.get(p)
+                if st and "step" in st and not isinstance(st["step"], torch.Tensor):
+                    st["step"] = torch.tensor(float(st["step"]), dtype=T.scalar_dtype())
+
+    def _check_state_dict(self, state_dict):
+        groups, saved = self.param_groups, state_dict["param_groups"]
+        if len(groups) != len(saved) or any(
+                len(a["params"]) != len(b["params"]) for a, b in zip(groups, saved)):
+            return  # torch's load_state_dict raises its own ValueError
+        saved_state = state_dict["state"]
+        for gi, (group, sg) in enumerate(zip(groups, saved)):
+            for i, (p, pid) in enumerate(zip(group["params"], sg["params"])):
+                for name, v in saved_state.get(pid, {}).items():
+                    if name != "step" and isinstance(v, torch.Tensor) and v.shape != p.shape:
+                        raise ValueError(f"state_dict: state {name!r} of "
+                                         f"{T.label(group, gi, i, p)} has shape "
+                                         f"{tuple(v.shape)}")
+
+    @torch.no_grad()
+    def load_state_dict(self, state_dict):
+        """As torch (same layout), after checking state shapes; values are copied into this
+        optimizer's own (contiguous; in flatten mode flat) buffers."""
+        self._check_state_dict(state_dict)
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            for p in group["params"]:
+                st = self.state.get(p)
+                if not st:
+                    continue
+                for name, v in list(st.items()):
+                    if name == "step":
+                        if isinstance(v, torch.Tensor):
+                            st[name] = v.detach().to("cpu", T.scalar_dtype()).clone()
+                        continue
+                    if not isinstance(v, torch.Tensor):
+                        continue
+                    slot = self._slot.get(id(p))
+                    if slot is not None:
+                        buf = slot[0].state_view(slot[1], name, 0.0)
+                    else:
+                        buf = torch.empty_like(p, memory_format=torch.contiguous_format)
+                    buf.copy_(v)
+                    st[name] = buf
+
+
+def torch_signature(spec):
+    """``[(name, default, keyword_only)]`` of the torch class of ``spec``: torch's own order
+    (``spec.torch_order``), then fastopt's extra hyperparameters, keyword-only."""
+    hypers = {h.name: h for h in spec.hypers}
+    order = spec.torch_order or tuple(h.name for h in spec.hypers)
+    out, kw, seen = [], False, set()
+    for name in order:
+        if name == "*":
+            kw = True
+            continue
+        default = hypers[name].default if name in hypers else TORCH_ONLY[name]
+        out.append((name, default, kw or (name in hypers and hypers[name].kw_only
+                                          and not spec.torch_order)))
+        seen.add(name)
+    out += [(h.name, h.default, True) for h in spec.hypers if h.name not in seen]
+    return out

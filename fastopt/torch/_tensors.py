@@ -1,0 +1,66 @@
+"""Tensors as kernel arrays: zero-copy NumPy views of CPU tensors, numba device arrays of CUDA
+tensors, and the checks that decide whether a tensor can be stepped in place."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = ["NP_DTYPE", "check_param", "check_grad", "host", "device", "label", "scalar_dtype"]
+
+NP_DTYPE = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+
+
+def scalar_dtype():
+    # torch.optim keeps `step` in float32 unless the default dtype is float64
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+def label(group, gi, i, p):
+    names = group.get("param_names")
+    where = repr(names[i]) if names and i < len(names) else f"param_groups[{gi}]['params'][{i}]"
+    return f"parameter {where} (shape {tuple(p.shape)})"
+
+
+def check_param(label_, p):
+    if not isinstance(p, torch.Tensor):
+        raise TypeError(f"{label_} must be a torch.Tensor, got {type(p).__name__}")
+    if p.dtype not in NP_DTYPE:
+        raise TypeError(f"{label_} has dtype {p.dtype}; fastopt.torch steps float32 and float64 "
+                        f"parameters only (bfloat16/float16 parameters are not supported: keep "
+                        f"float32 master weights, e.g. with torch.autocast)")
+    if p.layout != torch.strided:
+        raise TypeError(f"{label_} has layout {p.layout}; only dense (strided) tensors")
+    if p.device.type not in ("cpu", "cuda"):
+        raise TypeError(f"{label_} is on device {p.device}; fastopt.torch steps CPU and CUDA "
+                        f"tensors")
+    if not p.is_contiguous():
+        raise ValueError(f"{label_} is not contiguous; the fused step updates its memory in "
+                         f"place (make it contiguous once: p.data = p.data.contiguous())")
+
+
+def check_grad(label_, p, g):
+    """The gradient as a contiguous tensor of p's dtype/shape/device (copied if non-contiguous)."""
+    if g.is_sparse or g.layout != torch.strided:
+        raise RuntimeError(f"{label_}: fastopt.torch does not support sparse gradients")
+    if g.dtype != p.dtype:
+        raise TypeError(f"{label_}: gradient has dtype {g.dtype}, the parameter {p.dtype}")
+    if g.shape != p.shape:
+        raise ValueError(f"{label_}: gradient has shape {tuple(g.shape)}, the parameter "
+                         f"{tuple(p.shape)}")
+    if g.device != p.device:
+        raise ValueError(f"{label_}: gradient is on {g.device}, the parameter on {p.device}")
+    return g if g.is_contiguous() else g.contiguous()
+
+
+def host(t):
+    """Zero-copy 1-D NumPy view of a contiguous CPU tensor (checked)."""
+    a = t.detach().view(-1).numpy()
+    if a.size and a.__array_interface__["data"][0] != t.data_ptr():  # pragma: no cover
+        raise RuntimeError("fastopt.torch: NumPy view of a tensor does not share its memory")
+    return a
+
+
+def device(t):
+    """Zero-copy 1-D numba device array of a contiguous CUDA tensor.  Never run on a GPU."""
+    from numba import cuda  # imported only on this path
+    return cuda.as_cuda_array(t.detach().view(-1))
