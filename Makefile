@@ -1,20 +1,27 @@
 # fastopt: `make test` and `make demo` set themselves up from nothing (a .venv, the package built
-# editable with its Cython extension, the extras they need).
+# editable with its Cython extension, the extras they need).  The setup is redone whenever
+# pyproject.toml or a kernel source changes: the Cython extension is generated from the rules, so
+# an edited rule is always rebuilt before the tests run (and the tests fail on a stale build).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.fastopt-installed
+# what the compiled extension is generated and built from
+KERNEL_SOURCES := setup.py fastopt/kernels/rules.py fastopt/kernels/_codegen.py \
+                  fastopt/kernels/_omp_shim.h
 # torch 2.13.0 is a local CPU build on our machines (other versions download GBs).
 TORCH_PIN ?= torch==2.13.0
 
 .PHONY: setup test test-gpu demo bench bench-extra info clean
 
-$(STAMP): pyproject.toml setup.py
+# The build runs in the venv (--no-build-isolation), with the venv's Cython: one build, and the
+# same toolchain a later rebuild uses.
+$(STAMP): pyproject.toml $(KERNEL_SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip "setuptools>=64" wheel
+	$(PIP) install -q --upgrade pip "setuptools>=77" wheel "Cython>=3.0" "numpy>=1.24"
 	$(PIP) install -q "$(TORCH_PIN)"
-	$(PIP) install -q -e ".[test,demo,torch,cuda]"
+	$(PIP) install -q --no-build-isolation -e ".[test,demo,torch,cuda]"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -47,4 +54,4 @@ bench-extra: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider bench/bench_torch_adapter.py --benchmark-only --benchmark-json=bench/results/latest-torch-adapter.json
 
 clean:
-	rm -rf build *.egg-info .pytest_cache .benchmarks
+	rm -rf build *.egg-info .pytest_cache .benchmarks fastopt/kernels/_cython*.so

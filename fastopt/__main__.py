@@ -1,9 +1,10 @@
 """``python -m fastopt info | demo | steptime``.
 
-info      version, backends (and why a missing one is missing), threads, threading layer, SIMD
+info      version, backends (and why a missing one is missing), threads, threading layer, SIMD,
+          and every optimizer (from its spec): rule, torch equivalent, bytes per element
 demo      the course's training demo (fastopt.demo), then the step-time table
 steptime  time of one step of every optimizer on a small-transformer-shaped parameter set
-          (~10M float32 values) for the Numba backend and the NumPy reference, and their ratio
+          (~10M float32 values) for the default backend and the NumPy reference, and their ratio
 """
 from __future__ import annotations
 
@@ -15,15 +16,10 @@ import numpy as np
 
 import fastopt
 
-OPTIMIZERS = [
-    ("SGD", fastopt.SGD, dict(lr=1e-2)),
-    ("SGD momentum", fastopt.SGD, dict(lr=1e-2, momentum=0.9)),
-    ("Momentum (course)", fastopt.Momentum, dict(lr=1e-2, beta=0.9)),
-    ("RMSprop", fastopt.RMSprop, dict(lr=1e-3)),
-    ("Adagrad", fastopt.Adagrad, dict(lr=1e-2)),
-    ("Adam", fastopt.Adam, dict(lr=1e-3)),
-    ("AdamW", fastopt.AdamW, dict(lr=1e-3)),
-]
+from fastopt.specs import SPECS
+
+#: (label, class, kwargs): every spec's benchmark cases
+OPTIMIZERS = [(case, getattr(fastopt, s.name), kw) for s in SPECS for case, kw in s.bench.items()]
 
 
 def _simd_features():
@@ -49,7 +45,7 @@ def _simd_features():
 def info(out=sys.stdout):
     import numba
     from fastopt import config
-    from fastopt.kernels import backend_status, cpu
+    from fastopt.kernels import HOST_ORDER, backend_status, cpu, resolve_backend
 
     cpu._all_finite_par(np.ones(4))  # initialise the threading layer so it can be reported
     p = lambda *a: print(*a, file=out)  # noqa: E731
@@ -60,8 +56,16 @@ def info(out=sys.stdout):
         p(f"  {name:7s} {'available  ' if ok else 'unavailable'}  {detail}")
     p(f"threads: {numba.get_num_threads()} (numba), threading layer: {numba.threading_layer()}")
     p(f"parallel threshold: {config.PARALLEL_THRESHOLD} elements")
+    p(f"default host backend: {resolve_backend([]).name} (tried in order: "
+      f"{', '.join(HOST_ORDER)})")
     name, feats = _simd_features()
     p(f"cpu: {name}; SIMD: {' '.join(feats) or 'unknown'}")
+    p("optimizers (float32 bytes per element of one step, default options):")
+    for s in SPECS:
+        group = s.defaults()
+        torch = s.torch or "(fastopt extra)"
+        p(f"  {s.name:9s} rule {s.rule:8s} {s.bytes_per_element(group):3d} B/elem  {torch:22s} "
+          f"state: {', '.join(s.state_names)}")
 
 
 def _median_time(fn, repeat):
@@ -74,7 +78,10 @@ def _median_time(fn, repeat):
 
 
 def steptime(repeat=5, out=sys.stdout):
-    """Print one step's time per optimizer: Numba (separate arrays, Arena) vs NumPy reference."""
+    """Print one step's time per optimizer: the default backend (separate arrays, Arena) vs the
+    NumPy reference."""
+    from fastopt.kernels import resolve_backend
+    default = resolve_backend([]).name
     from fastopt._shapes import small_transformer, total
 
     shapes = small_transformer()
@@ -83,13 +90,13 @@ def steptime(repeat=5, out=sys.stdout):
     grads = [rng.standard_normal(s).astype(np.float32) * 1e-3 for s in shapes]
     print(f"\nOne optimizer step on a small-transformer-shaped parameter set: {len(shapes)} "
           f"float32 tensors, {total(shapes) / 1e6:.1f}M values (median of {repeat})", file=out)
-    head = (f"{'optimizer':18s} {'numba':>10s} {'numba+Arena':>12s} {'numpy ref':>10s} "
-            f"{'numpy/numba':>12s}")
+    head = (f"{'optimizer':18s} {default:>10s} {default + '+Arena':>13s} {'numpy ref':>10s} "
+            f"{'numpy/' + default:>13s}")
     print(head, file=out)
     print("-" * len(head), file=out)
     for name, cls, kw in OPTIMIZERS:
         times = {}
-        for label, backend, arena in (("numba", "numba", False), ("arena", "numba", True),
+        for label, backend, arena in (("fast", default, False), ("arena", default, True),
                                       ("numpy", "numpy", False)):
             if arena:
                 ar = fastopt.Arena([b.copy() for b in base])
@@ -101,8 +108,8 @@ def steptime(repeat=5, out=sys.stdout):
             opt = cls(params, backend=backend, **kw)
             opt.step(g)  # compile / warm up
             times[label] = _median_time(lambda: opt.step(g), repeat)
-        print(f"{name:18s} {times['numba'] * 1e3:8.2f}ms {times['arena'] * 1e3:10.2f}ms "
-              f"{times['numpy'] * 1e3:8.2f}ms {times['numpy'] / times['numba']:11.1f}x",
+        print(f"{name:18s} {times['fast'] * 1e3:8.2f}ms {times['arena'] * 1e3:11.2f}ms "
+              f"{times['numpy'] * 1e3:8.2f}ms {times['numpy'] / times['fast']:12.1f}x",
               file=out)
 
 

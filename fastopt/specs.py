@@ -351,7 +351,7 @@ def _adam_scalars(g, t, lr):
     wd = g["weight_decay"]
     decay = 1.0 - lr * wd if g["decoupled_weight_decay"] else 1.0
     return (decay, _sign(g), wd, 1.0 - beta1, -beta1, beta2, 1.0 - beta2, -lr / bc1,
-            math.sqrt(bc2), g["eps"])
+            1.0 / math.sqrt(bc2), g["eps"])
 
 
 def _adam_flags(g):

@@ -315,11 +315,15 @@ Source hash {hash}.  Every rule and helper is a ``cdef inline ... noexcept nogil
 dtype; every (rule, dtype, flags) variant is a ``nogil`` loop over ``__restrict__`` pointers
 (serial below ``threshold`` elements, ``prange(schedule='static')`` above) and a ``def`` entry
 point that steps each row of a table of buffers: ``table`` is the address of ``count`` rows of
-``1 + len(arrays)`` machine words, ``(n, address of each array)``, 0 for an unused array.
+``1 + len(arrays)`` machine words, ``(n, address of each array)``, 0 for an unused array;
+``scalars`` is the tuple of the step's scalars; the thread threshold is read from
+``fastopt.config.PARALLEL_THRESHOLD`` at every call.
 """
 from cython.parallel cimport prange
 from libc.math cimport sqrt, sqrtf
 from libc.stdint cimport uintptr_t
+
+from fastopt import config as _config
 
 cdef extern from "_omp_shim.h":
     int FASTOPT_OPENMP
@@ -480,13 +484,17 @@ def _cython_variant(sig, tag, ctype, flags):
     lines += ["            " + s for s in body]
     # the entry point
     width = 1 + len(sig.arrays)
-    lines += ["", "", f"def {name}(uintptr_t table, Py_ssize_t count, "
-              + "".join(f"double s_{s}, " for s in sig.scalars) + "Py_ssize_t threshold):",
+    nsc = len(sig.scalars)
+    lines += ["", "", f"def {name}(uintptr_t table, Py_ssize_t count, tuple scalars):",
               f'    """{sig.name} ({tag}, flags {dict(zip(sig.flags, flags))}) over `count` '
-              f'table rows."""',
+              f'table rows; `scalars`: the {nsc} step scalars ({", ".join(sig.scalars)})."""',
               "    cdef const uintptr_t* t = <const uintptr_t*>table",
-              "    cdef Py_ssize_t k"]
-    lines += [f"    cdef {ctype} {s} = <{ctype}>s_{s}" for s in sig.scalars]
+              "    cdef Py_ssize_t k",
+              "    cdef Py_ssize_t threshold = _config.PARALLEL_THRESHOLD",
+              f"    if len(scalars) != {nsc}:",
+              f"        raise ValueError(f'{name} takes {nsc} scalars, got {{len(scalars)}}')"]
+    lines += [f"    cdef {ctype} {s} = <{ctype}><double>scalars[{j}]"
+              for j, s in enumerate(sig.scalars)]
     cargs = ["<Py_ssize_t>t[k * %d]" % width]
     for j, a in enumerate(sig.arrays):
         if a in used:

@@ -12,13 +12,14 @@ it differs from :func:`fastopt.kernels._codegen.source_hash` of the files next t
 with ``make setup`` or ``pip install -e . --no-build-isolation``.
 
 Each variant's entry point takes a *table* of buffers (``(n, address, ...)`` rows, built once
-by :meth:`CythonBackend.bind` and kept alive with the arrays it points into), the step's scalars
-as doubles and the thread threshold: one Python call steps every buffer of a (group, dtype),
-serially below ``fastopt.config.PARALLEL_THRESHOLD`` elements (read at call time) and over
+by :meth:`CythonBackend.bind` and kept alive with the arrays it points into) and the tuple of
+the step's scalars: one Python call steps every buffer of a (group, dtype), serially below
+``fastopt.config.PARALLEL_THRESHOLD`` elements (read by the extension at every call) and over
 OpenMP threads above it.
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -114,10 +115,9 @@ class CythonBackend(HostBackend):
                 if a is not None and kernel.sig.arrays[j] in kernel.used:
                     table[k, j + 1] = _address(a)
                     keep.append(a)
-        address, count = _address(table), len(checked)
-
-        def call(scalars, _keep=(table, keep)):
-            fn(address, count, *scalars, config.PARALLEL_THRESHOLD)
+        # call(scalars) is the extension's entry point with the table bound: no Python frame
+        call = functools.partial(fn, _address(table), len(checked))
+        call.keep = (table, keep)      # the table and the arrays it points into stay alive
         call.rows = [n for n, _ in checked]
         return call
 

@@ -84,8 +84,9 @@ def adagrad(param, grad, sum, neg_clr, grad_sign, weight_decay, eps, *, l2):  # 
 
 def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, decay, grad_sign, weight_decay,
          one_minus_beta1, neg_beta1, beta2, one_minus_beta2, neg_step_size,
-         bias_correction2_sqrt, eps, *, amsgrad, l2, lerp_small):
-    """torch.optim.Adam / AdamW, with ``amsgrad``, ``maximize`` and optional bias correction."""
+         inv_bias_correction2_sqrt, eps, *, amsgrad, l2, lerp_small):
+    """torch.optim.Adam / AdamW, with ``amsgrad``, ``maximize`` and optional bias correction
+    (``sqrt(v)/sqrt(bc2)`` as ``sqrt(v) * (1/sqrt(bc2))``, as the rule)."""
     param *= decay                                   # AdamW: p *= 1 - lr*wd
     g = _effective_grad(param, grad, grad_sign, weight_decay, l2)
     exp_avg[...] = _lerp(exp_avg, g, one_minus_beta1, neg_beta1, lerp_small)
@@ -95,7 +96,7 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, decay, grad_sign, wei
         v = max_exp_avg_sq
     else:
         v = exp_avg_sq
-    param += neg_step_size * (exp_avg / (np.sqrt(v) / bias_correction2_sqrt + eps))
+    param += neg_step_size * (exp_avg / (np.sqrt(v) * inv_bias_correction2_sqrt + eps))
 
 
 def ema(average, param, decay, one_minus_decay):

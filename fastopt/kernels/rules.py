@@ -154,11 +154,16 @@ def adagrad(param, grad, sum, /, neg_clr, grad_sign, weight_decay, eps, *, l2): 
 @rule(readonly=("grad",), optional={"max_exp_avg_sq": "amsgrad"})
 def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, /, decay, grad_sign, weight_decay,
          one_minus_beta1, neg_beta1, beta2, one_minus_beta2, neg_step_size,
-         bias_correction2_sqrt, eps, *, amsgrad, l2, lerp_small):
+         inv_bias_correction2_sqrt, eps, *, amsgrad, l2, lerp_small):
     """torch.optim.Adam / AdamW: ``param *= decay`` (AdamW: ``1 - lr*wd``; Adam: 1);
     ``m = lerp(m, g, 1-beta1)``; ``v = beta2*v + (1-beta2)*g*g``; amsgrad ``vmax =
     max(vmax, v)`` used for v; ``param += neg_step_size*(m/(sqrt(v)/sqrt(bc2) + eps))`` with
-    ``neg_step_size = -lr/bc1``."""
+    ``neg_step_size = -lr/bc1``.
+
+    The division by ``sqrt(bc2)`` (loop-invariant) is a multiplication by its reciprocal (torch
+    divides: the results differ by rounding only; NaN and Inf land in the same places): it
+    leaves one division and one square root per element, which is what bounds this loop on
+    cache-resident buffers."""
     param = param * decay
     g = grad_sign * grad
     if l2:
@@ -167,9 +172,9 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, /, decay, grad_sign, 
     exp_avg_sq = beta2 * exp_avg_sq + one_minus_beta2 * g * g
     if amsgrad:
         max_exp_avg_sq = nan_max(max_exp_avg_sq, exp_avg_sq)
-        denom = sqrt(max_exp_avg_sq) / bias_correction2_sqrt + eps
+        denom = sqrt(max_exp_avg_sq) * inv_bias_correction2_sqrt + eps
     else:
-        denom = sqrt(exp_avg_sq) / bias_correction2_sqrt + eps
+        denom = sqrt(exp_avg_sq) * inv_bias_correction2_sqrt + eps
     param = param + neg_step_size * (exp_avg / denom)
     return param, exp_avg, exp_avg_sq, max_exp_avg_sq
 

@@ -18,6 +18,7 @@ state, scalars and flags; the backend's compiled rule does the arithmetic.
 from __future__ import annotations
 
 import operator
+from collections.abc import Mapping
 
 from .. import _checks, kernels as _kernels
 from ._params import Group, grad_label, grads_list, label, parse_params
@@ -41,14 +42,25 @@ class _Segment:
 
 
 class _Plan:
-    """The bound kernel calls of one step, for one list of gradient arrays."""
+    """The bound kernel calls of one step, for one set of gradient arrays."""
 
-    __slots__ = ("grads", "calls", "check")
+    __slots__ = ("glist", "keys", "values", "calls", "check")
 
-    def __init__(self, grads, calls, check):
-        self.grads = grads      # the gradient objects this plan was built for
+    def __init__(self, grads, glist, calls, check):
+        self.glist = glist      # the gradient objects, in parameter order
+        # a dict of gradients: its keys and values in its own order, for a cheap identity check
+        self.keys = tuple(grads) if isinstance(grads, Mapping) else None
+        self.values = list(grads.values()) if self.keys is not None else None
         self.calls = calls      # [(group index, bound call)]
         self.check = check      # 1-D gradient views, for the non-finite check
+
+    def same(self, grads):
+        """True when ``grads`` holds exactly the gradient objects this plan was built for."""
+        if self.keys is not None:
+            return (type(grads) is dict and tuple(grads) == self.keys
+                    and all(map(operator.is_, self.values, grads.values())))
+        return (type(grads) in (list, tuple) and len(grads) == len(self.glist)
+                and all(map(operator.is_, self.glist, grads)))
 
 
 class Optimizer:
@@ -157,6 +169,18 @@ class Optimizer:
 
     # -- properties ----------------------------------------------------------------------------
     @property
+    def nonfinite(self):
+        """``"propagate"``, ``"skip"`` or ``"raise"`` (see the class docs); settable."""
+        return self._nonfinite
+
+    @nonfinite.setter
+    def nonfinite(self, value):
+        if value not in _NONFINITE:
+            raise ValueError(f"nonfinite must be one of {_NONFINITE}, got {value!r}")
+        self._nonfinite = value
+        self._check_finite = value != "propagate"
+
+    @property
     def backend(self):
         """Name of the backend in use."""
         return self._backend.name
@@ -210,14 +234,17 @@ class Optimizer:
     def _resolve(self, grads):
         """The plan for these gradients: cached while the same gradient arrays come back (an
         array's memory cannot move, so validation and layout stand)."""
-        glist = grads_list(grads, self._names, self._index, self._named)
         plan = self._plan
-        if plan is not None and all(map(operator.is_, plan.grads, glist)):
+        if plan is not None and plan.same(grads):
+            return plan
+        glist = grads_list(grads, self._names, self._index, self._named)
+        if plan is not None and all(map(operator.is_, plan.glist, glist)):
+            self._plan = plan = _Plan(grads, glist, plan.calls, plan.check)
             return plan
         be = self._backend
         checked = [be.check_grad(grad_label(name), g, p)
                    for name, g, p in zip(self._names, glist, self._params)]
-        self._plan = plan = self._build_plan(glist, checked)
+        self._plan = plan = self._build_plan(grads, glist, checked)
         return plan
 
     def _rows(self, seg, checked, needed):
@@ -239,7 +266,7 @@ class Optimizer:
             off = end
         return rows
 
-    def _build_plan(self, glist, checked):
+    def _build_plan(self, grads, glist, checked):
         be, rule = self._backend, self.spec.rule
         calls, check = [], []
         for gi, segs in enumerate(self._segments):
@@ -251,7 +278,7 @@ class Optimizer:
                 kernel = be.kernel(rule, dtype, self._flags[gi])
                 calls.append((gi, be.bind(kernel, rows)))
                 check.extend(r[1] for r in rows if r[1].size)
-        return _Plan(glist, calls, check)
+        return _Plan(grads, glist, calls, check)
 
     def _revalidate(self, gi, group):
         """A group was changed since the last step: check it, (re)allocate state it now needs."""
@@ -280,14 +307,23 @@ class Optimizer:
         for gi, group in enumerate(groups):
             if group.dirty:
                 self._revalidate(gi, group)
-        plan = self._resolve(grads)
+        plan = self._plan
+        if plan is None or not plan.same(grads):
+            plan = self._resolve(grads)
         # Everything that can fail, before anything is mutated.
         steps = self._steps
         scalars = self.spec.scalars
-        lr_value = _checks.lr_value
-        sc = [scalars(g, steps[gi] + 1, lr_value(g["lr"], steps[gi] + 1))
-              for gi, g in enumerate(groups)]
-        if self.nonfinite != "propagate":
+        if len(groups) == 1:     # the common case, without the loops
+            t = steps[0] + 1
+            lr = groups[0]["lr"]
+            sc = (scalars(groups[0], t, _checks.lr_value(lr, t) if callable(lr) else lr),)
+        else:
+            sc = []
+            for gi, group in enumerate(groups):
+                t = steps[gi] + 1
+                lr = group["lr"]
+                sc.append(scalars(group, t, _checks.lr_value(lr, t) if callable(lr) else lr))
+        if self._check_finite:
             all_finite = self._backend.all_finite
             if not all(map(all_finite, plan.check)):
                 if self.nonfinite == "raise":

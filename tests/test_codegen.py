@@ -1,0 +1,133 @@
+"""The single-source kernel layer: rule conventions, the oracle and the specs in step with the
+rules, the generated Numba code (float32 stays float32, packed SIMD), and generated code that
+cannot go stale."""
+import inspect
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from fastopt import config, specs
+from fastopt.kernels import _codegen, reference, rules
+
+RULES = _codegen.signatures(rules)
+
+
+# -- conventions --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("body, match", [
+    ("    param = param * 1.0\n    return (param,)", "numeric literal 1.0"),
+    ("    if flag:\n        return (param,)\n    return (param,)", "only return"),
+    ("    param = param * s\n", "must end with `return <1 values>`"),
+    ("    return param, param", "must end with `return <1 values>`"),
+])
+def test_rule_conventions_are_enforced(body, match, tmp_path):
+    path = tmp_path / "bad_rules.py"
+    path.write_text("from fastopt.kernels.rules import rule\n\n"
+                    "@rule()\ndef bad(param, /, s, *, flag):\n" + body + "\n")
+    with pytest.raises(ValueError, match=match):
+        _codegen.signatures(_codegen.load_rules(str(path)))
+
+
+def test_every_rule_has_an_oracle_with_its_parameters():
+    for name, sig in RULES.items():
+        ref = getattr(reference, name)
+        params = inspect.signature(ref).parameters
+        assert tuple(params) == sig.arrays + sig.scalars + sig.flags, name
+        assert all(params[f].kind == inspect.Parameter.KEYWORD_ONLY for f in sig.flags), name
+
+
+@pytest.mark.parametrize("spec", specs.SPECS, ids=lambda s: s.name)
+def test_specs_match_their_rules(spec):
+    sig = spec.signature
+    assert sig.arrays[:2] == ("param", "grad")
+    assert set(spec.state) == set(sig.arrays[2:]) == set(spec.state_names)
+    for kw in spec.cases.values():
+        group = spec.defaults() | kw
+        spec.validate(group)
+        assert len(spec.scalars(group, 3, 0.1)) == len(sig.scalars)
+        flags = spec.flags(group)
+        assert len(flags) == len(sig.flags) and all(isinstance(f, bool) for f in flags)
+    assert spec.bench and spec.cases and spec.example.strip().startswith(">>>")
+
+
+def test_bytes_per_element_come_from_the_rule():
+    """SPEC.md's table, derived from which arrays each variant reads and writes."""
+    want = {("SGD", ()): 12, ("SGD", (("momentum", 0.9),)): 20, ("Momentum", ()): 20,
+            ("RMSprop", ()): 20, ("RMSprop", (("centered", True),)): 28, ("Adagrad", ()): 20,
+            ("Adam", ()): 28, ("Adam", (("amsgrad", True),)): 36, ("AdamW", ()): 28}
+    for (name, extra), b in want.items():
+        s = specs.spec(name)
+        assert s.bytes_per_element(s.defaults() | dict(extra)) == b, (name, extra)
+
+
+# -- generated code -----------------------------------------------------------------------------
+
+def test_the_source_hash_follows_the_rules(tmp_path, monkeypatch):
+    """An edited rule gives another hash, hence another generated module file and a fresh
+    compile (Numba's cache can never serve a loop built from the old rule)."""
+    before = _codegen.source_hash()
+    edited = tmp_path / "rules.py"
+    text = open(_codegen.RULES_FILE).read()
+    edited.write_text(text.replace("average = decay * average + one_minus_decay * param",
+                                   "average = one_minus_decay * param + decay * average"))
+    monkeypatch.setattr(_codegen, "RULES_FILE", str(edited))
+    assert _codegen.source_hash() != before
+    src = _codegen.numba_source(_codegen.load_rules(str(edited)))
+    assert "average = one_minus_decay * param + decay * average" in src
+    assert _codegen.source_hash() in src
+
+
+def test_generated_sources_compile():
+    compile(_codegen.numba_source(), "numba", "exec")
+    compile(_codegen.cuda_source(), "cuda", "exec")
+    pyx = _codegen.cython_source()
+    assert f'SOURCE_HASH = "{_codegen.source_hash()}"' in pyx
+    for sig in RULES.values():
+        for flags in _codegen.flag_variants(sig):
+            assert f"def {_codegen.variant_name(sig, 'f32', flags)}(" in pyx
+
+
+def _fresh(dispatcher):
+    """The same loop, compiled without the disk cache (Numba cannot inspect cached code)."""
+    from numba import njit
+    return njit(parallel=True, fastmath=set(config.FASTMATH_FLAGS), error_model="numpy",
+                nogil=True)(dispatcher.py_func)
+
+
+@pytest.mark.parametrize("rule, flags", [("adam", (True, True, True)), ("rmsprop",
+                                                                        (True, True, True, False)),
+                                         ("adagrad", (True,)), ("sgd", (True, True, True))])
+def test_float32_loops_stay_float32_and_vectorize(rule, flags):
+    """How the generated code was checked: the LLVM IR of the float32 parallel loop has no
+    ``fpext`` (nothing is widened to double), and its assembly has packed (ymm/zmm) square
+    roots and divisions where the rule has them."""
+    from fastopt.kernels import cpu, rule_signature
+    sig = rule_signature(rule)
+    name = _codegen.variant_name(sig, "f32", flags)
+    fn = _fresh(getattr(cpu.module(), name + "_par"))
+    n = 64
+    arrays = [np.ones(n, np.float32) for _ in sig.arrays]
+    fn(*arrays, *[0.5] * len(sig.scalars))
+    s = fn.signatures[0]
+    ir, asm = fn.inspect_llvm(s), fn.inspect_asm(s)
+    assert "fpext" not in ir
+    src = inspect.getsource(getattr(rules, rule))
+    if "sqrt(" in src:
+        assert re.search(r"vsqrtps\s+%[yz]mm", asm), "no packed sqrt"
+    if "/" in src.split('"""')[-1]:
+        assert re.search(r"vdivps\s+%[yz]mm", asm), "no packed division"
+    assert re.search(r"v(?:mul|add|fmadd\d*)ps\s+%[yz]mm", asm), "no packed arithmetic"
+
+
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump not installed")
+def test_cython_avx2_build_has_packed_math():
+    try:
+        from fastopt.kernels import _cython_avx2
+    except ImportError:
+        pytest.skip("no AVX2 build here")
+    out = subprocess.run(["objdump", "-d", _cython_avx2.__file__], capture_output=True,
+                         text=True, check=True).stdout
+    assert re.search(r"vsqrtps\s+%ymm", out) and re.search(r"vdivps\s+%ymm", out)
