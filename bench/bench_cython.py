@@ -5,45 +5,65 @@ Run (pytest-benchmark)::
     .venv/bin/python -m pytest bench/bench_cython.py -p no:cacheprovider \
         --benchmark-columns=min,median,max --benchmark-sort=name
 
-Every benchmark records in ``extra_info``: ``bytes`` moved per step (SPEC.md table),
-``GB_per_s`` (bytes / median time), ``triad_GB_per_s`` (the floor, measured in this run) and
-``fraction_of_floor`` (floor time / median time, 1.0 = as fast as memory allows).  The Cython
-ones also get ``cython_over_numba_throughput`` (Numba median / Cython median: >1 means Cython is
-faster), and the last test prints the table of ratios.  ``cython`` is the build the backend
-uses here (AVX2 where built and supported); ``cython-baseline`` is the portable build, for
-comparison.  On a shared or noisy machine compare the min columns too (the summary prints both).
+Each backend's kernel is bound once per case through the backends' API
+(``backend.bind(backend.kernel(rule, dtype, flags), [row])``, one row over the case's arrays)
+and the benchmark times the bound ``call(scalars)``: no optimizer, no per-call argument checks.
+The scalars are the spec's (``spec.scalars(group, t=2, lr)``, not the first step), the flags and
+the bytes per element (SPEC.md table) too (``fastopt.specs``).
+
+Every benchmark records in ``extra_info``: ``bytes`` moved per step, ``GB_per_s`` (bytes /
+median time), ``triad_GB_per_s`` (the floor, measured in this run), ``fraction_of_floor`` (floor
+time / median time, 1.0 = as fast as memory allows) and ``detail`` (``backend.detail()``).  The
+Cython ones also get ``cython_over_numba_throughput`` (Numba median / Cython median: >1 means
+Cython is faster), and the last test prints the table of ratios.  ``cython`` is the build the
+backend uses here (AVX2 where built and supported); ``cython-baseline`` is the portable build,
+for comparison (bound while the backend is switched to it).  On a shared or noisy machine compare
+the min columns too (the summary prints both), and the interleaved rounds.
+
+``FASTOPT_BENCH_CYTHON_N`` sets the kernel size (default 2**24; the triad runs on 4x as many
+elements); it must be at least ``fastopt.config.PARALLEL_THRESHOLD`` (the threaded loops).
 """
+import contextlib
+import os
 import time
 
 import numpy as np
 import pytest
 
 from fastopt import config
-from fastopt.kernels import _scalars
+from fastopt.kernels import get_backend
+from fastopt.specs import SPECS
 
-cy = pytest.importorskip("fastopt.kernels.cython", reason="Cython extension not built")
-cpu = pytest.importorskip("fastopt.kernels.cpu", reason="Numba CPU backend not present")
 numba = pytest.importorskip("numba")
+try:
+    CY = get_backend("cython")
+    NB = get_backend("numba")
+except RuntimeError as exc:
+    pytest.skip(f"needs the cython and numba backends: {exc}", allow_module_level=True)
+from fastopt.kernels import cython as cy  # noqa: E402 - the build switch (cy._use, cy.ISA)
 
-N = 1 << 24
+N = int(os.environ.get("FASTOPT_BENCH_CYTHON_N", "") or 1 << 24)
 DTYPE = np.float32
 ITEM = np.dtype(DTYPE).itemsize
 ROUNDS = 15
-TRIAD_N = 1 << 26     # 256 MiB per buffer, well beyond the last-level cache (as bench/conftest.py)
+TRIAD_N = 4 * N       # 2**26 by default: 256 MiB per buffer, well beyond the last-level cache
+T = 2                 # the step whose scalars are used (not the first: SGD's momentum differs)
 
-#: (id, family, bytes per element, scalars for step 2 (not the first step))
-CASES = {
-    "adam": ("adam", 7 * ITEM, _scalars.adam(
-        DTYPE, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
-        decoupled_weight_decay=False, amsgrad=False, maximize=False,
-        bias_correction1=1 - 0.9 ** 2, bias_correction2=1 - 0.999 ** 2)),
-    "sgd_momentum": ("sgd", 5 * ITEM, _scalars.sgd(
-        DTYPE, lr=0.01, momentum=0.9, dampening=0.0, weight_decay=0.0, nesterov=False,
-        maximize=False, first_step=False)),
-    "rmsprop": ("rmsprop", 5 * ITEM, _scalars.rmsprop(
-        DTYPE, lr=0.01, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False,
-        maximize=False)),
-}
+#: case id -> (spec, kwargs): the specs' benchmark cases (``Spec.bench``) measured here
+_BENCH = {case: (spec, kw) for spec in SPECS for case, kw in spec.bench.items()}
+CASE_IDS = ["adam", "sgd_momentum", "rmsprop"]
+
+
+def _case(case):
+    """-> (spec, group, bytes per element): the case's validated param group."""
+    spec, kw = _BENCH[case]
+    group = spec.defaults() | dict(kw)
+    spec.validate(group)
+    return spec, group, spec.bytes_per_element(group, itemsize=ITEM)
+
+
+#: case id -> bytes moved per element (float32)
+CASES = {case: _case(case)[2] for case in CASE_IDS}
 
 _results = {}   # (case, backend) -> (min, median) seconds
 BACKENDS = ["numba", "cython", "cython-baseline"]     # numba first: the others compare to it
@@ -58,17 +78,49 @@ def _triad(a, b, c, s):
         a[i] = b[i] + s * c[i]
 
 
-def _arrays(family):
-    rng = np.random.default_rng(0)
-    p = rng.standard_normal(N, dtype=DTYPE)
-    g = rng.standard_normal(N, dtype=DTYPE)
-    one = lambda: np.abs(rng.standard_normal(N, dtype=DTYPE))  # noqa: E731
-    empty = np.zeros(0, DTYPE)
-    if family == "adam":
-        return [p, g, one(), one(), empty]
-    if family == "sgd":
-        return [p, g, one()]
-    return [p, g, one(), empty, empty]       # rmsprop: square_avg, no grad_avg, no momentum
+_data = {}   # (case, n) -> its arrays (made once; every backend binds the same ones)
+
+
+def _arrays(case, n=None):
+    """The row of ``case`` in the rule's array order: param, grad and the used state buffers
+    (positive values, so square roots see what they see in training), None for unused ones."""
+    n = N if n is None else n
+    key = (case, n)
+    if key not in _data:
+        spec, group, _ = _case(case)
+        rng = np.random.default_rng(0)
+        p = rng.standard_normal(n, dtype=DTYPE)
+        g = rng.standard_normal(n, dtype=DTYPE)
+        needed = spec.needed(group)
+        state = [np.abs(rng.standard_normal(n, dtype=DTYPE)) if needed[name] else None
+                 for name in spec.state_names]
+        _data[key] = (p, g, *state)
+    return _data[key]
+
+
+@contextlib.contextmanager
+def _build(backend):
+    """The Cython extension build ``backend`` names in use inside the block."""
+    before = cy.ISA
+    if backend == "cython-baseline":
+        cy._use("baseline")
+    try:
+        yield CY if backend.startswith("cython") else NB
+    finally:
+        cy._use(before)
+
+
+def bind(case, backend, n=None):
+    """-> (call, scalars, detail): ``case``'s kernel on ``backend`` ("numba", "cython" or
+    "cython-baseline") bound once to the case's arrays, the scalars of step ``T`` and the
+    backend's ``detail()``.  Timing ``call(scalars)`` times the kernel loop and nothing else."""
+    spec, group, _ = _case(case)
+    with _build(backend) as be:
+        kernel = be.kernel(spec.rule, DTYPE, spec.flags(group))
+        call = be.bind(kernel, [_arrays(case, n)])
+        detail = be.detail()
+    scalars = tuple(float(x) for x in spec.scalars(group, T, group["lr"]))
+    return call, scalars, detail
 
 
 @pytest.fixture(scope="module")
@@ -101,55 +153,34 @@ def test_triad(benchmark, triad_bandwidth):
                                 fraction_of_floor=nbytes / triad_bandwidth / _median(benchmark))
 
 
-@pytest.fixture
-def kernels(request):
-    backend = request.param
-    if backend == "numba":
-        yield cpu
-        return
-    if backend == "cython":
-        yield cy
-        return
-    before = cy.ISA
-    cy._use("baseline")
-    yield cy
-    cy._use(before)
-
-
-@pytest.mark.parametrize("kernels", BACKENDS, indirect=True)
-@pytest.mark.parametrize("case", list(CASES))
-def test_kernel(benchmark, triad_bandwidth, case, kernels, request):
-    backend = request.node.callspec.id.split("-", 1)[1]
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", CASE_IDS)
+def test_kernel(benchmark, triad_bandwidth, case, backend):
     assert N >= config.PARALLEL_THRESHOLD           # the threaded kernels
-    family, per_elem, scalars = CASES[case]
-    fn = getattr(kernels, family)
-    arrays = _arrays(family)
-    fn(*arrays, scalars)                            # compile / warm the pages
+    per_elem = CASES[case]
+    call, scalars, detail = bind(case, backend)
+    call(scalars)                                   # warm the pages (and the thread team)
     benchmark.group = case
-    benchmark.pedantic(fn, args=(*arrays, scalars), rounds=ROUNDS, warmup_rounds=2)
+    benchmark.pedantic(call, args=(scalars,), rounds=ROUNDS, warmup_rounds=2)
     med, low = _median(benchmark), benchmark.stats.stats.min
     _results[case, backend] = (low, med)
     nbytes = per_elem * N
     info = dict(bytes=nbytes, GB_per_s=nbytes / med / 1e9,
                 triad_GB_per_s=triad_bandwidth / 1e9,
-                fraction_of_floor=nbytes / triad_bandwidth / med,
-                detail=kernels.DETAIL() if callable(kernels.DETAIL) else kernels.DETAIL)
+                fraction_of_floor=nbytes / triad_bandwidth / med, detail=detail)
     if backend != "numba" and (case, "numba") in _results:
         info["cython_over_numba_throughput"] = _results[case, "numba"][1] / med
         info["cython_over_numba_throughput_min"] = _results[case, "numba"][0] / low
     benchmark.extra_info.update(info)
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", CASE_IDS)
 def test_interleaved(benchmark, triad_bandwidth, case):
     """One round = the triad and one call of each backend, back to back, so a busy machine slows
     them alike; ``extra_info`` gets each backend's best time and the throughput ratios from them
     (the timing of this benchmark itself is the sum of the three)."""
-    family, per_elem, scalars = CASES[case]
-    arrays = _arrays(family)
-    before = cy.ISA
-    calls = {"numba": (None, getattr(cpu, family)), "cython": (before, None),
-             "cython-baseline": ("baseline", None)}
+    per_elem = CASES[case]
+    calls = {name: bind(case, name)[:2] for name in BACKENDS}   # bound once, before the rounds
     times = {name: [] for name in calls}
     ta, tc = np.ones(TRIAD_N, DTYPE), np.ones(TRIAD_N, DTYPE)
     triad_times = []
@@ -158,14 +189,10 @@ def test_interleaved(benchmark, triad_bandwidth, case):
         t0 = time.perf_counter()
         _triad(ta, ta, tc, DTYPE(1e-7))
         triad_times.append(time.perf_counter() - t0)
-        for name, (isa, fn) in calls.items():
-            if isa is not None:
-                cy._use(isa)
-                fn = getattr(cy, family)
+        for name, (call, scalars) in calls.items():
             t0 = time.perf_counter()
-            fn(*arrays, scalars)
+            call(scalars)
             times[name].append(time.perf_counter() - t0)
-        cy._use(before)
 
     one_round()
     benchmark.group = "interleaved"
@@ -190,11 +217,11 @@ _interleaved = {}
 
 def test_zz_summary(triad_bandwidth, capsys):
     """Print the ratios measured in this run (no timing here; a report, never a pass/fail)."""
-    lines = [f"triad floor: {triad_bandwidth / 1e9:.2f} GB/s (2**26 float32), kernels at N = 2**24 ("
-             f"cython = {cy.DETAIL()})",
+    lines = [f"triad floor: {triad_bandwidth / 1e9:.2f} GB/s ({TRIAD_N:,} float32), kernels at "
+             f"N = {N:,} (cython = {CY.detail()}; numba = {NB.detail()})",
              f"{'case':13s} {'backend':16s} {'min ms':>7s} {'med ms':>7s} {'GB/s':>6s} "
              f"{'floor':>5s}  cython/numba throughput (median, min)"]
-    for case, (_, per_elem, _) in CASES.items():
+    for case, per_elem in CASES.items():
         for backend in BACKENDS:
             if (case, backend) not in _results:
                 continue

@@ -9,8 +9,10 @@ backend), ``course`` (the naive course-notes NumPy class, for the families the c
 ``torch.from_numpy`` views of the same data; skipped without torch).
 
 float32 at every even exponent 12..26, float64 at a few sizes.  A second set,
-``test_threshold``, times the Numba serial and parallel kernels directly (no optimizer) at
-sizes around ``fastopt.config.PARALLEL_THRESHOLD`` to measure where threads start paying off.
+``test_threshold``, times the serial and the threaded loops of the numba and cython backends
+directly (a bound kernel call, ``backend.bind(kernel, [row])``, no optimizer; the loop forced by
+setting ``fastopt.config.PARALLEL_THRESHOLD`` to 0 or 2**62) at sizes around the threshold to
+measure where threads start paying off on each backend.
 
 Each case records in ``extra_info``: suite, family, impl, n, dtype, bytes_moved, GBps,
 fraction_of_floor (DRAM in-place triad, this run) and fraction_of_cache_floor (triad at the same
@@ -134,42 +136,45 @@ def kernel_case(benchmark, floor, exponent, dtype, family, impl):
 
 
 # --------------------------------------------------------------------------------------------
-# the parallel threshold: serial vs parallel Numba kernels, called directly
+# the parallel threshold: serial vs parallel loops of the numba and cython backends, bound calls
 # --------------------------------------------------------------------------------------------
 
 THRESHOLD_SIZES = sorted({int(2 ** (k / 2)) for k in range(22, 45)})   # 2**11 ... 2**22, x sqrt2
+THRESHOLD_BACKENDS = ["numba", "cython"]
+THRESHOLD_FAMILIES = ["sgd", "adam"]
+#: PARALLEL_THRESHOLD forced per kind: 0 = always the threaded loop, 2**62 = always the serial one
+THRESHOLD_FORCED = {"serial": 1 << 62, "parallel": 0}
 
 
 def _threshold_cases():
-    return [(fam, n, kind) for fam in ("sgd", "adam") for n in THRESHOLD_SIZES
-            for kind in ("serial", "parallel")]
+    return [(fam, n, be, kind) for fam in THRESHOLD_FAMILIES for n in THRESHOLD_SIZES
+            for be in THRESHOLD_BACKENDS for kind in THRESHOLD_FORCED]
 
 
-@pytest.mark.parametrize("family,n,kind", _threshold_cases(),
-                         ids=[f"{f}-{n}-{k}" for f, n, k in _threshold_cases()])
-def test_threshold(benchmark, floor, monkeypatch, family, n, kind):
-    """The backend's public kernel (``cpu.sgd`` / ``cpu.adam``) with the threshold forced: 0
-    (always the threaded kernel) or 2**62 (always the serial one)."""
+def threshold_case(backend, family, n, seed=0):
+    """-> (no-argument callable, p): ``family``'s kernel on ``backend`` bound to one float32
+    buffer of ``n`` elements (``p``, updated in place), called with the scalars of step 2 built
+    by the spec.  Which loop runs (serial or threaded) is decided by the bound call from
+    ``fastopt.config.PARALLEL_THRESHOLD`` at every call, so the caller forces it by setting that."""
+    rng = np.random.default_rng(seed)
+    p = rng.standard_normal(n, dtype=np.float32) * np.float32(0.02)
+    g = rng.standard_normal(n, dtype=np.float32) * np.float32(1e-3)
+    call, scalars = H.bound_case(backend, family, p, g, t=2)
+    return (lambda: call(scalars)), p
+
+
+@pytest.mark.parametrize("family,n,backend,kind", _threshold_cases(),
+                         ids=[f"{f}-{n}-{b}-{k}" for f, n, b, k in _threshold_cases()])
+def test_threshold(benchmark, floor, monkeypatch, family, n, backend, kind):
+    """The backend's bound kernel call (``backend.bind(kernel, [row])``, one buffer, no
+    optimizer) with the threshold forced: 0 (always the threaded loop) or 2**62 (always the
+    serial one).  impl = ``<backend>-<serial|parallel>``."""
     from fastopt import config
-    from fastopt.kernels import _scalars, cpu
-    monkeypatch.setattr(config, "PARALLEL_THRESHOLD", 0 if kind == "parallel" else 1 << 62)
-    rng = np.random.default_rng(0)
-    p = rng.standard_normal(n, dtype=np.float32) * 0.02
-    g = rng.standard_normal(n, dtype=np.float32) * 1e-3
-    empty = np.zeros(0, np.float32)
-    if family == "sgd":
-        sc = _scalars.sgd(np.float32, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
-                          nesterov=False, maximize=False, first_step=False)
-        fn = cpu.sgd
-        args = (p, g, empty, sc)
-    else:
-        sc = _scalars.adam(np.float32, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
-                           weight_decay=0.0, decoupled_weight_decay=False, amsgrad=False,
-                           maximize=False, bias_correction1=0.19, bias_correction2=0.002)
-        fn = cpu.adam
-        args = (p, g, np.zeros(n, np.float32), np.zeros(n, np.float32), empty, sc)
+    skip_unavailable(backend)
+    fn, _ = threshold_case(backend, family, n)
+    monkeypatch.setattr(config, "PARALLEL_THRESHOLD", THRESHOLD_FORCED[kind])
     benchmark.group = f"threshold {family} {n}"
-    H.run(benchmark, lambda: fn(*args), budget=0.15, min_rounds=5)
+    H.run(benchmark, fn, budget=0.15, min_rounds=5)
     bpe = H.bytes_per_element(family)
     H.record(benchmark, floor, bytes_moved=bpe * n, suite="threshold", family=family,
-             impl=f"numba-{kind}", n=n, dtype="float32")
+             backend=backend, kind=kind, impl=f"{backend}-{kind}", n=n, dtype="float32")

@@ -5,8 +5,9 @@ Sets (``fastopt._shapes``): the course MLP (6 tiny tensors, 2,762 values), ResNe
 
 Implementations (all on the same data, in the same run):
 
-``numba`` / ``cython``            fastopt on the separate arrays (one kernel call per tensor)
-``numba-arena`` / ``cython-arena`` fastopt on an :class:`fastopt.Arena` (one call per dtype)
+``numba`` / ``cython``            fastopt on the separate arrays (one bound kernel call with a
+                                  row per tensor)
+``numba-arena`` / ``cython-arena`` fastopt on an :class:`fastopt.Arena` (one bound call, one row)
 ``numpy``                         fastopt's NumPy reference backend (separate arrays)
 ``course``                        the naive course-notes Adam class (dict loop, temporaries)
 ``torch-forloop`` / ``torch-foreach`` / ``torch-fused``
@@ -17,12 +18,13 @@ Only one optimizer (and one model's data) is alive at a time: GPT-2 needs ~2 GB 
 
 Also here:
 
-``test_overhead``  where the microseconds of a small step go: a no-op Numba function with the
-                   kernel's signature (pure dispatch), the serial kernel called directly, the
-                   ``cpu.adam`` wrapper, and ``Optimizer.step``, on the course MLP's 6 tensors
-                   and on its Arena (1 buffer).
-``test_startup``   ``import fastopt`` + first Adam step in a fresh interpreter, after one warm
-                   process has filled Numba's on-disk cache.
+``test_overhead``  where the microseconds of a small step go, per backend (the default one,
+                   cython, numba): ``bound-call``, the step's bound kernel call(s) alone (the
+                   optimizer's plan after one step, called with the step's scalars), and
+                   ``step``, the whole ``Optimizer.step``; the difference is the Python cost of
+                   a step.  On the course MLP's 6 tensors and on its Arena (1 buffer).
+``test_startup``   ``import fastopt`` + first Adam step in a fresh interpreter on the default
+                   backend, after one warm process has filled Numba's on-disk cache.
 ``test_floor``     the in-place triad floor itself, with the machine description.
 """
 from __future__ import annotations
@@ -127,118 +129,106 @@ def model_case(benchmark, floor, model, impl):
 
 
 # --------------------------------------------------------------------------------------------
-# per-call overhead on the course MLP
+# per-step overhead on the course MLP: the bound kernel calls alone vs the whole step
 # --------------------------------------------------------------------------------------------
 
-OVERHEAD_LEVELS = ["noop-dispatch", "kernel-direct", "cpu.adam", "step"]
+#: "default" is what ``backend=None`` picks here (cython where built, else numba)
+OVERHEAD_BACKENDS = ["default", "cython", "numba"]
+OVERHEAD_LAYOUTS = ["separate", "arena"]
+#: ``bound-call``: the bound kernel call(s) of one step (``opt._plan.calls`` after a step) with
+#: the step's scalars; ``step``: ``opt.step(grads)``.  step - bound-call = the step's Python cost.
+OVERHEAD_LEVELS = ["bound-call", "step"]
 
 
-def capture_kernel_calls(module, fn):
-    """Run ``fn()`` with every Numba dispatcher of ``module`` wrapped; -> [(dispatcher, args)]
-    of the calls made (what the backend wrapper really passes, whatever its internals)."""
-    from numba.core.registry import CPUDispatcher
-    calls = []
-    real = {k: v for k, v in vars(module).items() if isinstance(v, CPUDispatcher)}
-
-    def recorder(disp):
-        def rec(*args):
-            calls.append((disp, args))
-            return disp(*args)
-        return rec
-
-    try:
-        for k, v in real.items():
-            setattr(module, k, recorder(v))
-        fn()
-    finally:
-        for k, v in real.items():
-            setattr(module, k, v)
-    return calls
+def _overhead_id(backend):
+    return f"default-{H.default_backend()}" if backend == "default" else backend
 
 
-def noop_like(nargs):
-    """A Numba function of ``nargs`` arguments that does nothing: pure dispatch cost."""
-    from numba import njit
-    names = ", ".join(f"a{i}" for i in range(nargs))
-    ns = {}
-    exec(f"def noop({names}):\n    return None\n", ns)  # noqa: S102 - fixed template
-    return njit(nogil=True, cache=False)(ns["noop"])
+def overhead_case(backend, layout, level, model="course_mlp"):
+    """-> (no-argument callable, info): one Adam step of ``model`` on ``backend`` (a name, or
+    "default" for ``backend=None``) over separate arrays or an Arena, at ``level``.
 
-
-@pytest.mark.parametrize("layout", ["separate", "arena"])
-@pytest.mark.parametrize("level", OVERHEAD_LEVELS)
-def test_overhead(benchmark, floor, level, layout):
+    The optimizer takes one step first (it builds and binds its plan); ``bound-call`` then
+    calls the bound calls of that plan with the scalars the next step would compute (the spec's
+    ``scalars(group, t, lr)``), nothing else; ``step`` calls ``opt.step``."""
     import fastopt
-    from fastopt.kernels import cpu
-    params0, grads0 = H.random_set(shapes_of("course_mlp"))
-
-    def build():
-        if layout == "arena":
-            arena = fastopt.Arena(params0)
-            for dst, src in zip(arena.grads, grads0):
-                np.copyto(dst, src)
-            return arena.params, arena.grads
-        return [p.copy() for p in params0], grads0
-
-    # what one step hands the backend (a probe optimizer built while cpu.adam records) ...
-    backend_calls = []
-    real_adam = cpu.adam
-    try:
-        cpu.adam = lambda *a: (backend_calls.append(a), real_adam(*a))
-        probe_params, probe_grads = build()
-        probe = fastopt.Adam(probe_params, backend="numba", **ADAM)
-        probe.step(probe_grads)
-    finally:
-        cpu.adam = real_adam
-    params, grads = build()
-    opt = fastopt.Adam(params, backend="numba", **ADAM)
-    opt.step(grads)
-    # ... and what the wrapper hands Numba
-    kernel_calls = capture_kernel_calls(cpu, lambda: [real_adam(*a) for a in backend_calls])
-    if level == "step":
-        fn = lambda: opt.step(grads)  # noqa: E731
-    elif level == "cpu.adam":
-        def fn():
-            for a in backend_calls:
-                real_adam(*a)
-    elif level == "kernel-direct":
-        def fn():
-            for disp, a in kernel_calls:
-                disp(*a)
+    params0, grads0 = H.random_set(shapes_of(model))
+    if layout == "arena":
+        arena = fastopt.Arena(params0)
+        for dst, src in zip(arena.grads, grads0):
+            np.copyto(dst, src)
+        params, grads = arena.params, arena.grads
+    elif layout == "separate":
+        params, grads = [p.copy() for p in params0], grads0
     else:
-        noops = {len(a): noop_like(len(a)) for _, a in kernel_calls}
-        calls = [(noops[len(a)], a) for _, a in kernel_calls]
-
+        raise ValueError(layout)
+    opt = fastopt.Adam(params, backend=None if backend == "default" else backend, **ADAM)
+    opt.step(grads)
+    plan = opt._plan
+    if level == "step":
         def fn():
-            for disp, a in calls:
-                disp(*a)
-    benchmark.group = f"overhead course_mlp {layout}"
+            opt.step(grads)
+    elif level == "bound-call":
+        scalars = []
+        for gi, group in enumerate(opt.param_groups):
+            lr = group["lr"]
+            assert not callable(lr), "the overhead case uses a constant lr"
+            scalars.append(tuple(opt.spec.scalars(group, opt._steps[gi] + 1, lr)))
+        calls = [(call, scalars[gi]) for gi, call in plan.calls]
+        if len(calls) == 1:
+            call, sc = calls[0]
+
+            def fn():
+                call(sc)
+        else:
+            def fn():
+                for call, sc in calls:
+                    call(sc)
+    else:
+        raise ValueError(level)
+    info = dict(backend=backend, resolved=opt.backend, layout=layout, level=level, model=model,
+                bound_calls=len(plan.calls), rows=sum(len(r) for r in opt.kernel_rows),
+                n=int(sum(p.size for p in params0)), tensors=len(params0))
+    fn.keep = (opt, params, grads)
+    return fn, info
+
+
+@pytest.mark.parametrize("level", OVERHEAD_LEVELS)
+@pytest.mark.parametrize("layout", OVERHEAD_LAYOUTS)
+@pytest.mark.parametrize("backend", OVERHEAD_BACKENDS,
+                         ids=[_overhead_id(b) for b in OVERHEAD_BACKENDS])
+def test_overhead(benchmark, floor, backend, layout, level):
+    if backend == "cython" and not H.backend_available("cython"):
+        pytest.skip("cython backend not built")
+    fn, info = overhead_case(backend, layout, level)
+    benchmark.group = f"overhead course_mlp {info['resolved']} {layout}"
     H.run(benchmark, fn, budget=0.3, min_rounds=10)
-    n = sum(p.size for p in params0)
-    H.record(benchmark, floor, bytes_moved=H.bytes_per_element("adam") * n, suite="overhead",
-             family="adam", impl=level, layout=layout, model="course_mlp",
-             calls=len(kernel_calls), n=int(n), dtype="float32")
+    H.record(benchmark, floor, bytes_moved=H.bytes_per_element("adam") * info["n"],
+             suite="overhead", family="adam", impl=level, dtype="float32", **info)
 
 
 # --------------------------------------------------------------------------------------------
-# start-up: import + first step in a fresh process (kernels cached on disk)
+# start-up: import + first step in a fresh process (default backend; Numba kernels cached on disk)
 # --------------------------------------------------------------------------------------------
 
 def test_startup(benchmark, floor):
-    inner = []
+    inner, backends = [], []
 
     def once():
-        med, _, _ = H.startup_seconds(repeats=1, warm=False)
+        med, _, _, be = H.startup_seconds(repeats=1, warm=False)
         inner.append(med)
+        backends.append(be)
 
     H.startup_seconds(repeats=1)  # a warm process fills Numba's cache
     benchmark.pedantic(once, rounds=5, iterations=1, warmup_rounds=0)
     benchmark.group = "startup"
-    benchmark.extra_info.update(suite="startup", impl="numba", family="adam",
+    backend = backends[-1] if backends else H.default_backend()
+    benchmark.extra_info.update(suite="startup", impl=backend, backend=backend, family="adam",
                                 import_and_first_step_s=float(np.median(inner)),
                                 import_and_first_step_all=inner,
                                 note="median is the whole subprocess (interpreter start incl.); "
-                                     "import_and_first_step_s is measured inside it")
+                                     "import_and_first_step_s is measured inside it; default "
+                                     "backend (backend=None)")
 
 
 # --------------------------------------------------------------------------------------------

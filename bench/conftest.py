@@ -8,6 +8,12 @@
   float32 buffers (256 MiB each, 16x the 32 MiB L3), threaded, timed in *this* run: the
   session-scoped :func:`floor` fixture holds the median GB/s of 20 runs.  ``cache_floor`` gives the
   same triad at a smaller working set (for cache-resident sizes, best of serial and parallel).
+* The cases come from the specs (:mod:`fastopt.specs`): the family case ids are the specs'
+  ``bench`` keys (:data:`BENCH_SPECS`, :func:`family_cases`), the bytes per element are
+  ``Spec.bytes_per_element`` (SPEC.md's table, derived from the arrays the rule reads and writes)
+  and the resident working set is the number of arrays the case's variant uses.
+  :func:`bound_case` binds a case's kernel on one buffer through a backend's ``bind`` (the
+  threshold and Cython-vs-Numba benchmarks time that call, without an optimizer around it).
 * :func:`record` puts ``bytes_moved``, ``GBps`` and ``fraction_of_floor`` (and what the report
   needs to group cases) in ``benchmark.extra_info`` from the benchmark's median, after the run.
 * :func:`run` picks rounds/iterations from a probe call so that tiny and huge cases both take a
@@ -46,28 +52,64 @@ def pytest_collect_file(file_path, parent):
 
 
 # --------------------------------------------------------------------------------------------
-# bytes per element (SPEC.md): arrays read + arrays written, times the itemsize
+# the benchmark cases, from the specs (fastopt.specs): bytes per element, working set, kernels
 # --------------------------------------------------------------------------------------------
 
-#: family case -> number of array passes (reads + writes) per element
-ARRAY_PASSES = {
-    "sgd": 3,             # p, g -> p
-    "sgd_momentum": 5,    # p, g, b -> p, b
-    "momentum": 5,        # p, g, v -> p, v
-    "rmsprop": 5,         # p, g, s -> p, s
-    "adagrad": 5,         # p, g, h -> p, h
-    "adam": 7,            # p, g, m, v -> p, m, v
-    "adamw": 7,
-    "adam_amsgrad": 9,    # + vmax read and written
-}
+def _spec_cases():
+    """family case -> (spec, kwargs): every spec's ``bench`` entries, in spec order."""
+    from fastopt.specs import SPECS
+    return {case: (spec, dict(kw)) for spec in SPECS for case, kw in spec.bench.items()}
 
-#: family case -> arrays resident (the working set, for the cache-resident floor)
-ARRAYS_RESIDENT = {"sgd": 2, "sgd_momentum": 3, "momentum": 3, "rmsprop": 3, "adagrad": 3,
-                   "adam": 4, "adamw": 4, "adam_amsgrad": 5}
+
+#: family case -> (spec, kwargs); the case ids are the specs' ``bench`` keys (sgd, sgd_momentum,
+#: momentum, rmsprop, adagrad, adam, adam_amsgrad, adamw)
+BENCH_SPECS = _spec_cases()
+
+
+def case_group(case):
+    """A validated param group of ``case``: the spec's defaults updated with its kwargs."""
+    spec, kw = BENCH_SPECS[case]
+    group = spec.defaults() | kw
+    spec.validate(group)
+    return group
+
+
+def _used_arrays(case):
+    from fastopt.kernels import rule_signature
+    spec, _ = BENCH_SPECS[case]
+    return rule_signature(spec.rule).used(spec.flags(case_group(case)))
+
+
+#: family case -> number of array passes (reads + writes) per element (SPEC.md's table, derived
+#: from the arrays the spec's rule reads and writes with the case's flags)
+ARRAY_PASSES = {case: spec.bytes_per_element(case_group(case), itemsize=1)
+                for case, (spec, _) in BENCH_SPECS.items()}
+
+#: family case -> arrays resident (the working set, for the cache-resident floor): the arrays
+#: the variant uses
+ARRAYS_RESIDENT = {case: len(_used_arrays(case)) for case in BENCH_SPECS}
 
 
 def bytes_per_element(case, dtype=np.float32):
-    return ARRAY_PASSES[case] * np.dtype(dtype).itemsize
+    spec, _ = BENCH_SPECS[case]
+    return spec.bytes_per_element(case_group(case), itemsize=np.dtype(dtype).itemsize)
+
+
+def bound_case(backend, case, p, g, t=2):
+    """-> (bound call, scalars): ``case``'s kernel on ``backend`` (a name) bound to one row
+    over ``p`` (updated in place) and ``g``, with freshly initialised state, and the scalars of
+    step ``t`` (the default 2: not the first step, whose SGD momentum scalars differ).  No
+    optimizer in between: ``call(scalars)`` is the backend's bound kernel call."""
+    from fastopt.kernels import get_backend
+    spec, _ = BENCH_SPECS[case]
+    be = get_backend(backend)
+    group = case_group(case)
+    needed = spec.needed(group)
+    state = [be.full(p.size, p.dtype, spec.initial(name, group)) if needed[name] else None
+             for name in spec.state_names]
+    kernel = be.kernel(spec.rule, p.dtype, spec.flags(group))
+    call = be.bind(kernel, [(p, g, *state)])
+    return call, tuple(float(x) for x in spec.scalars(group, t, group["lr"]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -270,6 +312,12 @@ def machine_info():
         info.update(parallel_threshold=config.PARALLEL_THRESHOLD)
     except ImportError:
         pass
+    try:
+        from fastopt import backend_status
+        info.update(default_backend=default_backend(),
+                    backends={k: v[1] for k, v in backend_status().items() if v[0]})
+    except Exception:  # noqa: BLE001 - the description must not fail the floor benchmark
+        pass
     return info
 
 
@@ -306,18 +354,17 @@ COURSE = {
 # --------------------------------------------------------------------------------------------
 
 def family_cases():
-    """family case -> (fastopt class, kwargs).  One case per bytes-moved row of SPEC.md."""
+    """family case -> (fastopt class, kwargs), from the specs' ``bench`` entries.  One case per
+    bytes-moved row of SPEC.md."""
     import fastopt
-    return {
-        "sgd": (fastopt.SGD, dict(lr=1e-3)),
-        "sgd_momentum": (fastopt.SGD, dict(lr=1e-3, momentum=0.9)),
-        "momentum": (fastopt.Momentum, dict(lr=1e-3, beta=0.9)),
-        "rmsprop": (fastopt.RMSprop, dict(lr=1e-3)),
-        "adagrad": (fastopt.Adagrad, dict(lr=1e-3)),
-        "adam": (fastopt.Adam, dict(lr=1e-3)),
-        "adamw": (fastopt.AdamW, dict(lr=1e-3)),
-        "adam_amsgrad": (fastopt.Adam, dict(lr=1e-3, amsgrad=True)),
-    }
+    return {case: (getattr(fastopt, spec.name), dict(kw))
+            for case, (spec, kw) in BENCH_SPECS.items()}
+
+
+def default_backend():
+    """The backend ``backend=None`` gives host arrays here (cython where built, else numba)."""
+    from fastopt.kernels import resolve_backend
+    return resolve_backend([], None).name
 
 
 def backend_available(name):
@@ -352,17 +399,20 @@ def random_set(shapes, dtype=np.float32, seed=0):
 
 def startup_seconds(python=sys.executable, repeats=5, env=None, warm=True):
     """Median seconds of ``import fastopt`` + building Adam + its first step, measured inside a
-    fresh interpreter (kernels already in Numba's on-disk cache after the first run), and the
-    median wall time of the whole process.  -> (inner median, process median, all inner)."""
+    fresh interpreter, on the default backend (``backend=None``: the Cython extension where it
+    is built, else Numba with its kernels already in Numba's on-disk cache after the first
+    run), and the median wall time of the whole process.
+    -> (inner median, process median, all inner, backend name)."""
     code = ("import time; t0 = time.perf_counter()\n"
             "import fastopt, numpy as np\n"
             "p = np.zeros(1000, np.float32); g = np.ones(1000, np.float32)\n"
             "opt = fastopt.Adam([p], lr=1e-3); opt.step([g])\n"
-            "print(repr(time.perf_counter() - t0))\n")
+            "t = time.perf_counter() - t0\n"
+            "print(opt.backend); print(repr(t))\n")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ if env is None else env)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    inner, outer = [], []
+    inner, outer, backend = [], [], None
     if warm:  # one process fills Numba's on-disk cache
         subprocess.run([python, "-c", code], check=True, env=env, capture_output=True)
     for _ in range(repeats):
@@ -370,5 +420,7 @@ def startup_seconds(python=sys.executable, repeats=5, env=None, warm=True):
         out = subprocess.run([python, "-c", code], check=True, env=env, capture_output=True,
                              text=True)
         outer.append(time.perf_counter() - t0)
-        inner.append(float(out.stdout.strip().splitlines()[-1]))
-    return float(np.median(inner)), float(np.median(outer)), inner
+        lines = out.stdout.strip().splitlines()
+        backend = lines[-2].strip()
+        inner.append(float(lines[-1]))
+    return float(np.median(inner)), float(np.median(outer)), inner, backend

@@ -110,13 +110,14 @@ def copy_bandwidth(nbytes=1 << 30, repeat=20):
 
 
 def _make_opt(family, params, backend=None):
+    """The optimizer of the benchmark case ``family`` (a spec's ``bench`` key: adam ->
+    ``Adam(lr=1e-3)``, sgd_momentum -> ``SGD(lr=1e-3, momentum=0.9)``, rmsprop ->
+    ``RMSprop(lr=1e-3)``), as bench/conftest.py's ``family_cases`` builds it."""
     import fastopt
-    if family == "adam":
-        return fastopt.Adam(params, lr=1e-3, backend=backend)
-    if family == "sgd_momentum":
-        return fastopt.SGD(params, lr=1e-3, momentum=0.9, backend=backend)
-    if family == "rmsprop":
-        return fastopt.RMSprop(params, lr=1e-3, backend=backend)
+    from fastopt.specs import SPECS
+    for spec in SPECS:
+        if family in spec.bench:
+            return getattr(fastopt, spec.name)(params, backend=backend, **spec.bench[family])
     raise ValueError(family)
 
 
@@ -250,7 +251,7 @@ def main(argv=None):
         return 2
     from numba import cuda
 
-    from fastopt.kernels import cuda as cuda_kernels
+    from fastopt.kernels import get_backend
     bandwidth = copy_bandwidth()
     sizes = SIZES[:2] if args.quick else SIZES
     rows = []
@@ -264,7 +265,7 @@ def main(argv=None):
     print()
     print(table)
     from fastopt import config
-    meta = {"device": cuda_kernels.DETAIL(), "copy_bandwidth_bytes_per_s": bandwidth,
+    meta = {"device": get_backend("cuda").detail(), "copy_bandwidth_bytes_per_s": bandwidth,
             "threads_per_block": config.CUDA_THREADS_PER_BLOCK,
             "blocks_per_sm": config.CUDA_BLOCKS_PER_SM, "repeat": args.repeat,
             "timing": "CUDA events around one step after 5 warm-up steps, median",

@@ -6,9 +6,9 @@ Usage::
 
 Writes ``<out-dir>/<machine>.md`` (machine: a stable label such as ``cpu-amd-epyc-2c``, no host
 name) and ``<out-dir>/<machine>-gbps.png`` (GB/s against buffer size per implementation, one panel
-per optimizer family, with the floor), plus ``<machine>-threshold.png`` (serial vs parallel Numba
-kernels around the parallel threshold).  Every ratio in the report is between two medians of the
-same run; nothing is compared across runs.
+per optimizer family, with the floor), plus ``<machine>-threshold.png`` (serial vs parallel loops
+of the numba and cython backends around the parallel threshold, per backend).  Every ratio in
+the report is between two medians of the same run; nothing is compared across runs.
 """
 from __future__ import annotations
 
@@ -26,6 +26,11 @@ BASELINES = [("course", "course NumPy"), ("numpy", "reference"),
 FAMILY_ORDER = ["sgd", "sgd_momentum", "momentum", "rmsprop", "adagrad", "adam", "adamw",
                 "adam_amsgrad"]
 IMPL_ORDER = FASTOPT_IMPLS + [b for b, _ in BASELINES]
+#: test_overhead's levels (bench_models.OVERHEAD_LEVELS) and backends, in table order
+OVERHEAD_LEVELS = ["bound-call", "step"]
+OVERHEAD_BACKENDS = ["default", "cython", "numba"]
+#: course MLP Adam step on the default backend: layout -> the most it may take (seconds)
+MLP_STEP_TARGETS = {"arena": 3e-6, "separate": 8e-6}
 
 
 # --------------------------------------------------------------------------------------------
@@ -175,27 +180,43 @@ def by_case(rows, suite, key_fields):
     return cases
 
 
+def _threshold_key(r):
+    """(backend, kind) of a threshold row: its own fields, else its impl ``<backend>-<kind>``
+    (older runs recorded only ``numba-serial`` / ``numba-parallel``)."""
+    backend, kind = r.get("backend"), r.get("kind")
+    if backend is None or kind is None:
+        backend, _, kind = str(r["impl"]).rpartition("-")
+    return backend, kind
+
+
 def crossover(rows):
-    """{family: (crossover n or None, [(n, serial s, parallel s)])}: the smallest measured n from
-    which the parallel kernel is faster than the serial one at every larger measured n."""
+    """{(backend, family): (crossover n or None, [(n, serial s, parallel s)])}: per backend, the
+    smallest measured n from which its parallel loop is faster than its serial one at every
+    larger measured n."""
     out = {}
-    series = defaultdict(dict)
+    series = defaultdict(lambda: defaultdict(dict))
     for r in rows:
         if r.get("suite") == "threshold":
-            series[r["family"]].setdefault(r["n"], {})[r["impl"]] = r["median"]
-    for fam, d in series.items():
-        pts = sorted((n, v.get("numba-serial"), v.get("numba-parallel")) for n, v in d.items()
-                     if "numba-serial" in v and "numba-parallel" in v)
+            backend, kind = _threshold_key(r)
+            series[backend, r["family"]][r["n"]][kind] = r["median"]
+    for key, d in series.items():
+        pts = sorted((n, v["serial"], v["parallel"]) for n, v in d.items()
+                     if "serial" in v and "parallel" in v)
         cross = None
         for i in range(len(pts)):
             if all(par < ser for _, ser, par in pts[i:]):
                 cross = pts[i][0]
                 break
-        out[fam] = (cross, pts)
+        out[key] = (cross, pts)
     return out
 
 
-def targets(rows, kernels, models, overhead, startup):
+def _backend_sort(name):
+    return (OVERHEAD_BACKENDS.index(name) if name in OVERHEAD_BACKENDS
+            else len(OVERHEAD_BACKENDS), str(name))
+
+
+def targets(rows, kernels, models, overhead, startup, info=None):
     """-> list of (target, measured text, met: bool or None)."""
     out = []
 
@@ -242,13 +263,19 @@ def targets(rows, kernels, models, overhead, startup):
         out.append(("naive course NumPy → fastopt ≥ 10× at ≥ 2^20",
                     f"Adam {', '.join(adam)}; worst case {worst[0]} 2^{int(math.log2(worst[1]))}"
                     f" {worst[2]:.1f}×", all(x >= 10 for _, _, x in cr)))
-    # course MLP
+    # course MLP Adam step on the default backend: test_overhead's "step" level, else the
+    # model suite's row of the default backend (when the run recorded which one it is)
     mlp = models.get(("course_mlp",), {})
-    for impl, limit in (("numba", 10e-6), ("numba-arena", 3e-6)):
-        r = mlp.get(impl)
+    default = (info or {}).get("default_backend")
+    for layout, limit in MLP_STEP_TARGETS.items():
+        r = overhead.get(("default", layout), {}).get("step")
+        label = f"default backend: {(r or {}).get('resolved', '?')}, {layout}"
+        if r is None and default:
+            r = mlp.get(default if layout == "separate" else f"{default}-arena")
+            label = f"default backend: {default}, {layout}, model suite"
         if r:
-            out.append((f"course MLP step ≤ {limit * 1e6:.0f} µs ({impl})", fmt_time(r["median"]),
-                        r["median"] <= limit))
+            out.append((f"course MLP Adam step ≤ {limit * 1e6:.0f} µs ({label})",
+                        fmt_time(r["median"]), r["median"] <= limit))
     # GPT-2
     gpt = models.get(("gpt2_small",), {})
     for impl in ("numba", "numba-arena"):
@@ -264,9 +291,10 @@ def targets(rows, kernels, models, overhead, startup):
     for r in startup:
         s = r.get("import_and_first_step_s")
         if s is not None:
+            be = r.get("backend") or r.get("impl") or "?"
             out.append(("`import fastopt` + first Adam step, new process, cached ≤ 0.6 s",
-                        f"{s:.3f} s (whole process incl. interpreter {r['median']:.2f} s)",
-                        s <= 0.6))
+                        f"{s:.3f} s ({be}; whole process incl. interpreter "
+                        f"{r['median']:.2f} s)", s <= 0.6))
     return out
 
 
@@ -320,15 +348,18 @@ def plot(kernels, floor, cross, out_png, out_thr):
         plt.close(fig)
     if cross:
         fig, ax = plt.subplots(figsize=(6.5, 4))
-        for fam, (c, pts) in sorted(cross.items()):
+        for (backend, fam), (c, pts) in sorted(cross.items()):
+            if not pts:
+                continue
             ns = [p[0] for p in pts]
-            ax.plot(ns, [p[1] / p[2] for p in pts], "-o", ms=3,
-                    label=f"{fam} (crossover {c:,})" if c else fam)
+            style = "-o" if backend == "numba" else "--s"
+            ax.plot(ns, [p[1] / p[2] for p in pts], style, ms=3,
+                    label=f"{backend} {fam} (crossover {c:,})" if c else f"{backend} {fam}")
         ax.axhline(1.0, color="k", lw=1, ls=":")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("elements (float32)")
         ax.set_ylabel("serial time / parallel time")
-        ax.set_title("Numba kernels: parallel speed-up over serial")
+        ax.set_title("Bound kernel calls: parallel speed-up over serial")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
         fig.tight_layout()
@@ -345,7 +376,7 @@ def render(data, rows, name, info, png, thr_png):
     floor = floor_of(rows)
     kernels = by_case(rows, "kernels", ["dtype", "family", "n"])
     models = by_case(rows, "models", ["model"])
-    overhead = by_case(rows, "overhead", ["layout"])
+    overhead = by_case(rows, "overhead", ["backend", "layout"])
     startup = [r for r in rows if r.get("suite") == "startup"]
     cross = crossover(rows)
     lines = [f"# fastopt benchmarks: {name}", ""]
@@ -357,6 +388,10 @@ def render(data, rows, name, info, png, thr_png):
                  f"torch threads {info.get('torch_threads', '?')})")
     lines.append(f"- python {info.get('python', '?')}, numpy {info.get('numpy', '?')}, "
                  f"numba {info.get('numba', '?')}, torch {info.get('torch') or 'not installed'}")
+    if info.get("default_backend"):
+        detail = (info.get("backends") or {}).get(info["default_backend"])
+        lines.append(f"- default backend (`backend=None`): {info['default_backend']}"
+                     + (f" ({detail})" if detail else ""))
     if info.get("parallel_threshold") is not None:
         lines.append(f"- fastopt PARALLEL_THRESHOLD: {info['parallel_threshold']:,} elements")
     if info.get("loadavg"):
@@ -372,7 +407,7 @@ def render(data, rows, name, info, png, thr_png):
               "the DRAM bandwidth; above 1 for cache-resident sizes). *vs X* = X's median / "
               "this implementation's median (> 1: fastopt faster).", ""]
 
-    tg = targets(rows, kernels, models, overhead, startup)
+    tg = targets(rows, kernels, models, overhead, startup, info)
     if tg:
         lines += ["## Targets (issue 5)", ""]
         lines.append(table(["target", "measured", "met"],
@@ -387,32 +422,53 @@ def render(data, rows, name, info, png, thr_png):
         lines.append(case_table(mrows, ["model"]))
         lines.append("")
     if overhead:
-        lines += ["## Per-call overhead: course MLP (6 tensors), Adam", "",
-                  "Cumulative levels: `noop-dispatch` a Numba function with the kernel's "
-                  "signature that does nothing; `kernel-direct` the serial kernel; `cpu.adam` "
-                  "the backend wrapper (threshold test + dispatch); `step` the whole "
-                  "`Optimizer.step`.", ""]
+        lines += ["## Per-step overhead: course MLP (6 tensors), Adam", "",
+                  "`bound-call`: the step's bound kernel call(s) alone (the optimizer's plan "
+                  "after one step, called with the step's scalars); `step`: the whole "
+                  "`Optimizer.step`.  *Python cost* = step − bound-call: what a step adds "
+                  "around the kernels (scalars, plan check, dispatch).  *default* is the "
+                  "backend `backend=None` picks.", ""]
         body = []
-        for (layout,), impls in sorted(overhead.items()):
-            for lev in ("noop-dispatch", "kernel-direct", "cpu.adam", "step"):
-                r = impls.get(lev)
-                if r:
-                    body.append([layout, lev, r.get("calls", ""), fmt_time(r["median"])])
-        lines.append(table(["layout", "level", "kernel calls", "median"], body))
+        for (backend, layout), impls in sorted(overhead.items(),
+                                               key=lambda kv: (_backend_sort(kv[0][0]),
+                                                               str(kv[0][1]))):
+            levels = [impls.get(lev) for lev in OVERHEAD_LEVELS]
+            if not any(levels):
+                continue
+            first = next(r for r in levels if r)
+            resolved = first.get("resolved", backend)
+            # rows of older runs have no backend (it was numba) and count kernel calls
+            label = (f"default ({resolved})" if backend == "default" else
+                     str(backend) if backend else "numba")
+            bound, step = impls.get("bound-call"), impls.get("step")
+            py = fmt_time(step["median"] - bound["median"]) if bound and step else ""
+            body.append([label, layout, first.get("bound_calls", ""),
+                         first.get("rows", first.get("calls", "")),
+                         *[fmt_time(r["median"]) if r else "" for r in levels], py])
+        lines.append(table(["backend", "layout", "bound calls", "rows", *OVERHEAD_LEVELS,
+                            "Python cost"], body))
         lines.append("")
     if startup:
         lines += ["## Start-up", ""]
         for r in startup:
-            lines.append(f"`import fastopt` + Adam + first step in a new interpreter (kernels in "
-                         f"Numba's disk cache): {r['import_and_first_step_s']:.3f} s inside the "
-                         f"process; whole process including interpreter start "
-                         f"{r['median']:.2f} s (median of 5).")
+            be = r.get("backend") or r.get("impl") or "?"
+            cache = "; kernels in Numba's disk cache" if be == "numba" else ""
+            lines.append(f"`import fastopt` + Adam + first step in a new interpreter on the "
+                         f"default backend ({be}{cache}): "
+                         f"{r['import_and_first_step_s']:.3f} s inside the process; whole "
+                         f"process including interpreter start {r['median']:.2f} s (median "
+                         f"of 5).")
         lines.append("")
     if cross:
-        lines += ["## Parallel threshold: serial vs parallel Numba kernels", ""]
-        for fam, (c, pts) in sorted(cross.items()):
-            lines.append(f"**{fam}**: parallel faster from {c:,} elements on" if c else
-                         f"**{fam}**: parallel never consistently faster in the measured range")
+        lines += ["## Parallel threshold: serial vs parallel loops, per backend", "",
+                  "The bound kernel call on one float32 buffer, `PARALLEL_THRESHOLD` forced to "
+                  "2^62 (serial) or 0 (parallel).", ""]
+        for (backend, fam), (c, pts) in sorted(cross.items(),
+                                               key=lambda kv: (_backend_sort(kv[0][0]),
+                                                               _case_sort([kv[0][1]]))):
+            lines.append(f"**{backend} {fam}**: parallel faster from {c:,} elements on" if c else
+                         f"**{backend} {fam}**: parallel never consistently faster in the "
+                         f"measured range")
             lines.append("")
             lines.append(table(["n", "serial", "parallel", "serial/parallel"],
                                [[f"{n:,}", fmt_time(s), fmt_time(p), f"{s / p:.2f}"]

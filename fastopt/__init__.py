@@ -1,11 +1,13 @@
 """fastopt: fused, in-place optimizer update kernels.
 
 One pass per parameter buffer: the gradient EMAs, bias correction and the parameter step are
-computed together, in place, with no temporaries, on the Numba CPU backend (default), Cython,
-numba.cuda or a plain NumPy reference.
+computed together, in place, with no temporaries.  Each update rule is written once
+(:mod:`fastopt.kernels.rules`) and compiled for every backend: the Cython extension (the default
+where it was built), Numba, numba.cuda; a plain NumPy reference is the oracle.  Each optimizer is
+one spec (:mod:`fastopt.specs`) from which its classes are made.
 
-``import fastopt`` is cheap: it imports NumPy and this package's Python code only; backends (Numba,
-numba.cuda, the Cython extension) are imported and kernels compiled on first use.
+``import fastopt`` is cheap: it imports NumPy and this package's Python code only; backends (the
+Cython extension, Numba, numba.cuda) are imported and kernels compiled on first use.
 """
 from ._version import __version__
 from . import schedules

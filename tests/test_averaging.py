@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import fastopt
+from _support import HOST_BACKENDS
 from fastopt.averaging import EWA, WeightEMA, ewa
 
 
@@ -153,6 +154,38 @@ def test_weight_ema_matches_formula(dtype, arena):
             np.testing.assert_allclose(ema.averages[k], expect[k], rtol=2e-6, atol=2e-6)
         else:
             np.testing.assert_allclose(ema.averages[k], expect[k], rtol=1e-13)
+
+
+@pytest.mark.parametrize("threaded", [False, True])
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+def test_weight_ema_every_backend_serial_and_threaded(backend, threaded, monkeypatch):
+    """WeightEMA is a kernel family like the optimizers: the same numbers on every backend, on
+    the serial and the threaded loops, update and swap."""
+    from fastopt import config
+    monkeypatch.setattr(config, "PARALLEL_THRESHOLD", 1 if threaded else 1 << 62)
+    params = fastopt.Arena({**make_params(np.float32), "big": np.arange(5000, dtype=np.float32)
+                            }).params
+    ref = {k: v.copy() for k, v in params.items()}
+    ema = WeightEMA(params, decay=0.75, backend=backend)
+    assert ema.backend == backend
+    ref_ema = WeightEMA(ref, decay=0.75, backend="numpy")
+    rng = np.random.default_rng(2)
+    for _ in range(4):
+        for k in params:
+            step = rng.normal(size=params[k].shape).astype(np.float32)
+            params[k] += step
+            ref[k] += step
+        ema.update()
+        ref_ema.update()
+    for k in params:   # float32: the compiled loops may fuse multiply-adds
+        np.testing.assert_allclose(ema.averages[k], ref_ema.averages[k], rtol=1e-6, atol=1e-6)
+    with ema.swapped():
+        for k in params:
+            np.testing.assert_allclose(params[k], ref_ema.averages[k], rtol=1e-6, atol=1e-6)
+    for k in params:
+        np.testing.assert_array_equal(params[k], ref[k])
+    with pytest.raises(ValueError, match="unknown backend"):
+        WeightEMA(params, backend="nope")
 
 
 def test_weight_ema_arena_is_one_kernel_call_per_dtype():

@@ -1,6 +1,8 @@
 """Keep the benchmark helpers working (no timings here): the naive course baselines compute the
 same update as fastopt (or their speed-ups would mean nothing), every benchmark case can be built
-and stepped on tiny arrays, and the report renders from a pytest-benchmark-shaped JSON."""
+and stepped on tiny arrays (the optimizer cases, the threshold and overhead cases, the Cython vs
+Numba bound calls), and the report renders from a pytest-benchmark-shaped JSON."""
+import importlib.util
 import json
 import pathlib
 import sys
@@ -30,8 +32,19 @@ R = _load("fastopt_bench_report", "report.py")
 def test_bytes_per_element_match_spec():
     spec = {"sgd": 12, "sgd_momentum": 20, "momentum": 20, "rmsprop": 20, "adagrad": 20,
             "adam": 28, "adamw": 28, "adam_amsgrad": 36}
+    assert set(H.ARRAY_PASSES) == set(spec)      # the specs' bench keys: every SPEC.md row
     assert {f: H.bytes_per_element(f) for f in spec} == spec
     assert H.bytes_per_element("adam", np.float64) == 56
+    assert H.ARRAYS_RESIDENT == {"sgd": 2, "sgd_momentum": 3, "momentum": 3, "rmsprop": 3,
+                                 "adagrad": 3, "adam": 4, "adamw": 4, "adam_amsgrad": 5}
+    assert list(K.FAMILIES) == list(H.family_cases()) == list(H.ARRAY_PASSES)
+    # bench/gpu.py keeps its own table (it is standalone): it must say the same
+    gpu_spec = importlib.util.spec_from_file_location("fastopt_bench_gpu_smoke",
+                                                      BENCH / "gpu.py")
+    gpu = importlib.util.module_from_spec(gpu_spec)
+    gpu_spec.loader.exec_module(gpu)
+    assert gpu.BYTES_PER_ELEMENT_F32 == {f: b for f, b in spec.items()
+                                         if f in gpu.BYTES_PER_ELEMENT_F32}
 
 
 @pytest.mark.parametrize("family", sorted(H.COURSE))
@@ -98,6 +111,86 @@ def test_model_cases_build_and_agree():
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=impl)
 
 
+def _host_backends():
+    return ["numba", "cython"] if H.backend_available("cython") else ["numba"]
+
+
+@pytest.mark.parametrize("family", K.THRESHOLD_FAMILIES)
+@pytest.mark.parametrize("backend", K.THRESHOLD_BACKENDS)
+def test_threshold_cases_build_and_agree(monkeypatch, backend, family):
+    """test_threshold's bound calls, forced serial and forced parallel, agree with the NumPy
+    reference bound the same way."""
+    from fastopt import config
+    if backend not in _host_backends():
+        pytest.skip("cython backend not built")
+    n = 3000
+    ref, p_ref = K.threshold_case("numpy", family, n)
+    ref()
+    for kind, threshold in K.THRESHOLD_FORCED.items():
+        monkeypatch.setattr(config, "PARALLEL_THRESHOLD", threshold)
+        fn, p = K.threshold_case(backend, family, n)
+        fn()
+        np.testing.assert_allclose(p, p_ref, rtol=1e-5, atol=1e-7, err_msg=kind)
+    assert {K.THRESHOLD_FORCED["parallel"], K.THRESHOLD_FORCED["serial"]} == {0, 1 << 62}
+
+
+def test_overhead_cases_build():
+    """test_overhead's cases: every backend, layout and level runs; the bound-call level calls
+    exactly the plan's calls (one bound call, a row per tensor or one row in an Arena)."""
+    default = H.default_backend()
+    for backend in M.OVERHEAD_BACKENDS:
+        if backend == "cython" and not H.backend_available("cython"):
+            continue
+        for layout in M.OVERHEAD_LAYOUTS:
+            for level in M.OVERHEAD_LEVELS:
+                fn, info = M.overhead_case(backend, layout, level)
+                opt, params, _ = fn.keep
+                before = [p.copy() for p in params]
+                for _ in range(3):
+                    fn()
+                assert all(np.isfinite(p).all() for p in params)
+                assert any(not np.array_equal(a, b) for a, b in zip(params, before))
+                assert info["resolved"] == (default if backend == "default" else backend)
+                assert info["bound_calls"] == 1 and info["tensors"] == 6
+                assert info["rows"] == (1 if layout == "arena" else 6)
+                assert opt.step_count == (4 if level == "step" else 1)
+    assert M._overhead_id("default") == f"default-{default}"
+
+
+def test_cython_vs_numba_bound_calls_agree():
+    """bench_cython.py's bound calls: each backend (and the baseline build) from the same state
+    gives the same update, and the build switch is restored."""
+    if not H.backend_available("cython"):
+        pytest.skip("cython backend not built")
+    C = _load("fastopt_bench_cython", "bench_cython.py")
+    from fastopt.kernels import cython as cy
+    isa = cy.ISA
+    n = 4096
+    for case in C.CASE_IDS:
+        arrays = C._arrays(case, n)
+        start = [None if a is None else a.copy() for a in arrays]
+        out = {}
+        for backend in C.BACKENDS:
+            for a, a0 in zip(arrays, start):
+                if a is not None:
+                    np.copyto(a, a0)
+            call, scalars, detail = C.bind(case, backend, n)
+            assert cy.ISA == isa and detail
+            call(scalars)
+            out[backend] = arrays[0].copy()
+        for backend, p in out.items():
+            np.testing.assert_allclose(p, out["numba"], rtol=1e-5, atol=1e-7,
+                                       err_msg=f"{case} {backend}")
+        assert not np.array_equal(out["numba"], start[0])
+    assert C.CASES == {"adam": 28, "sgd_momentum": 20, "rmsprop": 20}
+
+
+def test_startup_reports_the_default_backend():
+    inner, outer, all_inner, backend = H.startup_seconds(repeats=1, warm=False)
+    assert backend == H.default_backend()
+    assert 0 < inner <= outer and len(all_inner) == 1
+
+
 def test_plan_rounds():
     r, i = H.plan_rounds(1e-6)
     assert i >= 1000 and 3 <= r <= 60
@@ -119,24 +212,55 @@ def test_report_renders(tmp_path):
         return {"name": name, "stats": {"median": median}, "extra_info": extra}
     floor = dict(floor_GBps=30.0, floor_serial_GBps=30.0, floor_threads=2)
     rows = [bench("floor", 0.0268, suite="floor", impl="triad-inplace", machine="cpu-test-2c",
-                  machine_info=dict(cpu_model="Test", cores=2), GBps=30.0,
-                  fraction_of_floor=1.0, **floor)]
+                  machine_info=dict(cpu_model="Test", cores=2, default_backend="cython",
+                                    backends={"cython": "built with OpenMP, 2 threads"}),
+                  GBps=30.0, fraction_of_floor=1.0, **floor)]
     n = 1 << 24
     for impl, t in (("numba", 0.016), ("numpy", 0.1), ("course", 0.12), ("torch-fused", 0.02)):
         rows.append(bench(f"k-{impl}", t, suite="kernels", family="adam", impl=impl, n=n,
                           dtype="float32", GBps=28 * n / t / 1e9,
                           fraction_of_floor=28 * n / 30e9 / t, **floor))
-    for n_, s, p in ((1 << 14, 1e-6, 3e-6), (1 << 17, 1e-5, 8e-6), (1 << 18, 2e-5, 1e-5)):
-        rows.append(bench("t", s, suite="threshold", family="adam", impl="numba-serial", n=n_,
-                          GBps=1.0, fraction_of_floor=1.0))
-        rows.append(bench("t", p, suite="threshold", family="adam", impl="numba-parallel", n=n_,
-                          GBps=1.0, fraction_of_floor=1.0))
-    rows.append(bench("s", 0.9, suite="startup", impl="numba", import_and_first_step_s=0.5))
+    # test_threshold: numba crosses over at 2^17, cython at 2^14
+    thr = {"numba": ((1 << 14, 1e-6, 3e-6), (1 << 17, 1e-5, 8e-6), (1 << 18, 2e-5, 1e-5)),
+           "cython": ((1 << 14, 4e-6, 3e-6), (1 << 17, 1e-5, 8e-6), (1 << 18, 2e-5, 1e-5))}
+    for backend, pts in thr.items():
+        for n_, s, p in pts:
+            for kind, t in (("serial", s), ("parallel", p)):
+                rows.append(bench("t", t, suite="threshold", family="adam", backend=backend,
+                                  kind=kind, impl=f"{backend}-{kind}", n=n_, GBps=1.0,
+                                  fraction_of_floor=1.0))
+    # test_overhead: the default backend (cython here) meets 3 µs in an Arena, misses 8 µs
+    # separate; numba has only an arena row
+    ov = [("default", "cython", "arena", 1.1e-6, 2.4e-6, 1),
+          ("default", "cython", "separate", 1.2e-6, 9.0e-6, 6),
+          ("numba", "numba", "arena", 1.5e-6, 2.9e-6, 1)]
+    for backend, resolved, layout, bound, step, nrows in ov:
+        for level, t in (("bound-call", bound), ("step", step)):
+            rows.append(bench("o", t, suite="overhead", family="adam", impl=level, level=level,
+                              backend=backend, resolved=resolved, layout=layout,
+                              model="course_mlp", bound_calls=1, rows=nrows, n=2762,
+                              tensors=6, GBps=1.0, fraction_of_floor=1.0))
+    rows.append(bench("s", 0.9, suite="startup", impl="cython", backend="cython",
+                      import_and_first_step_s=0.5))
     path = tmp_path / "latest.json"
     path.write_text(json.dumps({"benchmarks": rows, "datetime": "now", "version": "x"}))
     assert R.main([str(path)]) == 0
     text = (tmp_path / "cpu-test-2c.md").read_text()
     assert "Targets" in text and "30.00 GB/s" in text
-    assert "parallel faster from 131,072" in text
-    cross = R.crossover(R.load(str(path))[1])
-    assert cross["adam"][0] == 1 << 17
+    assert "default backend (`backend=None`): cython" in text
+    assert "**numba adam**: parallel faster from 131,072" in text
+    assert "**cython adam**: parallel faster from 16,384" in text
+    assert "| default (cython) | arena | 1 | 1 | 1.1 µs | 2.4 µs | 1.3 µs |" in text
+    assert "| numba | arena | 1 | 1 | 1.5 µs | 2.9 µs | 1.4 µs |" in text
+    assert ("| course MLP Adam step ≤ 3 µs (default backend: cython, arena) | 2.4 µs | met |"
+            in text)
+    assert ("| course MLP Adam step ≤ 8 µs (default backend: cython, separate) | 9.0 µs | "
+            "**not met** |" in text)
+    assert "on the default backend (cython): 0.500 s" in text
+    loaded = R.load(str(path))[1]
+    cross = R.crossover(loaded)
+    assert cross["numba", "adam"][0] == 1 << 17
+    assert cross["cython", "adam"][0] == 1 << 14
+    # rows of older runs (impl only, no backend/kind fields) still group by backend
+    old = [dict(r, backend=None, kind=None) for r in loaded if r["suite"] == "threshold"]
+    assert R.crossover(old) == cross

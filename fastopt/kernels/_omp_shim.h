@@ -1,4 +1,4 @@
-/* OpenMP shim for fastopt/kernels/_cython.pyx: the same source builds with and without OpenMP.
+/* OpenMP shim for the generated Cython kernels (fastopt/kernels/_codegen.py writes the .pyx): the same source builds with and without OpenMP.
  * Cython guards its own `#pragma omp` lines with `#ifdef _OPENMP`; this header does the same for
  * the few runtime calls the module makes. */
 #ifndef FASTOPT_OMP_SHIM_H

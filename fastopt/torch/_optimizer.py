@@ -15,7 +15,7 @@ from torch.optim import Optimizer as _TorchOptimizer
 from .. import _checks, _layout
 from ..kernels import get_backend, resolve_backend
 from ..specs import TORCH_ONLY
-from . import _tensors as T
+from . import _checkpoint, _tensors as T
 from ._flat import Flat
 
 __all__ = ["FusedOptimizer"]
@@ -253,56 +253,18 @@ class FusedOptimizer(_TorchOptimizer):
                     if any(p.grad is not g for p, g in zip(flat.params, flat.grads)):
                         flat.attach_grads()
 
-    # -- state_dict -----------------------------------------------------------------------------
+    # -- checkpoints (fastopt.torch._checkpoint) ------------------------------------------------
     def __setstate__(self, state):
         super().__setstate__(state)
-        for group in self.param_groups:
-            for k, v in self.defaults.items():
-                group.setdefault(k, v)
-            for p in group["params"]:
-                st = self.state.get(p)
-                if st and "step" in st and not isinstance(st["step"], torch.Tensor):
-                    st["step"] = torch.tensor(float(st["step"]), dtype=T.scalar_dtype())
-
-    def _check_state_dict(self, state_dict):
-        groups, saved = self.param_groups, state_dict["param_groups"]
-        if len(groups) != len(saved) or any(
-                len(a["params"]) != len(b["params"]) for a, b in zip(groups, saved)):
-            return  # torch's load_state_dict raises its own ValueError
-        saved_state = state_dict["state"]
-        for gi, (group, sg) in enumerate(zip(groups, saved)):
-            for i, (p, pid) in enumerate(zip(group["params"], sg["params"])):
-                for name, v in saved_state.get(pid, {}).items():
-                    if name != "step" and isinstance(v, torch.Tensor) and v.shape != p.shape:
-                        raise ValueError(f"state_dict: state {name!r} of "
-                                         f"{T.label(group, gi, i, p)} has shape "
-                                         f"{tuple(v.shape)}")
+        _checkpoint.after_setstate(self)
 
     @torch.no_grad()
     def load_state_dict(self, state_dict):
         """As torch (same layout), after checking state shapes; values are copied into this
         optimizer's own (contiguous; in flatten mode flat) buffers."""
-        self._check_state_dict(state_dict)
+        _checkpoint.check_state_dict(self, state_dict)
         super().load_state_dict(state_dict)
-        for group in self.param_groups:
-            for p in group["params"]:
-                st = self.state.get(p)
-                if not st:
-                    continue
-                for name, v in list(st.items()):
-                    if name == "step":
-                        if isinstance(v, torch.Tensor):
-                            st[name] = v.detach().to("cpu", T.scalar_dtype()).clone()
-                        continue
-                    if not isinstance(v, torch.Tensor):
-                        continue
-                    slot = self._slot.get(id(p))
-                    if slot is not None:
-                        buf = slot[0].state_view(slot[1], name, 0.0)
-                    else:
-                        buf = torch.empty_like(p, memory_format=torch.contiguous_format)
-                    buf.copy_(v)
-                    st[name] = buf
+        _checkpoint.rehome_state(self)
 
 
 def torch_signature(spec):
