@@ -264,3 +264,31 @@ def test_report_renders(tmp_path):
     # rows of older runs (impl only, no backend/kind fields) still group by backend
     old = [dict(r, backend=None, kind=None) for r in loaded if r["suite"] == "threshold"]
     assert R.crossover(old) == cross
+
+
+def test_compare_flags_a_slower_case(tmp_path):
+    """bench/compare.py: ratios from each run against itself, a case flagged when its ratio
+    drops below 0.9 of the before run's."""
+    C = _load("fastopt_bench_compare", "compare.py")
+
+    def run(path, adam_frac, sgd_frac, torch_t, adam_t):
+        rows = []
+        n = 1 << 20
+        for fam, frac, t in (("adam", adam_frac, adam_t), ("sgd", sgd_frac, 0.001)):
+            rows.append({"name": fam, "stats": {"median": t},
+                         "extra_info": dict(suite="kernels", family=fam, impl="numba", n=n,
+                                            dtype="float32", fraction_of_floor=frac)})
+        rows.append({"name": "tf", "stats": {"median": torch_t},
+                     "extra_info": dict(suite="kernels", family="adam", impl="torch-fused", n=n,
+                                        dtype="float32", fraction_of_floor=0.9)})
+        path.write_text(json.dumps({"benchmarks": rows, "datetime": "t"}))
+        return str(path)
+
+    before = run(tmp_path / "b.json", 0.95, 1.0, 0.002, 0.001)
+    after = run(tmp_path / "a.json", 0.94, 0.5, 0.002, 0.001)
+    out = tmp_path / "cmp.md"
+    assert C.main(["--before", before, "--after", after, "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| adam | 2^20 | numba | 0.95 | 0.94 | 2.00× | 2.00× |  |" in text
+    assert "| sgd | 2^20 | numba | 1.00 | 0.50 |" in text and "**slower**" in text
+    assert text.rstrip().endswith("sgd 2^20 numba")

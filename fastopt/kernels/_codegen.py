@@ -14,19 +14,22 @@ for each backend, one loop per family, dtype and flag combination around a call 
     The same for numba.cuda: the rules as ``cuda.jit(device=True, forceinline=True)`` device
     functions and one grid-stride ``cuda.jit`` kernel per variant.
 ``cython_source()``
-    A complete ``.pyx``: the rules and helpers translated to ``cdef inline ... noexcept nogil``
-    functions per dtype (the body is the rule's own Python source, with ``sqrt`` mapped to
-    ``sqrtf`` for float32 and helper calls to their typed twins; ctuples carry the results),
-    and per variant a ``nogil`` loop over ``__restrict__`` pointers that runs serially below the
-    threshold and as ``prange(schedule='static')`` above it, plus a ``def`` entry point that
-    walks a table of buffers: one Python call steps every buffer of a (group, dtype).
+    A complete ``.pyx``: the helpers translated to ``cdef inline ... noexcept nogil`` functions
+    per dtype, and per variant a ``nogil`` loop over ``__restrict__`` pointers whose body is the
+    rule's own Python source (flags replaced by their constant values, ``sqrt`` mapped to
+    ``sqrtf`` for float32, helper calls to their typed twins), serial below the threshold and
+    ``prange(schedule='static')`` above it, plus a ``def`` entry point that walks a table of
+    buffers: one Python call steps every buffer of a (group, dtype).
     setup.py writes it into ``build/`` at build time and cythonizes it.
 
 Why this design (and not, e.g., Cython's pure-Python mode or a Tempita template): the rule is
 ordinary Python that Numba and numba.cuda compile as it is, so for two of the three backends
-nothing is translated at all; for Cython the translation is mechanical (types on the signature,
-``cdef`` declarations for the locals, two name substitutions), and generating whole loops lets
-each flag combination be its own function, so no flag is tested per element on any backend.
+nothing is translated at all; for Cython the translation is mechanical (``cdef`` declarations
+for the locals, flags made constants, two name substitutions: the body is valid Cython as it
+stands), and generating whole loops lets each flag combination be its own function, so no flag
+is tested per element on any backend.  The Cython loop inlines the rule's body rather than
+calling a ``cdef inline`` function returning a ctuple: gcc kept that struct in memory in the
+serial loop and did not vectorize it (amsgrad: 4x slower below the threshold).
 Cython's pure-Python mode would need a ``.pxd`` with the types of every rule written by hand
 (a second copy of each signature) and cannot inline functions across modules; a Tempita
 template would still need the rule body spelled in Cython.  Measured on the Cython backend
@@ -210,19 +213,16 @@ _ser = njit(fastmath=_FM, error_model="numpy", nogil=True, cache=True)
 '''
 
 
-def _call(sig, flags, load, python=True):
-    """``rule(elements..., scalars..., flags...)`` for a loop body; ``load(array)`` gives the
-    element expression of a used array (an unused optional array gets the first array's element
-    as a placeholder the rule never reads).  Everything is passed positionally, flags as
-    ``True``/``False`` (Numba, CUDA) or 1/0 (the C functions)."""
+def _call(sig, flags, load):
+    """``rule(elements..., scalars..., flags...)`` for a Numba or CUDA loop body;
+    ``load(array)`` gives the element expression of a used array (an unused optional array gets
+    the first array's element as a placeholder the rule never reads).  Everything is passed
+    positionally, flags as ``True``/``False`` constants."""
     used = sig.used(flags)
     first = load(sig.arrays[0])
     args = [load(a) if a in used else first for a in sig.arrays] + list(sig.scalars)
-    if python:
-        args += [str(v) for v in flags]
-        return f"{sig.name}({', '.join(args)})"
-    args += ["1" if v else "0" for v in flags]
-    return f"{sig.name}_{{tag}}({', '.join(args)})"
+    args += [str(v) for v in flags]
+    return f"{sig.name}({', '.join(args)})"
 
 
 def _stores(sig, flags, store, result="r"):
@@ -417,31 +417,61 @@ def _assigned(body, params):
     return names
 
 
-def _cython_function(fn, tag, helper_names, n_out=None):
-    """``cdef inline`` twin of a helper (one result) or rule (``n_out`` results)."""
+class _Constants(ast.NodeTransformer):
+    """Flag names -> their values: each variant's C has constant conditions gcc folds away."""
+
+    def __init__(self, values):
+        self.values = values
+
+    def visit_Name(self, node):
+        if node.id in self.values:
+            return ast.copy_location(ast.Constant(self.values[node.id]), node)
+        return node
+
+
+def _cython_helper(fn, tag, helper_names):
+    """``cdef inline`` twin of a helper (one scalar result; ``x: bool`` parameters bint)."""
     ctype = DTYPES[tag][1]
     node = _fn_ast(fn)
     body = [_CythonNames(tag, helper_names).visit(s) for s in _body(node)]
     params = []
     for a in node.args.posonlyargs + node.args.args + node.args.kwonlyargs:
-        flag = a in node.args.kwonlyargs or (a.annotation is not None
-                                              and ast.unparse(a.annotation) == "bool")
+        flag = a.annotation is not None and ast.unparse(a.annotation) == "bool"
         params.append(("bint " if flag else f"{ctype} ") + a.arg)
-    if n_out is None:
-        restype = ctype
-    elif n_out == 1:
-        restype = ctype
-        last = body[-1]
-        body[-1] = ast.Return(last.value.elts[0])  # (x,) -> x: a 1-ctuple is a scalar
-    else:
-        restype = "(" + ", ".join([ctype] * n_out) + ")"
     locals_ = _assigned(body, {p.split()[-1] for p in params})
-    lines = [f"cdef inline {restype} {fn.__name__}_{tag}({', '.join(params)}) noexcept nogil:"]
+    lines = [f"cdef inline {ctype} {fn.__name__}_{tag}({', '.join(params)}) noexcept nogil:"]
     if locals_:
         lines.append(f"    cdef {ctype} {', '.join(locals_)}")
     for stmt in body:
         lines.append(textwrap.indent(ast.unparse(stmt), "    "))
     return "\n".join(lines) + "\n"
+
+
+_LOOP_NAMES = {"i", "n", "threshold", "r"}
+
+
+def _cython_rule_body(sig, tag, flags, helper_names):
+    """The rule's own body for one variant, to be inlined into the loop: (declared locals,
+    statements computing the new values from the element locals, stores).
+
+    The rule is not called as a function returning a ctuple: gcc keeps such a struct in memory
+    in the serial loop and then does not vectorize it (seen with amsgrad's five arrays)."""
+    node = _fn_ast(sig.fn)
+    body = [_Constants(dict(zip(sig.flags, flags))).visit(
+        _CythonNames(tag, helper_names).visit(st)) for st in _body(node)]
+    ret, body = body[-1], body[:-1]
+    used = sig.used(flags)
+    locals_ = list(sig.arrays) + [v for v in _assigned(body, set(sig.arrays) | set(sig.scalars))]
+    clash = _LOOP_NAMES & set(locals_) or {v for v in locals_ if v.startswith(("a_", "s_"))}
+    if clash:
+        raise ValueError(f"rule {sig.name}: local names {sorted(clash)} are reserved for loops")
+    first = sig.arrays[0]
+    loads = [f"{a} = a_{a}[i]" if a in used else f"{a} = a_{first}[i]  # unused: placeholder"
+             for a in sig.arrays]
+    stmts = [ast.unparse(st) for st in body]
+    stores = [f"a_{a}[i] = {ast.unparse(v)}"
+              for a, v in zip(sig.written, ret.value.elts) if a in used]
+    return locals_, loads + stmts + stores
 
 
 def cython_source(mod=None):
@@ -453,35 +483,26 @@ def cython_source(mod=None):
     out = [_CYTHON_HEAD.format(hash=source_hash())]
     for tag in DTYPES:
         for fn in hs:
-            out.append("\n\n" + _cython_function(fn, tag, names))
-        for sig in sigs.values():
-            out.append("\n\n" + _cython_function(sig.fn, tag, names, len(sig.written)))
+            out.append("\n\n" + _cython_helper(fn, tag, names))
     for sig in sigs.values():
         for tag, (_, ctype, _) in DTYPES.items():
             for flags in flag_variants(sig):
-                out.append("\n\n" + _cython_variant(sig, tag, ctype, flags))
+                out.append("\n\n" + _cython_variant(sig, tag, ctype, flags, names))
     return "".join(out)
 
 
-def _cython_variant(sig, tag, ctype, flags):
+def _cython_variant(sig, tag, ctype, flags, helper_names):
     name = variant_name(sig, tag, flags)
     used = sig.used(flags)
     ptrs = [f"{tag}_{'cp' if a in sig.readonly else 'p'} a_{a}" for a in sig.arrays if a in used]
     scal = [f"{ctype} {s}" for s in sig.scalars]
-    n_out = len(sig.written)
-    call = _call(sig, flags, lambda a: f"a_{a}[i]", python=False).replace("{tag}", tag)
-    if n_out == 1:
-        body = [f"a_{sig.written[0]}[i] = {call}"] if sig.written[0] in used else []
-        rdecl = []
-    else:
-        body = [f"r = {call}"] + _stores(sig, flags, lambda a, v: f"a_{a}[i] = {v}")
-        rdecl = [f"    cdef ({', '.join([ctype] * n_out)}) r"]
+    locals_, body = _cython_rule_body(sig, tag, flags, helper_names)
     lines = [f"cdef void _{name}(Py_ssize_t n, {', '.join(ptrs + scal)}, Py_ssize_t threshold) "
-             f"noexcept nogil:", "    cdef Py_ssize_t i"] + rdecl
+             f"noexcept nogil:", "    cdef Py_ssize_t i", f"    cdef {ctype} {', '.join(locals_)}"]
     lines += ["    if n < threshold:", "        for i in range(n):"]
-    lines += ["            " + s for s in body]
+    lines += [textwrap.indent(b, " " * 12) for b in body]
     lines += ["    else:", "        for i in prange(n, schedule='static'):"]
-    lines += ["            " + s for s in body]
+    lines += [textwrap.indent(b, " " * 12) for b in body]
     # the entry point
     width = 1 + len(sig.arrays)
     nsc = len(sig.scalars)
