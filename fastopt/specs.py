@@ -69,8 +69,11 @@ class Spec:
 
     @property
     def signature(self):
-        from .kernels import rule_signature
-        return rule_signature(self.rule)
+        sig = _SIGNATURES.get(self.rule)
+        if sig is None:
+            from .kernels import rule_signature
+            sig = _SIGNATURES[self.rule] = rule_signature(self.rule)
+        return sig
 
     @property
     def state_names(self):
@@ -95,7 +98,7 @@ class Spec:
         sig = self.signature
         on = dict(zip(sig.flags, self.flags(group)))
         return {name: name not in sig.optional or on[sig.optional[name]]
-                for name in self.state_names}
+                for name in sig.arrays[2:]}
 
     def initial(self, name, group):
         v = self.state[name]
@@ -130,6 +133,9 @@ class Spec:
         if self.references:
             parts += ["", "References", "----------", self.references.strip()]
         return "\n".join(parts) + "\n"
+
+
+_SIGNATURES: dict = {}
 
 
 def spec(name):

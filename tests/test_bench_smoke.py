@@ -292,3 +292,18 @@ def test_compare_flags_a_slower_case(tmp_path):
     assert "| adam | 2^20 | numba | 0.95 | 0.94 | 2.00× | 2.00× |  |" in text
     assert "| sgd | 2^20 | numba | 1.00 | 0.50 |" in text and "**slower**" in text
     assert text.rstrip().endswith("sgd 2^20 numba")
+
+
+def test_versus_runs_against_a_checkout(tmp_path):
+    """bench/versus.py imports another checkout's package next to this one and times both,
+    interleaved; here the other checkout is this one (so nothing can be 'slower' by design,
+    only the mechanics are checked)."""
+    V = _load("fastopt_bench_versus", "versus.py")
+    out = tmp_path / "versus.md"
+    root = BENCH.parent
+    assert V.main(["--old", str(root), "--quick", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| adam | 2^10 | numba |" in text and "| adam course_mlp | arena |" in text
+    import sys as _sys
+    assert _sys.modules["fastopt"].__file__.startswith(str(root))
+    assert "fastopt_old" in _sys.modules

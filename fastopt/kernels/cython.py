@@ -104,21 +104,29 @@ class CythonBackend(HostBackend):
         return kernel.name   # looked up in the extension in use when binding
 
     def bind(self, kernel, rows):
-        fn = getattr(extension, kernel.impl)
         checked = [(n, row) for n, row in self._check_rows(kernel, rows) if n]
+        keep = [a for _, row in checked for a in row if a is not None]
+        call = self.bind_addresses(kernel, [
+            (n, [_address(a) if a is not None and name in kernel.used else 0
+                 for name, a in zip(kernel.sig.arrays, row)]) for n, row in checked])
+        call.keep = (call.keep, keep)  # the arrays the table points into stay alive
+        return call
+
+    def bind_addresses(self, kernel, rows):
+        """``bind`` for rows given as ``(n, [address of each array, 0 if unused])``: for callers
+        that hold the memory themselves and have checked it (the torch adapter: tensors'
+        ``data_ptr()``, no NumPy views).  Nothing is kept alive but the table."""
+        fn = getattr(extension, kernel.impl)
         width = 1 + len(kernel.sig.arrays)
-        table = np.zeros((len(checked), width), dtype=np.uintp)
-        keep = []
-        for k, (n, row) in enumerate(checked):
+        rows = [r for r in rows if r[0]]
+        table = np.zeros((len(rows), width), dtype=np.uintp)
+        for k, (n, addresses) in enumerate(rows):
             table[k, 0] = n
-            for j, a in enumerate(row):
-                if a is not None and kernel.sig.arrays[j] in kernel.used:
-                    table[k, j + 1] = _address(a)
-                    keep.append(a)
+            table[k, 1:] = addresses
         # call(scalars) is the extension's entry point with the table bound: no Python frame
-        call = functools.partial(fn, _address(table), len(checked))
-        call.keep = (table, keep)      # the table and the arrays it points into stay alive
-        call.rows = [n for n, _ in checked]
+        call = functools.partial(fn, _address(table), len(rows))
+        call.keep = table
+        call.rows = [n for n, _ in rows]
         return call
 
     def all_finite(self, array):

@@ -37,7 +37,10 @@ Kernel calls
     Parameters of one (device, dtype) whose step scalars agree (the bias corrections use each
     parameter's own ``step``) are one kernel call; within it, tensors laid end to end in one
     storage (parameters, gradients and every state buffer alike) are one row, others one row
-    each.
+    each.  On the CPU with the Cython backend the call is built from the tensors' addresses
+    and kept for the next step while every tensor is the same object at the same address with
+    the same size (checked each step: a moved ``.data`` or a new ``.grad`` rebinds it); it holds
+    no reference to any tensor.
 
 ``flatten=True``
     At construction, each param group's parameters are moved, per (device, dtype), into one

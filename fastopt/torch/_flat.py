@@ -1,11 +1,11 @@
 """``flatten=True``: a (group, device, dtype) run of parameters re-homed into one buffer.
 
 The parameter objects are kept; their ``.data`` becomes a view into one flat parameter tensor
-and their ``.grad`` a view into one flat gradient tensor; state buffers are flat too.  Nothing in
-the step is special to this mode: the step looks for tensors laid end to end
-(:func:`fastopt._layout.runs`) and finds the parameters, gradients and state of a ``Flat`` in
-one run each, so they become one kernel row.  A gradient replaced by another tensor (or a
-parameter moved) just splits the run for that step.
+and their ``.grad`` a view into one flat gradient tensor; state buffers are flat too.  The step
+does nothing special for this mode but skip re-checking tensors it made itself (``intact``): it
+looks for tensors laid end to end (:func:`fastopt._layout.joint_runs`) and finds the
+parameters, gradients and state of a ``Flat`` in one run each, so they become one kernel row.
+A gradient replaced by another tensor (or a parameter moved) just splits the run for that step.
 """
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ class Flat:
         self.grads = []
         for p, a, b in zip(params, self.offsets, self.offsets[1:]):
             p.data = self.param[a:b].view_as(p)
+        self.ptrs = [p.data_ptr() for p in params]
         self.attach_grads()
 
     def attach_grads(self):
@@ -42,6 +43,14 @@ class Flat:
                       for p, a, b in zip(self.params, self.offsets, self.offsets[1:])]
         for p, g in zip(self.params, self.grads):
             p.grad = g
+
+    def intact(self):
+        """Every parameter still lives in the flat buffer and its ``.grad`` is still our view
+        (so all of them are known valid, and the step need not check them one by one)."""
+        for p, g, ptr in zip(self.params, self.grads, self.ptrs):
+            if p.grad is not g or p.data_ptr() != ptr:
+                return False
+        return True
 
     def flat_state(self, name, init):
         buf = self.state.get(name)

@@ -57,6 +57,7 @@ class FusedOptimizer(_TorchOptimizer):
         self._flats = []          # per group index: [Flat, ...] (flatten mode)
         self._slot = {}           # id(param) -> (Flat, index)
         self._backends = {}
+        self._calls = {}          # (group, device, dtype, flags, n) -> (tensor identities, call)
         super().__init__(params, defaults)
 
     # -- construction --------------------------------------------------------------------------
@@ -168,12 +169,16 @@ class FusedOptimizer(_TorchOptimizer):
             _checks.lr("lr", lr)
         scalars = self.spec.scalars
         by_t = {}
+        known = {id(p) for flat in (self._flats[gi] if gi < len(self._flats) else ())
+                 if flat.intact() for p in flat.params}   # flatten: checked at construction
         for i, p in enumerate(group["params"]):
-            if p.grad is None:
+            g = p.grad
+            if g is None:
                 continue
-            label = T.label(group, gi, i, p)
-            T.check_param(label, p)
-            g = T.check_grad(label, p, p.grad)
+            if id(p) not in known and not T.fast_ok(p, g):   # no label formatting when valid
+                label = T.label(group, gi, i, p)
+                T.check_param(label, p)
+                g = T.check_grad(label, p, g)
             by_t.setdefault(self._count(p) + 1, []).append((p, g))
         buckets = {}
         for t, pairs in by_t.items():
@@ -191,12 +196,46 @@ class FusedOptimizer(_TorchOptimizer):
             with torch.enable_grad():
                 loss = closure()
         plans = [self._plan_group(gi, g) for gi, g in enumerate(self.param_groups)]
-        for group, buckets in zip(self.param_groups, plans):
+        for gi, (group, buckets) in enumerate(zip(self.param_groups, plans)):
             if buckets:
-                self._run_group(group, buckets)
+                self._run_group(gi, group, buckets)
         return loss
 
-    def _run_group(self, group, buckets):
+    def _bound(self, key, columns, device, kernel):
+        """The bound kernel call over ``columns`` (parameters, gradients, each state buffer):
+        tensors laid end to end in one storage, in every column at once, are one row
+        (:func:`fastopt._layout.joint_runs`).
+
+        On the CPU with the Cython backend the rows are the tensors' own addresses
+        (``data_ptr()``, no NumPy views) and the call is kept for the next step: it is reused
+        while every tensor is the same object at the same address with the same size (checked
+        each step, so a re-homed ``.data`` or a new ``.grad`` rebinds), and it holds no
+        reference to any tensor.  Elsewhere (Numba, NumPy, CUDA) the rows are views, rebuilt each step."""
+        ident = tuple((id(t), t.data_ptr(), t.numel()) if t is not None else None
+                      for col in columns for t in col)
+        hit = self._calls.get(key)
+        if hit is not None and hit[0] == ident:
+            return hit[1]
+        be = self._backend_for("parameter", device.type)
+        runs = _layout.joint_runs(columns, _locate)
+        if device.type == "cpu" and hasattr(be, "bind_addresses"):
+            rows = []
+            for run in runs:
+                full = [columns[0][k] for k in run]
+                n = sum(t.numel() for t in full)
+                rows.append((n, [0 if col[run[0]] is None else col[run[0]].data_ptr()
+                                 for col in columns]))
+            call = be.bind_addresses(kernel, rows)
+            self._calls[key] = (ident, call)
+            return call
+        rows = []
+        for run in runs:
+            rows.append(tuple(None if col[run[0]] is None else
+                              self._array(_join([col[k] for k in run]), device)
+                              for col in columns))
+        return be.bind(kernel, rows)
+
+    def _run_group(self, gi, group, buckets):
         spec = self.spec
         needed = spec.needed(group)
         names = spec.state_names
@@ -207,14 +246,9 @@ class FusedOptimizer(_TorchOptimizer):
             columns = [[p for p, _ in pairs], [g for _, g in pairs]]
             columns += [[st[n] for st in states] if needed[n] else [None] * len(pairs)
                         for n in names]
-            rows = []
-            for run in _layout.joint_runs(columns, _locate):
-                rows.append(tuple(None if col[run[0]] is None else _join([col[k] for k in run])
-                                  for col in columns))
             be = self._backend_for("parameter", device.type)
-            call = be.bind(be.kernel(spec.rule, T.NP_DTYPE[dtype], flags),
-                           [tuple(None if t is None else self._array(t, device) for t in row)
-                            for row in rows])
+            kernel = be.kernel(spec.rule, T.NP_DTYPE[dtype], flags)
+            call = self._bound((gi, device, dtype, flags, len(pairs)), columns, device, kernel)
             self._launch(device, call, sc)
             if spec.torch_step:
                 steps.extend(s["step"] for s in states)
@@ -236,6 +270,7 @@ class FusedOptimizer(_TorchOptimizer):
             cuda.synchronize()
 
     def _array(self, t, device):
+        """The kernel array of a tensor: a numba device array (CUDA), else a 1-D NumPy view."""
         if device.type != "cpu":
             return T.device(t)
         return T.host(t)

@@ -38,6 +38,15 @@ def check_param(label_, p):
                          f"place (make it contiguous once: p.data = p.data.contiguous())")
 
 
+def fast_ok(p, g):
+    """True when ``p`` and its gradient pass every check (the common case, without building
+    an error label); False sends them through :func:`check_param` / :func:`check_grad`."""
+    return (p.dtype in NP_DTYPE and g.dtype is p.dtype and p.layout is torch.strided
+            and g.layout is torch.strided and p.is_contiguous() and g.is_contiguous()
+            and g.shape == p.shape and g.device == p.device
+            and p.device.type in ("cpu", "cuda"))
+
+
 def check_grad(label_, p, g):
     """The gradient as a contiguous tensor of p's dtype/shape/device (copied if non-contiguous)."""
     if g.is_sparse or g.layout != torch.strided:
