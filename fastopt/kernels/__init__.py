@@ -106,6 +106,20 @@ class Backend:
         k = self.kernel(rule, dtype, flags)
         self.bind(k, [tuple(arrays)])(tuple(scalars))
 
+    # -- layout: which buffers lie end to end (each backend says how to locate and join) -----
+    @classmethod
+    def runs(cls, arrays):
+        """Maximal runs of ``arrays`` laid end to end in one allocation
+        (:func:`fastopt._layout.runs` with this backend's :meth:`locate`)."""
+        return _layout.runs(arrays, cls.locate)
+
+    @classmethod
+    def span(cls, arrays):
+        """A 1-D view covering ``arrays`` exactly when they form one run, else None."""
+        if not arrays:
+            return None
+        return cls.join(arrays) if len(cls.runs(arrays)) == 1 else None
+
     def _check_rows(self, kernel, rows):
         """Every used array of every row: the kernel's dtype, 1-D, the row's length."""
         sig, used = kernel.sig, kernel.used
@@ -220,10 +234,6 @@ class HostBackend(Backend):
         key = (id(root), x.dtype) if root.flags.c_contiguous else None
         return key, x.__array_interface__["data"][0], x.nbytes
 
-    @classmethod
-    def runs(cls, arrays):
-        return _layout.runs(arrays, cls.locate)
-
     @staticmethod
     def join(arrays):
         """One 1-D view over ``arrays`` (a run found by :meth:`runs`)."""
@@ -238,13 +248,6 @@ class HostBackend(Backend):
         root_start = root.__array_interface__["data"][0]
         raw = root.reshape(-1).view(np.uint8)
         return raw[start - root_start:end - root_start].view(full[0].dtype)
-
-    @classmethod
-    def span(cls, arrays):
-        """A 1-D view covering ``arrays`` exactly when they form one run, else None."""
-        if not arrays:
-            return None
-        return cls.join(arrays) if len(cls.runs(arrays)) == 1 else None
 
     @staticmethod
     def to_numpy(x):

@@ -26,7 +26,7 @@ import weakref
 import numpy as np
 from numba import cuda
 
-from .. import _layout, config
+from .. import config
 from . import Backend, HostBackend, check_dtype
 from ._generated import load
 
@@ -295,10 +295,6 @@ class CudaBackend(Backend):
             return key, start, d.nbytes
         return _driver_key(d, dtype), start, d.nbytes  # pragma: no cover - needs a GPU
 
-    @classmethod
-    def runs(cls, arrays):
-        return _layout.runs(arrays, cls.locate)
-
     @staticmethod
     def join(arrays):
         """One 1-D device view over ``arrays`` (a run found by :meth:`runs`)."""
@@ -322,10 +318,8 @@ class CudaBackend(Backend):
     @classmethod
     def span(cls, arrays):
         """A 1-D device view covering ``arrays`` exactly when they form one run, else None."""
-        if not arrays:
-            return None
         try:
-            return cls.join(arrays) if len(cls.runs(arrays)) == 1 else None
+            return super().span(arrays)
         except Exception:  # pragma: no cover - a driver that cannot say: not joined
             return None
 

@@ -8,6 +8,7 @@ math: :class:`Optimizer` steps whatever its spec describes.
 from __future__ import annotations
 
 from .. import specs as _specs
+from .._classgen import make_init
 from ._state_io import load, save
 from .core import Optimizer
 
@@ -16,24 +17,11 @@ __all__ = ["Optimizer", "make_class", "save", "load"] + [s.name for s in _specs.
 
 def make_class(spec, base=Optimizer, module=__name__):
     """The optimizer class of ``spec``: its ``__init__`` has the spec's signature."""
-    args, kw = [], False
-    for h in spec.hypers:
-        if h.kw_only and not kw:
-            args.append("*")
-            kw = True
-        args.append(f"{h.name}={h.default!r}")
-    if not kw:
-        args.append("*")
-    args += ["backend=None", "nonfinite='propagate'"]
-    hyper = ", ".join(f"{h.name}={h.name}" for h in spec.hypers)
-    src = (f"def __init__(self, params, {', '.join(args)}):\n"
-           f"    _base.__init__(self, params, dict({hyper}), backend=backend, "
-           f"nonfinite=nonfinite)\n")
-    ns = {"_base": base}
-    exec(src, ns)  # noqa: S102 - built from the spec's names and literal defaults
-    init = ns["__init__"]
-    init.__qualname__ = f"{spec.name}.__init__"
-    init.__module__ = module
+    init = make_init(f"{spec.name}.__init__", module,
+                     [(h.name, h.default, h.kw_only) for h in spec.hypers],
+                     [("backend", None), ("nonfinite", "propagate")],
+                     ({"_base": base}, "_base.__init__(self, params, dict({hyper}), "
+                                       "backend=backend, nonfinite=nonfinite)"))
     return type(spec.name, (base,), {"__init__": init, "spec": spec, "__module__": module,
                                      "__doc__": spec.docstring()})
 

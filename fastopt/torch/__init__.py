@@ -72,6 +72,7 @@ State dicts
 from __future__ import annotations
 
 from .. import specs as _specs
+from .._classgen import make_init
 from ._optimizer import FusedOptimizer, torch_signature
 from ._tensors import host as _host  # noqa: F401 - zero-copy view helper (tests, users)
 
@@ -80,24 +81,11 @@ __all__ = ["FusedOptimizer", "make_class"] + [s.name for s in _specs.SPECS]
 
 def make_class(spec, module=__name__):
     """The torch class of ``spec``: torch.optim's constructor signature, the spec's rule."""
-    args, kw = [], False
-    for name, default, kw_only in torch_signature(spec):
-        if kw_only and not kw:
-            args.append("*")
-            kw = True
-        args.append(f"{name}={default!r}")
-    if not kw:
-        args.append("*")
-    args += ["backend=None", "flatten=False"]
-    names = [name for name, _, _ in torch_signature(spec)]
-    src = (f"def __init__(self, params, {', '.join(args)}):\n"
-           f"    _base.__init__(self, params, dict({', '.join(f'{n}={n}' for n in names)}, "
-           f"**_fixed), backend=backend, flatten=flatten)\n")
-    ns = {"_base": FusedOptimizer, "_fixed": dict(spec.fixed)}
-    exec(src, ns)  # noqa: S102 - built from the spec's names and literal defaults
-    init = ns["__init__"]
-    init.__qualname__ = f"{spec.name}.__init__"
-    init.__module__ = module
+    init = make_init(f"{spec.name}.__init__", module, torch_signature(spec),
+                     [("backend", None), ("flatten", False)],
+                     ({"_base": FusedOptimizer, "_fixed": dict(spec.fixed)},
+                      "_base.__init__(self, params, dict({hyper}, **_fixed), backend=backend, "
+                      "flatten=flatten)"))
     equivalent = f"as ``{spec.torch}``" if spec.torch else "no torch.optim equivalent"
     doc = (f"{spec.summary}  ({equivalent}; the rule is :class:`fastopt.{spec.name}`'s.)\n\n"
            f"{spec.math.strip()}\n\nTakes torch.optim's arguments; extra keyword arguments: "
