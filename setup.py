@@ -187,7 +187,13 @@ def _extensions():
 
 
 class optional_build_ext(build_ext):
-    """build_ext that turns any failure into a warning: the extension is an optional speed-up."""
+    """build_ext that turns any failure into a warning: the extension is an optional speed-up.
+    The baseline and the AVX2 builds compile in parallel (one job per core)."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        if not self.parallel:
+            self.parallel = os.cpu_count() or 1
 
     def run(self):
         try:

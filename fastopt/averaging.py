@@ -278,6 +278,11 @@ class WeightEMA:
                              f"{', '.join(repr(b) for b in _kernels.BACKENDS)} or None")
         be = self._backend = _kernels.resolve_backend(arrays, backend)
         arrays = [be.check_param(lab, a) for lab, a in zip(labels, arrays)]
+        for lab, a in zip(labels, arrays):
+            if np.dtype(a.dtype).itemsize == 2:
+                raise TypeError(f"{lab} has dtype {a.dtype}; WeightEMA averages float32 and "
+                                f"float64 parameters (a 16-bit average would lose updates "
+                                f"below half a unit; not supported yet)")
         self._keys = keys
         self._labels = labels
         self._params = arrays

@@ -270,3 +270,10 @@ def test_import_is_lazy():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_weight_ema_rejects_half_precision_parameters():
+    import ml_dtypes
+    for dtype in (ml_dtypes.bfloat16, np.float16):
+        with pytest.raises(TypeError, match=r"WeightEMA averages float32 and float64"):
+            fastopt.WeightEMA([np.zeros(3, dtype)], decay=0.9)

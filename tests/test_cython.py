@@ -223,7 +223,8 @@ def test_mixed_dtype_raises_type_error_naming_the_argument(cy, spec, kw):
 
 def test_unsupported_dtype_raises_type_error(cy):
     p = np.zeros(3, np.float16)
-    with pytest.raises(TypeError, match=r"^param has dtype float16"):
+    with pytest.raises(TypeError, match=r"^compute dtype float16: kernels compute in float32 "
+                                        r"or float64"):
         cy.run("sgd", np.float16, (False, False, False), [p, p.copy(), None],
                (-0.1, 1.0, 0.0, 0.0, 1.0, 0.0))
     with pytest.raises(TypeError, match=r"int64"):

@@ -8,13 +8,23 @@ backend offers the same three calls::
     call = backend.bind(kernel, rows)               # rows: [(array, ...), ...] in rule order
     call(scalars)                                   # one step over every row
 
-``rule`` names a rule (``"adam"``), ``flags`` is the tuple of its flag values (compile-time:
-each combination is its own loop), ``rows`` are tuples of 1-D contiguous arrays of one dtype and
-length in the rule's array order (``None`` for an optional array the flags leave unused), and
-``scalars`` is the tuple of the rule's per-step scalars as Python floats.  ``bind`` checks the
-rows once; the returned call does nothing but run the loops, so an optimizer binds when its
-buffers change and calls every step.  ``backend.run(rule, dtype, flags, arrays, scalars)`` does
-all three for one row (tests, benchmarks).  ``backend.all_finite(array)`` is the one reduction.
+``rule`` names a rule (``"adam"``), ``dtype`` is the compute dtype (float32 or float64),
+``flags`` is the tuple of its flag values (compile-time: each combination is its own loop),
+``rows`` are tuples of 1-D contiguous arrays of one length in the rule's array order (``None``
+for an optional array the flags leave unused), and ``scalars`` is the tuple of the rule's
+per-step scalars as Python floats.  ``bind`` checks the rows once; the returned call does
+nothing but run the loops, so an optimizer binds when its buffers change and calls every step.
+``backend.run(rule, dtype, flags, arrays, scalars)`` does all three for one row (tests,
+benchmarks).  ``backend.all_finite(array)`` is the one reduction.
+
+Storage formats (:mod:`fastopt.kernels.formats`): ``kernel(..., formats=..., rounding=...)``
+names each array's format (``"bf16"``, ``"f16"``, ``"f32"``, ``"f64"``; ``None`` for an unused
+one); the arrays then have those storage dtypes, values are decoded to the compute dtype,
+updated by the rule and encoded back (rounding to nearest or stochastically).  Without
+``formats`` every array has the compute dtype.  ``bind(kernel, rows, bases=None, seed=0)``:
+``bases[k]`` is the position of row k's first element among the optimizer's elements of its
+dtype, which with ``seed`` and the ``step`` passed to ``call(scalars, step)`` feeds the
+counter-based random bits of stochastic rounding.
 
 Backends are imported lazily: ``import fastopt`` imports none of them, and the CUDA one (which
 imports ``numba.cuda``) only when asked for.  ``backend=None`` picks ``"cuda"`` for GPU arrays
@@ -28,7 +38,8 @@ import numpy as np
 from .. import _layout
 
 __all__ = ["BACKENDS", "HOST_ORDER", "Backend", "HostBackend", "get_backend", "resolve_backend",
-           "backend_status", "is_device_array", "check_dtype", "rule_signature"]
+           "backend_status", "is_device_array", "check_dtype", "check_grad_dtype",
+           "rule_signature"]
 
 #: Backend names.
 BACKENDS = ("numba", "cython", "numpy", "cuda")
@@ -54,15 +65,35 @@ def rule_signature(rule):
 
 
 class Kernel:
-    """A compiled variant: a rule for one dtype and one combination of flag values."""
+    """A compiled variant: a rule for one compute dtype, one combination of flag values and
+    one storage layout (``formats``: each array's format, ``None`` for an unused one)."""
 
-    __slots__ = ("sig", "dtype", "flags", "name", "impl", "used")
+    __slots__ = ("sig", "dtype", "flags", "name", "impl", "used", "formats", "rounding",
+                 "native")
 
-    def __init__(self, sig, dtype, flags, impl):
+    def __init__(self, sig, dtype, flags, impl, formats=None, rounding="nearest"):
+        from . import formats as F
         from ._codegen import variant_name
         self.sig, self.dtype, self.flags, self.impl = sig, np.dtype(dtype), tuple(flags), impl
-        self.name = variant_name(sig, self.dtype.name, self.flags)
         self.used = sig.used(self.flags)
+        own = F.F64 if self.dtype == np.float64 else F.F32
+        if formats is None:
+            formats = tuple(own if a in self.used else None for a in sig.arrays)
+        self.formats = tuple(f if a in self.used else None
+                             for a, f in zip(sig.arrays, formats))
+        if rounding not in F.ROUNDINGS:
+            raise ValueError(f"rounding must be one of {F.ROUNDINGS}, got {rounding!r}")
+        self.native = all(f in (None, own) for f in self.formats)
+        self.rounding = "nearest" if self.native else rounding
+        self.name = variant_name(sig, self.dtype.name, self.flags)
+        if not self.native:
+            self.name += "_L_" + F.layout_name(self.formats, self.rounding).replace(".", "_")
+
+    @property
+    def storage(self):
+        """The storage dtype each array must have (None for unused)."""
+        from . import formats as F
+        return tuple(None if f is None else F.storage_dtype(f) for f in self.formats)
 
     def __repr__(self):
         return f"<fastopt kernel {self.name}>"
@@ -81,30 +112,39 @@ class Backend:
         return f"<fastopt backend {self.name!r}>"
 
     # -- kernels -------------------------------------------------------------------------------
-    def kernel(self, rule, dtype, flags):
-        """The compiled variant of ``rule`` for ``dtype`` and ``flags`` (cached)."""
+    def kernel(self, rule, dtype, flags, formats=None, rounding="nearest"):
+        """The compiled variant of ``rule`` for compute ``dtype``, ``flags`` and the storage
+        ``formats`` of its arrays (None: all in ``dtype``), cached."""
         dtype = np.dtype(dtype)
-        key = (rule, dtype, tuple(bool(f) for f in flags))
+        key = (rule, dtype, tuple(bool(f) for f in flags),
+               None if formats is None else tuple(formats), rounding)
         k = self._kernels.get(key)
         if k is None:
             sig = rule_signature(rule)
             if len(key[2]) != len(sig.flags):
                 raise ValueError(f"rule {rule!r} takes flags {sig.flags}, got {flags!r}")
-            check_dtype("param", dtype)
-            k = self._kernels[key] = Kernel(sig, dtype, key[2], None)
+            if dtype not in _SUPPORTED:
+                check_dtype("param", dtype)
+                raise TypeError(f"compute dtype {dtype}: kernels compute in float32 or float64")
+            if formats is not None and len(formats) != len(sig.arrays):
+                raise ValueError(f"rule {rule!r} has {len(sig.arrays)} arrays, got "
+                                 f"{len(formats)} formats")
+            k = Kernel(sig, dtype, key[2], None, formats, rounding)
             k.impl = self._compile(k)
+            self._kernels[key] = k
         return k
 
     def _compile(self, kernel):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def bind(self, kernel, rows):  # pragma: no cover - abstract
+    def bind(self, kernel, rows, bases=None, seed=0):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def run(self, rule, dtype, flags, arrays, scalars):
+    def run(self, rule, dtype, flags, arrays, scalars, formats=None, rounding="nearest",
+            base=0, seed=0, step=0):
         """Compile, bind one row and run it once (for tests and benchmarks)."""
-        k = self.kernel(rule, dtype, flags)
-        self.bind(k, [tuple(arrays)])(tuple(scalars))
+        k = self.kernel(rule, dtype, flags, formats, rounding)
+        self.bind(k, [tuple(arrays)], bases=[base], seed=seed)(tuple(scalars), step)
 
     # -- layout: which buffers lie end to end (each backend says how to locate and join) -----
     @classmethod
@@ -121,8 +161,9 @@ class Backend:
         return cls.join(arrays) if len(cls.runs(arrays)) == 1 else None
 
     def _check_rows(self, kernel, rows):
-        """Every used array of every row: the kernel's dtype, 1-D, the row's length."""
+        """Every used array of every row: its format's storage dtype, 1-D, the row's length."""
         sig, used = kernel.sig, kernel.used
+        storage = kernel.storage
         out = []
         for row in rows:
             row = tuple(row)
@@ -130,14 +171,14 @@ class Backend:
                 raise ValueError(f"{kernel.name}: a row has {len(row)} arrays, the rule takes "
                                  f"{len(sig.arrays)} ({', '.join(sig.arrays)})")
             n = None
-            for name, a in zip(sig.arrays, row):
+            for name, a, want in zip(sig.arrays, row, storage):
                 if name not in used:
                     continue
                 if a is None:
                     raise TypeError(f"{kernel.name}: {name} is None but these flags use it")
-                if np.dtype(a.dtype) != kernel.dtype:
+                if np.dtype(a.dtype) != want:
                     raise TypeError(f"{name}: dtype {a.dtype} does not match the kernel's "
-                                    f"{kernel.dtype} (all arrays of one update share one dtype)")
+                                    f"{want} (each array must have its format's dtype)")
                 if a.ndim != 1:
                     raise ValueError(f"{name}: kernels take 1-D arrays, got shape {a.shape}")
                 size = a.shape[0]
@@ -154,12 +195,24 @@ def _describe(x):
 
 
 def check_dtype(label, dtype):
+    """Parameters are float64, float32, bfloat16 (``ml_dtypes.bfloat16``) or float16."""
+    from . import formats as F
     dtype = np.dtype(dtype)
-    if dtype not in _SUPPORTED:
-        if dtype.kind == "f":
-            raise TypeError(f"{label} has dtype {dtype}; fastopt steps float32 and float64 "
-                            f"arrays (half precision is not supported yet)")
-        raise TypeError(f"{label} has dtype {dtype}; parameters must be float32 or float64")
+    try:
+        F.tag(dtype)
+    except KeyError:
+        raise TypeError(f"{label} has dtype {dtype}; parameters must be float64, float32, "
+                        f"bfloat16 (ml_dtypes.bfloat16) or float16") from None
+
+
+def check_grad_dtype(label, gdtype, pdtype):
+    """A gradient has its parameter's dtype, or float32 for a bfloat16/float16 parameter."""
+    gdtype, pdtype = np.dtype(gdtype), np.dtype(pdtype)
+    if gdtype == pdtype or (gdtype == np.float32 and pdtype.itemsize == 2):
+        return
+    extra = " or float32" if pdtype.itemsize == 2 else ""
+    raise TypeError(f"{label} has dtype {gdtype}, its parameter has {pdtype} (a gradient has "
+                    f"its parameter's dtype{extra})")
 
 
 def overlaps(a, b):
@@ -200,8 +253,7 @@ class HostBackend(Backend):
             raise TypeError(f"{label} is None; every parameter needs a gradient array")
         if not isinstance(g, np.ndarray):
             raise TypeError(f"{label} must be a numpy.ndarray, got {_describe(g)}")
-        if g.dtype != param.dtype:
-            raise TypeError(f"{label} has dtype {g.dtype}, its parameter has {param.dtype}")
+        check_grad_dtype(label, g.dtype, param.dtype)
         if g.shape != param.shape:
             raise ValueError(f"{label} has shape {g.shape}, its parameter has {param.shape}")
         if not g.flags.c_contiguous:
@@ -255,7 +307,13 @@ class HostBackend(Backend):
 
     @staticmethod
     def copy_from_numpy(dst, src):
-        np.copyto(dst, np.asarray(src).reshape(dst.shape), casting="same_kind")
+        """Copy host values into ``dst``, converting between float formats (one rounding to
+        nearest: float32 into bfloat16 state, bfloat16 into float32)."""
+        src = np.asarray(src).reshape(dst.shape)
+        if src.dtype != dst.dtype:
+            from . import formats as F
+            src = F.convert(src, dst.dtype)
+        np.copyto(dst, src)
 
     @staticmethod
     def copy(dst, src):

@@ -15,7 +15,7 @@ import tempfile
 
 from . import _codegen
 
-__all__ = ["cache_dir", "load"]
+__all__ = ["cache_dir", "load", "load_source"]
 
 
 def cache_dir():
@@ -40,16 +40,23 @@ def load(kind):
     """Import the generated module ``kind`` (``"numba"`` or ``"cuda"``), writing it first if
     this source hash has not been written yet."""
     name = f"fastopt_{kind}_{_codegen.source_hash()}"
+    return load_source(name, {"numba": _codegen.numba_source,
+                              "cuda": _codegen.cuda_source}[kind])
+
+
+def load_source(name, source):
+    """Import the module ``name`` from the cache folder, writing ``source()`` there first when
+    the file does not exist (``name`` must carry the source hash)."""
     mod = sys.modules.get(name)
     if mod is not None:
         return mod
     path = os.path.join(cache_dir(), name + ".py")
     if not os.path.exists(path):
-        source = {"numba": _codegen.numba_source, "cuda": _codegen.cuda_source}[kind]()
+        text = source()
         fd, tmp = tempfile.mkstemp(prefix=name, suffix=".tmp", dir=os.path.dirname(path))
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(source)
+                fh.write(text)
             os.replace(tmp, path)  # atomic: a concurrent reader sees the old or the new file
         except BaseException:
             if os.path.exists(tmp):

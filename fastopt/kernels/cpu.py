@@ -22,8 +22,9 @@ import numpy as np
 from numba import njit, prange
 
 from .. import config
-from . import HostBackend
-from ._generated import load
+from . import HostBackend, _codegen
+from . import formats as F
+from ._generated import load, load_source
 
 __all__ = ["NumbaBackend", "module"]
 
@@ -59,6 +60,26 @@ def _all_finite_ser(x):
     return True
 
 
+def _all_finite_bits(x, e):
+    bad = 0
+    for i in prange(x.size):
+        if (x[i] & e) == e:
+            bad += 1
+    return bad == 0
+
+
+_all_finite_bits_par = njit(parallel=True, error_model="numpy", cache=True,
+                            nogil=True)(_all_finite_bits)
+
+
+@njit(error_model="numpy", cache=True, nogil=True)
+def _all_finite_bits_ser(x, e):
+    for i in range(x.size):
+        if (x[i] & e) == e:
+            return False
+    return True
+
+
 def _entry(dispatcher, types):
     """The compiled entry point of ``dispatcher`` for argument ``types`` (compiles or loads
     from the cache when needed): callable like the dispatcher, minus type dispatch."""
@@ -66,34 +87,62 @@ def _entry(dispatcher, types):
     return dispatcher.overloads[types].entry_point
 
 
+def _view(a, fmt):
+    """The array as the loops see it (16-bit floats as their uint16 bit patterns)."""
+    return a if fmt in (None, F.F32, F.F64) else a.view(F.view_dtype(fmt))
+
+
 class NumbaBackend(HostBackend):
     name = "numba"
 
     def _compile(self, kernel):
-        mod = module()
+        if kernel.native:
+            mod = module()
+        else:  # a storage layout: its own generated module, written when first used
+            ctag = "f64" if kernel.dtype == np.float64 else "f32"
+            mod = load_source(
+                f"fastopt_numba_{_codegen.source_hash()}_{kernel.name}",
+                lambda: _codegen.layout_source("numba", kernel.sig, ctag, kernel.flags,
+                                               kernel.formats, kernel.rounding, kernel.name))
         return getattr(mod, kernel.name + "_par"), getattr(mod, kernel.name + "_ser")
 
-    def bind(self, kernel, rows):
+    def bind(self, kernel, rows, bases=None, seed=0):
         par, ser = kernel.impl
         n_scalars = len(kernel.sig.scalars)
-        empty = np.empty(0, dtype=kernel.dtype)
+        checked = self._check_rows(kernel, rows)
+        bases = list(bases) if bases is not None else [0] * len(checked)
         calls = []
-        for n, row in self._check_rows(kernel, rows):
+        for (n, row), base in zip(checked, bases):
             if not n:
                 continue
-            args = tuple(empty if a is None else a for a in row)
+            args = tuple(np.empty(0, dtype=kernel.dtype) if a is None else _view(a, f)
+                         for a, f in zip(row, kernel.formats))
             types = tuple(numba.typeof(a) for a in args) + (numba.float64,) * n_scalars
-            calls.append((n, _entry(par, types), _entry(ser, types), args))
+            extra = ()
+            if not kernel.native:
+                types += (numba.int64,) * 3
+                extra = (int(base),)
+            calls.append((n, _entry(par, types), _entry(ser, types), args, extra))
+        layout = not kernel.native
+        seed = int(seed)
 
-        def call(scalars):
+        def call(scalars, step=0):
             threshold = config.PARALLEL_THRESHOLD
-            for n, p, s, args in calls:
-                (p if n >= threshold else s)(*args, *scalars)
+            for n, p, s, args, extra in calls:
+                if layout:
+                    (p if n >= threshold else s)(*args, *scalars, *extra, int(step), seed)
+                else:
+                    (p if n >= threshold else s)(*args, *scalars)
         call.rows = [c[0] for c in calls]
         return call
 
     def all_finite(self, array):
-        k = _all_finite_par if array.size >= config.PARALLEL_THRESHOLD else _all_finite_ser
+        big = array.size >= config.PARALLEL_THRESHOLD
+        exponent = F.exponent_bits(array.dtype)
+        if exponent is not None:   # bfloat16/float16: Inf and NaN have every exponent bit set
+            k = _all_finite_bits_par if big else _all_finite_bits_ser
+            return bool(k(array.view(np.uint16), np.uint16(exponent)))
+        k = _all_finite_par if big else _all_finite_ser
         return bool(k(array))
 
     def detail(self):

@@ -27,8 +27,9 @@ import numpy as np
 from numba import cuda
 
 from .. import config
-from . import Backend, HostBackend, check_dtype
-from ._generated import load
+from . import Backend, HostBackend, _codegen, check_dtype, check_grad_dtype
+from . import formats as F
+from ._generated import load, load_source
 
 __all__ = ["CudaBackend", "fill_zero", "make_backend", "arena_fill", "launch_config",
            "SIMULATOR", "module"]
@@ -54,6 +55,16 @@ def _nonfinite_kernel(x, flag):
     for i in range(start, x.shape[0], stride):
         xi = x[i]
         if math.isnan(xi) or math.isinf(xi):
+            flag[0] = 1
+
+
+@cuda.jit
+def _nonfinite_bits_kernel(x, exponent, flag):
+    """flag[0] = 1 when any 16-bit float (its uint16 bits) has every exponent bit set."""
+    start = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    for i in range(start, x.shape[0], stride):
+        if (x[i] & exponent) == exponent:
             flag[0] = 1
 
 
@@ -101,7 +112,12 @@ def _all_finite(array):
     if _flag is None:
         _flag = cuda.device_array(1, dtype=np.int32)
     _flag.copy_to_device(_ZERO_FLAG)
-    _nonfinite_kernel[launch_config(n)](array, _flag)
+    exponent = F.exponent_bits(array.dtype)
+    if exponent is not None:
+        _nonfinite_bits_kernel[launch_config(n)](array.view(np.uint16), np.uint16(exponent),
+                                                 _flag)
+    else:
+        _nonfinite_kernel[launch_config(n)](array, _flag)
     return int(_flag.copy_to_host()[0]) == 0
 
 
@@ -109,7 +125,11 @@ def _fill(x, value):
     n = x.size
     if n:
         flat = x.reshape(n) if x.ndim != 1 else x
-        _fill_kernel[launch_config(n)](flat, x.dtype.type(value))
+        if F.exponent_bits(x.dtype) is not None:   # 16-bit floats: fill their bit pattern
+            bits = np.array(value, dtype=x.dtype).view(np.uint16)[()]
+            _fill_kernel[launch_config(n)](flat.view(np.uint16), bits)
+        else:
+            _fill_kernel[launch_config(n)](flat, x.dtype.type(value))
 
 
 def fill_zero(x):
@@ -137,6 +157,13 @@ def _bindings():
 # -- array handling ----------------------------------------------------------------------------
 def _describe(x):
     return type(x).__module__ + "." + type(x).__qualname__
+
+
+def _view(d, fmt):
+    """A device array as the kernels see it (16-bit floats as their uint16 bit patterns)."""
+    if fmt in (None, F.F32, F.F64):
+        return d
+    return d.view(F.view_dtype(fmt))
 
 
 def _is_device(x):
@@ -208,18 +235,35 @@ class CudaBackend(Backend):
 
     # -- kernels -----------------------------------------------------------------------------
     def _compile(self, kernel):
-        return getattr(module(), kernel.name)
+        if kernel.native:
+            return getattr(module(), kernel.name)
+        ctag = "f64" if kernel.dtype == np.float64 else "f32"
+        mod = load_source(
+            f"fastopt_cuda_{_codegen.source_hash()}_{kernel.name}",
+            lambda: _codegen.layout_source("cuda", kernel.sig, ctag, kernel.flags,
+                                           kernel.formats, kernel.rounding, kernel.name))
+        return getattr(mod, kernel.name)
 
-    def bind(self, kernel, rows):
+    def bind(self, kernel, rows, bases=None, seed=0):
         kern = kernel.impl
         empty = cuda.device_array(0, dtype=kernel.dtype)
-        calls = [(n, tuple(empty if a is None else a for a in row))
-                 for n, row in self._check_rows(kernel, rows) if n]
+        checked = self._check_rows(kernel, rows)
+        bases = list(bases) if bases is not None else [0] * len(checked)
+        calls = []
+        for (n, row), base in zip(checked, bases):
+            if n:
+                args = tuple(empty if a is None else _view(a, f)
+                             for a, f in zip(row, kernel.formats))
+                calls.append((n, args, () if kernel.native else (int(base),)))
+        layout, seed = not kernel.native, int(seed)
 
-        def call(scalars):
-            for n, args in calls:
-                kern[launch_config(n)](*args, *scalars)
-        call.rows = [n for n, _ in calls]
+        def call(scalars, step=0):
+            for n, args, extra in calls:
+                if layout:
+                    kern[launch_config(n)](*args, *scalars, *extra, int(step), seed)
+                else:
+                    kern[launch_config(n)](*args, *scalars)
+        call.rows = [n for n, _, _ in calls]
         return call
 
     def all_finite(self, array):
@@ -242,8 +286,7 @@ class CudaBackend(Backend):
                             f"backend does not copy host gradients per step), got "
                             f"{_describe(g)}")
         d = _as_device(label, g) if not getattr(g, "__cuda_ndarray__", False) else g
-        if d.dtype != param.dtype:
-            raise TypeError(f"{label} has dtype {d.dtype}, its parameter has {param.dtype}")
+        check_grad_dtype(label, d.dtype, param.dtype)
         if tuple(d.shape) != tuple(param.shape):
             raise ValueError(f"{label} has shape {tuple(d.shape)}, its parameter has "
                              f"{tuple(param.shape)}")
@@ -329,7 +372,9 @@ class CudaBackend(Backend):
 
     @staticmethod
     def copy_from_numpy(dst, src):
-        src = np.asarray(src).astype(dst.dtype, casting="same_kind", copy=False)
+        src = np.asarray(src)
+        if src.dtype != dst.dtype:
+            src = F.convert(src, dst.dtype)
         src = np.ascontiguousarray(src.reshape(tuple(dst.shape)))
         if dst.size:
             dst.copy_to_device(src)

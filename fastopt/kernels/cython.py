@@ -26,6 +26,7 @@ import numpy as np
 
 from .. import config
 from . import HostBackend, _codegen
+from . import formats as F
 
 __all__ = ["CythonBackend", "variants", "ISA", "OPENMP", "extension"]
 
@@ -101,39 +102,63 @@ class CythonBackend(HostBackend):
     name = "cython"
 
     def _compile(self, kernel):
-        return kernel.name   # looked up in the extension in use when binding
+        # the entry point's name, looked up in the extension in use when binding: the variant's
+        # own loop, or for another storage layout its blocked layout loop
+        base = _codegen.variant_name(kernel.sig, kernel.dtype.name, kernel.flags)
+        return base if kernel.native else base + "_layout"
 
-    def bind(self, kernel, rows):
-        checked = [(n, row) for n, row in self._check_rows(kernel, rows) if n]
+    def bind(self, kernel, rows, bases=None, seed=0):
+        checked = [(n, row) for n, row in self._check_rows(kernel, rows)]
+        bases = list(bases) if bases is not None else [0] * len(checked)
         keep = [a for _, row in checked for a in row if a is not None]
         call = self.bind_addresses(kernel, [
             (n, [_address(a) if a is not None and name in kernel.used else 0
-                 for name, a in zip(kernel.sig.arrays, row)]) for n, row in checked])
+                 for name, a in zip(kernel.sig.arrays, row)])
+            for n, row in checked], bases=bases, seed=seed)
         call.keep = (call.keep, keep)  # the arrays the table points into stay alive
         return call
 
-    def bind_addresses(self, kernel, rows):
+    def bind_addresses(self, kernel, rows, bases=None, seed=0):
         """``bind`` for rows given as ``(n, [address of each array, 0 if unused])``: for callers
         that hold the memory themselves and have checked it (the torch adapter: tensors'
         ``data_ptr()``, no NumPy views).  Nothing is kept alive but the table."""
-        fn = getattr(extension, kernel.impl)
-        width = 1 + len(kernel.sig.arrays)
-        rows = [r for r in rows if r[0]]
-        table = np.zeros((len(rows), width), dtype=np.uintp)
-        for k, (n, addresses) in enumerate(rows):
-            table[k, 0] = n
-            table[k, 1:] = addresses
-        # call(scalars) is the extension's entry point with the table bound: no Python frame
-        call = functools.partial(fn, _address(table), len(rows))
+        bases = list(bases) if bases is not None else [0] * len(rows)
+        keep = [(r, b) for r, b in zip(rows, bases) if r[0]]
+        A = len(kernel.sig.arrays)
+        if kernel.native:
+            fn = getattr(extension, kernel.impl)
+            table = np.zeros((len(keep), 1 + A), dtype=np.uintp)
+            for k, ((n, addresses), _) in enumerate(keep):
+                table[k, 0] = n
+                table[k, 1:] = addresses
+            # call(scalars, step) is the entry point with the table bound: no Python frame
+            call = functools.partial(fn, _address(table), len(keep))
+        else:
+            fn = getattr(extension, kernel.impl)
+            codes = [F.CODES[f] if f is not None else 0 for f in kernel.formats]
+            table = np.zeros((len(keep), 2 + 2 * A), dtype=np.uintp)
+            for k, ((n, addresses), base) in enumerate(keep):
+                table[k, 0] = n
+                table[k, 1] = base
+                table[k, 2:2 + A] = addresses
+                table[k, 2 + A:] = codes
+            call = functools.partial(fn, _address(table), len(keep), seed=int(seed),
+                                     stochastic=kernel.rounding == "stochastic")
         call.keep = table
-        call.rows = [n for n, _ in rows]
+        call.rows = [r[0] for r, _ in keep]
         return call
 
     def all_finite(self, array):
+        exponent = F.exponent_bits(array.dtype)
+        if exponent is not None:
+            if not array.flags.c_contiguous:
+                raise ValueError("all_finite: the array must be C-contiguous")
+            return not array.size or bool(extension.all_finite_u16(
+                _address(array), array.size, exponent, config.PARALLEL_THRESHOLD))
         tag = _TAG.get(np.dtype(array.dtype))
         if tag is None:
-            raise TypeError(f"all_finite: the cython backend checks float32 and float64 "
-                            f"arrays, got {array.dtype}")
+            raise TypeError(f"all_finite: the cython backend checks float32, float64, "
+                            f"bfloat16 and float16 arrays, got {array.dtype}")
         if not array.flags.c_contiguous:
             raise ValueError("all_finite: the array must be C-contiguous")
         if not array.size:

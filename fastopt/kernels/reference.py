@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import HostBackend
+from . import formats as F
 
 __all__ = ["NumpyBackend", "sgd", "momentum", "rmsprop", "adagrad", "adam", "ema", "swap"]
 
@@ -117,21 +118,42 @@ class NumpyBackend(HostBackend):
     def _compile(self, kernel):
         return globals()[kernel.sig.name]
 
-    def bind(self, kernel, rows):
-        fn, dtype = kernel.impl, kernel.dtype.type
+    def bind(self, kernel, rows, bases=None, seed=0):
+        fn, dtype = kernel.impl, kernel.dtype
         flags = dict(zip(kernel.sig.flags, kernel.flags))
-        calls = [row for n, row in self._check_rows(kernel, rows) if n]
+        checked = self._check_rows(kernel, rows)
+        bases = list(bases) if bases is not None else [0] * len(checked)
+        calls = [(row, base) for (n, row), base in zip(checked, bases) if n]
+        written = set(kernel.sig.written)
 
-        def call(scalars):
-            cast = [dtype(s) for s in scalars]
+        def call(scalars, step=0):
+            cast = [dtype.type(s) for s in scalars]
             with np.errstate(all="ignore"):   # NaN/Inf propagate silently, as in the kernels
-                for row in calls:
-                    fn(*row, *cast, **flags)
-        call.rows = [row[0].shape[0] for row in calls]
+                for row, base in calls:
+                    if kernel.native:
+                        fn(*row, *cast, **flags)
+                        continue
+                    # decode -> the rule in the compute dtype -> encode, written plainly
+                    vals = [None if a is None else F.decode(f, a, dtype)
+                            for a, f in zip(row, kernel.formats)]
+                    vals = [v if v is None or v.dtype != dtype or v is not a else v.copy()
+                            for v, a in zip(vals, row)]
+                    fn(*vals, *cast, **flags)
+                    n = row[0].shape[0]
+                    for k, (name, a, f, v) in enumerate(zip(kernel.sig.arrays, row,
+                                                            kernel.formats, vals)):
+                        if a is None or name not in written:
+                            continue
+                        bits = None
+                        if kernel.rounding == "stochastic":
+                            bits = F.random_bits(np.arange(base, base + n, dtype=np.uint64),
+                                                 step, seed, k)
+                        F.encode(f, v, a, kernel.rounding, bits)
+        call.rows = [row[0].shape[0] for row, _ in calls]
         return call
 
     def all_finite(self, array):
-        return bool(np.isfinite(array).all())
+        return F.all_finite(array)
 
     def detail(self):
         return f"the NumPy reference (numpy {np.__version__}): the test oracle and naive baseline"

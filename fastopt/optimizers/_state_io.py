@@ -16,6 +16,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from ..kernels import formats as F
+
 __all__ = ["state_dict", "load_state_dict", "save", "load"]
 
 FORMAT = "fastopt-state-1"
@@ -91,9 +93,11 @@ def load_state_dict(opt, sd):
                 if arr.shape != tuple(p.shape):
                     raise ValueError(f"state_dict {name!r} of parameter {saved_idx} has "
                                      f"shape {arr.shape}, the parameter has {p.shape}")
-                if arr.dtype.kind != "f":
+                if not F.is_float_dtype(arr.dtype):
                     raise TypeError(f"state_dict {name!r} of parameter {saved_idx} has "
-                                    f"dtype {arr.dtype}")
+                                    f"dtype {arr.dtype}; state is float64, float32, "
+                                    f"bfloat16 or float16 (converted to this optimizer's "
+                                    f"state_dtype)")
                 copies.append((i, name, arr))
         if len(gsteps) > 1:
             raise ValueError(f"state_dict param group {gi} has parameters at different "
@@ -128,8 +132,12 @@ def save(opt, path):
     for i, entry in sd["state"].items():
         meta_state[str(i)] = {"step": int(entry["step"])}
         for k, v in entry.items():
-            if k != "step":
-                arrays[f"state/{i}/{k}"] = v
+            if k == "step":
+                continue
+            if v.dtype.kind == "V":   # bfloat16: .npz keeps its bits, the meta its name
+                meta_state[str(i)].setdefault("dtypes", {})[k] = v.dtype.name
+                v = v.view(np.uint16)
+            arrays[f"state/{i}/{k}"] = v
     groups = []
     for g in sd["param_groups"]:
         g = dict(g)
@@ -169,10 +177,14 @@ def load(opt, path):
             state = {}
             for i, entry in meta["state"].items():
                 e = dict(entry)
+                dtypes = e.pop("dtypes", {})
                 prefix = f"state/{i}/"
                 for key in f.files:
                     if key.startswith(prefix):
-                        e[key[len(prefix):]] = f[key]
+                        name = key[len(prefix):]
+                        e[name] = f[key]
+                        if name in dtypes:
+                            e[name] = e[name].view(_named_dtype(dtypes[name], path))
                 state[int(i)] = e
     except ValueError as exc:
         if str(exc).startswith(f"{path}:"):
@@ -188,3 +200,12 @@ def load(opt, path):
     sd = {"state": state, "param_groups": meta["param_groups"],
           "skipped_steps": meta["skipped_steps"]}
     opt.load_state_dict(sd)
+
+
+def _named_dtype(name, path):
+    """The 16-bit float dtype a checkpoint names (stored as its uint16 bits)."""
+    for fmt in (F.BF16, F.F16):
+        dtype = F.storage_dtype(fmt)
+        if dtype.name == name:
+            return dtype
+    raise ValueError(f"{path}: unknown state dtype {name!r}")

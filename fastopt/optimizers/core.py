@@ -21,6 +21,7 @@ import operator
 from collections.abc import Mapping
 
 from .. import _checks, kernels as _kernels
+from ..kernels import formats as F
 from ._params import Group, grad_label, grads_list, label, parse_params
 
 __all__ = ["Optimizer"]
@@ -31,14 +32,17 @@ _NONFINITE = ("propagate", "skip", "raise")
 class _Segment:
     """A run of consecutive same-dtype parameters of one group, stepped as one buffer."""
 
-    __slots__ = ("indices", "param", "state", "dtype", "size")
+    __slots__ = ("indices", "param", "state", "dtype", "size", "fmt", "state_fmt", "compute")
 
-    def __init__(self, indices, param, dtype):
+    def __init__(self, indices, param, dtype, state_fmt):
         self.indices = indices      # global parameter indices, in order
         self.param = param          # 1-D view over the whole run
         self.state = {}             # state name -> 1-D buffer over the whole run
         self.dtype = dtype
         self.size = param.size
+        self.fmt = F.tag(dtype)     # the parameters' storage format
+        self.state_fmt = state_fmt  # the state buffers' storage format
+        self.compute = F.compute_dtype(self.fmt)
 
 
 class _Plan:
@@ -82,14 +86,30 @@ class Optimizer:
         What a step does with NaN/Inf gradients: let them through (as torch), skip the step
         (counted in :attr:`skipped_steps`) or raise ``FloatingPointError``.  With "skip" and
         "raise" nothing is changed by such a step.
+    state_dtype : {None, "float32", "bfloat16"}
+        How the state buffers are stored: ``None`` in the parameter's dtype (as torch.optim),
+        else in float32 or bfloat16 whatever the parameters' dtype.  The arithmetic runs in
+        float32 (float64 for float64 parameters); values are decoded and encoded inside the
+        fused pass (no converted copies).
+    rounding : {"nearest", "stochastic"}
+        How every write into 16-bit storage (bfloat16/float16 parameters and state) rounds:
+        to nearest (half to even), or stochastically (unbiased: updates below half a unit in
+        the last place are not lost), with bits from a counter-based hash of ``(seed, step,
+        element)`` -- the same on every backend, thread count and after a resume.
+    seed : int
+        The seed of stochastic rounding (an integer in ``[0, 2**32)``).
     """
 
     #: the family's spec (set on each generated class)
     spec = None
 
-    def __init__(self, params, hyper, *, backend=None, nonfinite="propagate"):
+    def __init__(self, params, hyper, *, backend=None, nonfinite="propagate", state_dtype=None,
+                 rounding="nearest", seed=0):
         if nonfinite not in _NONFINITE:
             raise ValueError(f"nonfinite must be one of {_NONFINITE}, got {nonfinite!r}")
+        self._state_dtype = F.check_state_dtype("state_dtype", state_dtype)
+        self._rounding = F.check_rounding("rounding", rounding)
+        self._seed = F.check_seed("seed", seed)
         if backend is not None and backend not in _kernels.BACKENDS:
             raise ValueError(f"backend: unknown backend {backend!r}; choose one of "
                              f"{', '.join(repr(b) for b in _kernels.BACKENDS)} or None")
@@ -104,6 +124,12 @@ class Optimizer:
         self._named = all(isinstance(n, str) for n in names) and bool(names)
         self._index = {n: i for i, n in enumerate(names)}
         self._check_aliasing()
+        # each parameter's first element among all parameters of its dtype (the element index
+        # of stochastic rounding's bits: the same for an Arena and for separate arrays)
+        self._offsets, seen = [], {}
+        for p in self._params:
+            self._offsets.append(seen.get(p.dtype, 0))
+            seen[p.dtype] = self._offsets[-1] + p.size
 
         self.param_groups = []
         for g in groups:
@@ -150,7 +176,8 @@ class Optimizer:
                 members = [idx[k] for k in run]
                 view = be.join([arrays[k] for k in run]) if len(run) > 1 \
                     else be.flat(arrays[run[0]])
-                segments.append(_Segment(members, view, dtype))
+                segments.append(_Segment(members, view, dtype,
+                                         F.state_format(self._state_dtype, F.tag(dtype))))
         for seg in segments:
             self._alloc_state(seg, group)
         return segments
@@ -165,7 +192,8 @@ class Optimizer:
             if buf is not None and buf.size == n:
                 continue
             init = self.spec.initial(name, group)
-            seg.state[name] = be.full(n, seg.dtype, init) if init else be.zeros(n, seg.dtype)
+            dtype = F.storage_dtype(seg.state_fmt)
+            seg.state[name] = be.full(n, dtype, init) if init else be.zeros(n, dtype)
 
     # -- properties ----------------------------------------------------------------------------
     @property
@@ -184,6 +212,21 @@ class Optimizer:
     def backend(self):
         """Name of the backend in use."""
         return self._backend.name
+
+    @property
+    def state_dtype(self):
+        """The ``state_dtype`` given (``None``: each state buffer in its parameter's dtype)."""
+        return self._state_dtype
+
+    @property
+    def rounding(self):
+        """``"nearest"`` or ``"stochastic"``: how writes into 16-bit storage round."""
+        return self._rounding
+
+    @property
+    def seed(self):
+        """The seed of stochastic rounding."""
+        return self._seed
 
     @property
     def params(self):
@@ -248,36 +291,45 @@ class Optimizer:
         return plan
 
     def _rows(self, seg, checked, needed):
-        """Kernel rows of a segment: one when its gradients lie like its parameters (an
-        Arena), else one per parameter."""
+        """Kernel rows of a segment as ``(row, base)``: one when its gradients lie like its
+        parameters (an Arena), else one per parameter; ``base`` is the row's first element
+        among the parameters of its dtype."""
         be = self._backend
         state = [seg.state[n] if need else None for n, need in needed.items()]
+        first = self._offsets[seg.indices[0]]
         if len(seg.indices) == 1:
-            return [(seg.param, be.flat(checked[seg.indices[0]]), *state)]
+            return [((seg.param, be.flat(checked[seg.indices[0]]), *state), first)]
         garr = [checked[i] for i in seg.indices]
         gview = be.span(garr)
         if gview is not None:
-            return [(seg.param, gview, *state)]
+            return [((seg.param, gview, *state), first)]
         rows, off = [], 0
         for i, g in zip(seg.indices, garr):
             end = off + self._params[i].size
-            rows.append((seg.param[off:end], be.flat(g),
-                         *[None if st is None else st[off:end] for st in state]))
+            rows.append(((seg.param[off:end], be.flat(g),
+                          *[None if st is None else st[off:end] for st in state]),
+                         self._offsets[i]))
             off = end
         return rows
 
     def _build_plan(self, grads, glist, checked):
+        """One bound call per (group, parameter dtype, gradient dtype, state format)."""
         be, rule = self._backend, self.spec.rule
         calls, check = [], []
         for gi, segs in enumerate(self._segments):
             needed = self.spec.needed(self.param_groups[gi])
-            by_dtype = {}
+            used = tuple(needed.values())
+            by_layout = {}
             for seg in segs:
-                by_dtype.setdefault(seg.dtype, []).extend(self._rows(seg, checked, needed))
-            for dtype, rows in by_dtype.items():
-                kernel = be.kernel(rule, dtype, self._flags[gi])
-                calls.append((gi, be.bind(kernel, rows)))
-                check.extend(r[1] for r in rows if r[1].size)
+                for row, base in self._rows(seg, checked, needed):
+                    formats = (seg.fmt, F.tag(row[1].dtype),
+                               *[seg.state_fmt if u else None for u in used])
+                    by_layout.setdefault((seg.compute, formats), []).append((row, base))
+            for (compute, formats), rows in by_layout.items():
+                kernel = be.kernel(rule, compute, self._flags[gi], formats, self._rounding)
+                calls.append((gi, be.bind(kernel, [r for r, _ in rows],
+                                          bases=[b for _, b in rows], seed=self._seed)))
+                check.extend(r[1] for r, _ in rows if r[1].size)
         return _Plan(grads, glist, calls, check)
 
     def _revalidate(self, gi, group):
@@ -317,12 +369,14 @@ class Optimizer:
             t = steps[0] + 1
             lr = groups[0]["lr"]
             sc = (scalars(groups[0], t, _checks.lr_value(lr, t) if callable(lr) else lr),)
+            ts = (t,)
         else:
-            sc = []
+            sc, ts = [], []
             for gi, group in enumerate(groups):
                 t = steps[gi] + 1
                 lr = group["lr"]
                 sc.append(scalars(group, t, _checks.lr_value(lr, t) if callable(lr) else lr))
+                ts.append(t)
         if self._check_finite:
             all_finite = self._backend.all_finite
             if not all(map(all_finite, plan.check)):
@@ -331,9 +385,10 @@ class Optimizer:
                                              "changed")
                 self.skipped_steps += 1
                 return False
-        # The kernels: one bound call per (group, dtype).
+        # The kernels: one bound call per (group, dtype, state format); the step count feeds
+        # stochastic rounding's bits.
         for gi, call in plan.calls:
-            call(sc[gi])
+            call(sc[gi], ts[gi])
         for gi in range(len(steps)):
             steps[gi] += 1
         return True

@@ -25,8 +25,12 @@ How tensors reach the kernels
       correct by construction (same kernel contract as the host path).  Kernels run on Numba's
       default stream; when torch's current stream is not the default one, the adapter
       synchronizes that stream before and the device after the kernels.
-    * float32 and float64 only: bfloat16/float16 (or any other dtype) raise ``TypeError`` naming
-      the parameter, at construction.  Non-contiguous parameters raise ``ValueError`` (they are
+    * float32, float64, bfloat16 and float16 parameters (a bfloat16 tensor is viewed through
+      its bits: NumPy has no bfloat16 of its own); a half-precision parameter's gradient may be
+      float32.  ``state_dtype``, ``rounding`` and ``seed`` are :class:`fastopt.Optimizer`'s.
+      Any other dtype raises ``TypeError`` naming the parameter, at construction.  With
+      ``rounding="stochastic"`` SGD keeps a ``step`` in its state (torch's SGD has none; it
+      feeds the random bits).  Non-contiguous parameters raise ``ValueError`` (they are
       not copied: the step updates the parameter's own memory).  A non-contiguous *gradient* is
       copied to a contiguous one (read only, so this is correct, just slower).  Sparse
       gradients raise ``RuntimeError``.  ``capturable=True`` and ``differentiable=True`` are not
@@ -82,14 +86,16 @@ __all__ = ["FusedOptimizer", "make_class"] + [s.name for s in _specs.SPECS]
 def make_class(spec, module=__name__):
     """The torch class of ``spec``: torch.optim's constructor signature, the spec's rule."""
     init = make_init(f"{spec.name}.__init__", module, torch_signature(spec),
-                     [("backend", None), ("flatten", False)],
+                     [("backend", None), ("flatten", False), ("state_dtype", None),
+                      ("rounding", "nearest"), ("seed", 0)],
                      ({"_base": FusedOptimizer, "_fixed": dict(spec.fixed)},
                       "_base.__init__(self, params, dict({hyper}, **_fixed), backend=backend, "
-                      "flatten=flatten)"))
+                      "flatten=flatten, state_dtype=state_dtype, rounding=rounding, seed=seed)"))
     equivalent = f"as ``{spec.torch}``" if spec.torch else "no torch.optim equivalent"
     doc = (f"{spec.summary}  ({equivalent}; the rule is :class:`fastopt.{spec.name}`'s.)\n\n"
            f"{spec.math.strip()}\n\nTakes torch.optim's arguments; extra keyword arguments: "
-           f"``backend``, ``flatten`` (see :mod:`fastopt.torch`).\n")
+           f"``backend``, ``flatten`` (see :mod:`fastopt.torch`), ``state_dtype``, ``rounding``, "
+           f"``seed`` (see :class:`fastopt.Optimizer`).\n")
     return type(spec.name, (FusedOptimizer,), {"__init__": init, "spec": spec,
                                                "__module__": module, "__doc__": doc})
 

@@ -52,9 +52,10 @@ def rehome_state(opt):
                 if not isinstance(v, torch.Tensor):
                     continue
                 slot = opt._slot.get(id(p))
+                dtype = opt._state_torch_dtype(p)   # a loaded state of another dtype converts
                 if slot is not None:
-                    buf = slot[0].state_view(slot[1], name, 0.0)
+                    buf = slot[0].state_view(slot[1], name, 0.0, dtype)
                 else:
-                    buf = torch.empty_like(p, memory_format=torch.contiguous_format)
+                    buf = torch.empty_like(p, dtype=dtype, memory_format=torch.contiguous_format)
                 buf.copy_(v)
                 st[name] = buf

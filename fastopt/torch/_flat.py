@@ -52,15 +52,16 @@ class Flat:
                 return False
         return True
 
-    def flat_state(self, name, init):
+    def flat_state(self, name, init, dtype=None):
+        dtype = self.dtype if dtype is None else dtype
         buf = self.state.get(name)
-        if buf is None:
+        if buf is None or buf.dtype != dtype:
             n = self.offsets[-1]
-            buf = (torch.full((n,), init, dtype=self.dtype, device=self.device) if init
-                   else torch.zeros(n, dtype=self.dtype, device=self.device))
+            buf = (torch.full((n,), init, dtype=dtype, device=self.device) if init
+                   else torch.zeros(n, dtype=dtype, device=self.device))
             self.state[name] = buf
         return buf
 
-    def state_view(self, i, name, init):
-        return self.flat_state(name, init)[self.offsets[i]:self.offsets[i + 1]].view_as(
+    def state_view(self, i, name, init, dtype=None):
+        return self.flat_state(name, init, dtype)[self.offsets[i]:self.offsets[i + 1]].view_as(
             self.params[i])

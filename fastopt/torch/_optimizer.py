@@ -13,7 +13,7 @@ import torch
 from torch.optim import Optimizer as _TorchOptimizer
 
 from .. import _checks, _layout
-from ..kernels import get_backend, resolve_backend
+from ..kernels import formats as F, get_backend, resolve_backend
 from ..specs import TORCH_ONLY
 from . import _checkpoint, _tensors as T
 from ._flat import Flat
@@ -49,9 +49,16 @@ class FusedOptimizer(_TorchOptimizer):
 
     spec = None
 
-    def __init__(self, params, defaults, *, backend=None, flatten=False):
+    def __init__(self, params, defaults, *, backend=None, flatten=False, state_dtype=None,
+                 rounding="nearest", seed=0):
         if backend is not None:
             get_backend(backend)  # unknown -> ValueError, unavailable -> RuntimeError
+        self._state_dtype = F.check_state_dtype("state_dtype", state_dtype)
+        self._rounding = F.check_rounding("rounding", rounding)
+        self._seed = F.check_seed("seed", seed)
+        # stochastic rounding draws per step: SGD (no torch "step") keeps one then
+        self._needs_step = self.spec.torch_step or rounding == "stochastic"
+        self._offsets = None      # id(param) -> first element among params of its dtype
         self._requested_backend = backend
         self._flatten = bool(flatten)
         self._flats = []          # per group index: [Flat, ...] (flatten mode)
@@ -91,7 +98,39 @@ class FusedOptimizer(_TorchOptimizer):
             self._backends[device_type] = be
         return be
 
+    @property
+    def state_dtype(self):
+        """The ``state_dtype`` given (``None``: each state buffer in its parameter's dtype)."""
+        return self._state_dtype
+
+    @property
+    def rounding(self):
+        """``"nearest"`` or ``"stochastic"``: how writes into 16-bit storage round."""
+        return self._rounding
+
+    @property
+    def seed(self):
+        """The seed of stochastic rounding."""
+        return self._seed
+
+    def _state_torch_dtype(self, p):
+        return p.dtype if self._state_dtype is None else T.STATE_DTYPE[self._state_dtype]
+
+    def _element_offsets(self):
+        """``id(param) -> position of its first element among the trainable parameters of its
+        dtype`` (param-group order): the element index of stochastic rounding's bits."""
+        if self._offsets is None:
+            seen, out = {}, {}
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.requires_grad and id(p) not in out:
+                        out[id(p)] = seen.get(p.dtype, 0)
+                        seen[p.dtype] = out[id(p)] + p.numel()
+            self._offsets = out
+        return self._offsets
+
     def add_param_group(self, param_group):
+        self._offsets = None
         n_before = len(self.param_groups)
         super().add_param_group(param_group)
         group = self.param_groups[-1]
@@ -130,19 +169,21 @@ class FusedOptimizer(_TorchOptimizer):
     # -- state ----------------------------------------------------------------------------------
     def _new_buffer(self, p, name, init):
         slot = self._slot.get(id(p))
+        dtype = self._state_torch_dtype(p)
         if slot is not None:  # a view into the flat state buffer, (re)initialized
-            return slot[0].state_view(slot[1], name, init).fill_(init)
-        return (torch.full_like(p, init, memory_format=torch.contiguous_format) if init
-                else torch.zeros_like(p, memory_format=torch.contiguous_format))
+            return slot[0].state_view(slot[1], name, init, dtype).fill_(init)
+        return (torch.full_like(p, init, dtype=dtype, memory_format=torch.contiguous_format)
+                if init else
+                torch.zeros_like(p, dtype=dtype, memory_format=torch.contiguous_format))
 
     def _ensure_state(self, p, group, needed=None):
         """Create the state torch.optim would create on p's first step; return it."""
         spec = self.spec
         needed = spec.needed(group) if needed is None else needed
-        if not spec.torch_step and not any(needed.values()):
+        if not self._needs_step and not any(needed.values()):
             return self.state.get(p, {})  # SGD without momentum keeps no state (as torch)
         state = self.state[p]
-        if spec.torch_step and "step" not in state:
+        if self._needs_step and "step" not in state:
             state["step"] = torch.tensor(0.0, dtype=T.scalar_dtype())
         for name, need in needed.items():
             if need and state.get(name) is None:
@@ -155,13 +196,18 @@ class FusedOptimizer(_TorchOptimizer):
         if not state:
             return 0
         if self.spec.torch_step:
-            s = state.get("step")
-            return 0 if s is None else int(s.item() if isinstance(s, torch.Tensor) else s)
+            return self._steps_taken(state)
         return 0 if state.get("momentum_buffer") is None else 1
+
+    @staticmethod
+    def _steps_taken(state):
+        s = state.get("step") if state else None
+        return 0 if s is None else int(s.item() if isinstance(s, torch.Tensor) else s)
 
     # -- the step ---------------------------------------------------------------------------------
     def _plan_group(self, gi, group):
-        """-> {(device, dtype, scalars): [(p, grad)]}; validates, mutates nothing."""
+        """-> {(device, dtype, grad dtype, scalars, step): [(p, grad)]}; validates, mutates
+        nothing.  ``step`` (1-based) feeds stochastic rounding's bits."""
         lr = group["lr"]
         if isinstance(lr, torch.Tensor):
             lr = lr.item()
@@ -179,12 +225,14 @@ class FusedOptimizer(_TorchOptimizer):
                 label = T.label(group, gi, i, p)
                 T.check_param(label, p)
                 g = T.check_grad(label, p, g)
-            by_t.setdefault(self._count(p) + 1, []).append((p, g))
+            t = self._count(p) + 1
+            r = t if self.spec.torch_step else self._steps_taken(self.state.get(p)) + 1
+            by_t.setdefault((t, r), []).append((p, g))
         buckets = {}
-        for t, pairs in by_t.items():
+        for (t, r), pairs in by_t.items():
             sc = scalars(group, t, _checks.lr_value(lr, t))
             for p, g in pairs:
-                buckets.setdefault((p.device, p.dtype, sc), []).append((p, g))
+                buckets.setdefault((p.device, p.dtype, g.dtype, sc, r), []).append((p, g))
         return buckets
 
     @torch.no_grad()
@@ -201,7 +249,7 @@ class FusedOptimizer(_TorchOptimizer):
                 self._run_group(gi, group, buckets)
         return loss
 
-    def _bound(self, key, columns, device, kernel):
+    def _bound(self, key, columns, device, kernel, offsets):
         """The bound kernel call over ``columns`` (parameters, gradients, each state buffer):
         tensors laid end to end in one storage, in every column at once, are one row
         (:func:`fastopt._layout.joint_runs`).
@@ -217,7 +265,15 @@ class FusedOptimizer(_TorchOptimizer):
         if hit is not None and hit[0] == ident:
             return hit[1]
         be = self._backend_for("parameter", device.type)
-        runs = _layout.joint_runs(columns, _locate)
+        params = columns[0]
+        runs = []
+        for run in _layout.joint_runs(columns, _locate):
+            # a run is one row only where its elements are consecutive in the element index
+            # of stochastic rounding too
+            cut = [0] + [j for j in range(1, len(run)) if offsets[id(params[run[j]])] !=
+                         offsets[id(params[run[j - 1]])] + params[run[j - 1]].numel()]
+            runs += [run[a:b] for a, b in zip(cut, cut[1:] + [len(run)])]
+        bases = [offsets[id(params[run[0]])] for run in runs]
         if device.type == "cpu" and hasattr(be, "bind_addresses"):
             rows = []
             for run in runs:
@@ -225,7 +281,7 @@ class FusedOptimizer(_TorchOptimizer):
                 n = sum(t.numel() for t in full)
                 rows.append((n, [0 if col[run[0]] is None else col[run[0]].data_ptr()
                                  for col in columns]))
-            call = be.bind_addresses(kernel, rows)
+            call = be.bind_addresses(kernel, rows, bases=bases, seed=self._seed)
             self._calls[key] = (ident, call)
             return call
         rows = []
@@ -233,7 +289,7 @@ class FusedOptimizer(_TorchOptimizer):
             rows.append(tuple(None if col[run[0]] is None else
                               self._array(_join([col[k] for k in run]), device)
                               for col in columns))
-        return be.bind(kernel, rows)
+        return be.bind(kernel, rows, bases=bases, seed=self._seed)
 
     def _run_group(self, gi, group, buckets):
         spec = self.spec
@@ -241,30 +297,36 @@ class FusedOptimizer(_TorchOptimizer):
         names = spec.state_names
         flags = spec.flags(group)
         steps = []
-        for (device, dtype, sc), pairs in buckets.items():
+        offsets = self._element_offsets()
+        for (device, dtype, gdtype, sc, t), pairs in buckets.items():
             states = [self._ensure_state(p, group, needed) for p, _ in pairs]
             columns = [[p for p, _ in pairs], [g for _, g in pairs]]
             columns += [[st[n] for st in states] if needed[n] else [None] * len(pairs)
                         for n in names]
             be = self._backend_for("parameter", device.type)
-            kernel = be.kernel(spec.rule, T.NP_DTYPE[dtype], flags)
-            call = self._bound((gi, device, dtype, flags, len(pairs)), columns, device, kernel)
-            self._launch(device, call, sc)
-            if spec.torch_step:
+            pfmt = F.tag(T.NP_DTYPE[dtype])
+            sfmt = F.state_format(self._state_dtype, pfmt)
+            formats = (pfmt, F.tag(T.NP_DTYPE[gdtype]),
+                       *[sfmt if needed[n] else None for n in names])
+            kernel = be.kernel(spec.rule, F.compute_dtype(pfmt), flags, formats, self._rounding)
+            call = self._bound((gi, device, dtype, gdtype, flags, len(pairs)), columns, device,
+                               kernel, offsets)
+            self._launch(device, call, sc, t)
+            if self._needs_step:
                 steps.extend(s["step"] for s in states)
         if steps:
             torch._foreach_add_(steps, 1.0)
 
-    def _launch(self, device, call, sc):
+    def _launch(self, device, call, sc, t):
         if device.type == "cpu":
-            call(sc)
+            call(sc, t)
             return
         # CUDA (never run on a GPU): numba launches on its default stream
         stream = torch.cuda.current_stream(device)
         foreign = stream.cuda_stream != 0
         if foreign:
             stream.synchronize()
-        call(sc)
+        call(sc, t)
         if foreign:
             from numba import cuda
             cuda.synchronize()

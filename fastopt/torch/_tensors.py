@@ -2,12 +2,24 @@
 tensors, and the checks that decide whether a tensor can be stepped in place."""
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import torch
 
-__all__ = ["NP_DTYPE", "check_param", "check_grad", "host", "device", "label", "scalar_dtype"]
+__all__ = ["NP_DTYPE", "HALF", "check_param", "check_grad", "host", "device", "label",
+           "scalar_dtype", "grad_dtype_ok"]
 
-NP_DTYPE = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64)}
+NP_DTYPE = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64),
+            torch.bfloat16: np.dtype(ml_dtypes.bfloat16), torch.float16: np.dtype(np.float16)}
+#: the 16-bit parameter dtypes (their gradients may be float32)
+HALF = (torch.bfloat16, torch.float16)
+#: torch dtype of each ``state_dtype`` string
+STATE_DTYPE = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def grad_dtype_ok(g, p):
+    """A gradient has its parameter's dtype, or float32 for a bfloat16/float16 parameter."""
+    return g.dtype is p.dtype or (g.dtype is torch.float32 and p.dtype in HALF)
 
 
 def scalar_dtype():
@@ -25,9 +37,8 @@ def check_param(label_, p):
     if not isinstance(p, torch.Tensor):
         raise TypeError(f"{label_} must be a torch.Tensor, got {type(p).__name__}")
     if p.dtype not in NP_DTYPE:
-        raise TypeError(f"{label_} has dtype {p.dtype}; fastopt.torch steps float32 and float64 "
-                        f"parameters only (bfloat16/float16 parameters are not supported: keep "
-                        f"float32 master weights, e.g. with torch.autocast)")
+        raise TypeError(f"{label_} has dtype {p.dtype}; fastopt.torch steps float32, float64, "
+                        f"bfloat16 and float16 parameters")
     if p.layout != torch.strided:
         raise TypeError(f"{label_} has layout {p.layout}; only dense (strided) tensors")
     if p.device.type not in ("cpu", "cuda"):
@@ -41,7 +52,7 @@ def check_param(label_, p):
 def fast_ok(p, g):
     """True when ``p`` and its gradient pass every check (the common case, without building
     an error label); False sends them through :func:`check_param` / :func:`check_grad`."""
-    return (p.dtype in NP_DTYPE and g.dtype is p.dtype and p.layout is torch.strided
+    return (p.dtype in NP_DTYPE and grad_dtype_ok(g, p) and p.layout is torch.strided
             and g.layout is torch.strided and p.is_contiguous() and g.is_contiguous()
             and g.shape == p.shape and g.device == p.device
             and p.device.type in ("cpu", "cuda"))
@@ -51,8 +62,10 @@ def check_grad(label_, p, g):
     """The gradient as a contiguous tensor of p's dtype/shape/device (copied if non-contiguous)."""
     if g.is_sparse or g.layout != torch.strided:
         raise RuntimeError(f"{label_}: fastopt.torch does not support sparse gradients")
-    if g.dtype != p.dtype:
-        raise TypeError(f"{label_}: gradient has dtype {g.dtype}, the parameter {p.dtype}")
+    if not grad_dtype_ok(g, p):
+        extra = " or float32" if p.dtype in HALF else ""
+        raise TypeError(f"{label_}: gradient has dtype {g.dtype}, the parameter {p.dtype} (a "
+                        f"gradient has its parameter's dtype{extra})")
     if g.shape != p.shape:
         raise ValueError(f"{label_}: gradient has shape {tuple(g.shape)}, the parameter "
                          f"{tuple(p.shape)}")
@@ -62,14 +75,23 @@ def check_grad(label_, p, g):
 
 
 def host(t):
-    """Zero-copy 1-D NumPy view of a contiguous CPU tensor (checked)."""
-    a = t.detach().view(-1).numpy()
+    """Zero-copy 1-D NumPy view of a contiguous CPU tensor (checked); a bfloat16 tensor is
+    viewed through its bits (NumPy has no bfloat16 of its own: ``ml_dtypes.bfloat16``)."""
+    t = t.detach().view(-1)
+    if t.dtype is torch.bfloat16:
+        a = t.view(torch.int16).numpy().view(NP_DTYPE[torch.bfloat16])
+    else:
+        a = t.numpy()
     if a.size and a.__array_interface__["data"][0] != t.data_ptr():  # pragma: no cover
         raise RuntimeError("fastopt.torch: NumPy view of a tensor does not share its memory")
     return a
 
 
 def device(t):
-    """Zero-copy 1-D numba device array of a contiguous CUDA tensor.  Never run on a GPU."""
+    """Zero-copy 1-D numba device array of a contiguous CUDA tensor (bfloat16 through its bits:
+    torch's ``__cuda_array_interface__`` has no bfloat16).  Never run on a GPU."""
     from numba import cuda  # imported only on this path
-    return cuda.as_cuda_array(t.detach().view(-1))
+    t = t.detach().view(-1)
+    if t.dtype is torch.bfloat16:
+        return cuda.as_cuda_array(t.view(torch.int16)).view(NP_DTYPE[torch.bfloat16])
+    return cuda.as_cuda_array(t)

@@ -164,10 +164,8 @@ def test_mixing_host_and_device_raises():
 
 
 def test_bad_device_params_and_grads():
-    with pytest.raises(TypeError, match="float32 or float64"):
+    with pytest.raises(TypeError, match="float64, float32, bfloat16"):
         fastopt.SGD([cuda.to_device(np.zeros(3, np.int32))], lr=0.1, backend="cuda")
-    with pytest.raises(TypeError, match="half precision"):
-        fastopt.SGD([cuda.to_device(np.zeros(3, np.float16))], lr=0.1, backend="cuda")
     strided = cuda.to_device(np.zeros(10))[::2]
     with pytest.raises(ValueError, match="contiguous"):
         fastopt.SGD([strided], lr=0.1, backend="cuda")
