@@ -9,6 +9,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.fastopt-installed
 # what the compiled extension is generated and built from
 KERNEL_SOURCES := setup.py fastopt/kernels/rules.py fastopt/kernels/_codegen.py \
+                  fastopt/kernels/_codecs.py fastopt/kernels/_qmaps.py \
                   fastopt/kernels/_omp_shim.h
 # torch 2.13.0 is a local CPU build on our machines (other versions download GBs).
 TORCH_PIN ?= torch==2.13.0

@@ -64,6 +64,7 @@ class Spec:
     torch_eager_state: bool = False  # torch creates the state at construction (Adagrad)
     check_group: object = None      # group -> None: checks across hyperparameters
     fixed: dict = field(default_factory=dict)   # hyperparameters the class sets (AdamW)
+    nonneg: tuple = ()              # state that is never negative (8-bit: the unsigned map)
     references: str = ""
     notes: str = ""
 
@@ -284,6 +285,7 @@ course's RMSProp is ``RMSprop(lr, alpha=beta2)``.""",
     torch_order=("lr", "alpha", "eps", "weight_decay", "momentum", "centered", "capturable",
                  "foreach", "maximize", "differentiable"),
     state={"square_avg": 0.0, "grad_avg": 0.0, "momentum_buffer": 0.0},
+    nonneg=("square_avg",),
     scalars=lambda g, t, lr: (-lr, _sign(g), g["weight_decay"], g["alpha"], 1.0 - g["alpha"],
                               -g["alpha"], g["eps"], g["momentum"]),
     flags=lambda g: (bool(g["centered"]), g["momentum"] > 0, g["weight_decay"] != 0,
@@ -328,6 +330,7 @@ with ``g = -grad`` if ``maximize``, then ``g = g + weight_decay * p``.""",
                  "foreach", "*", "maximize", "differentiable", "fused"),
     torch_eager_state=True,
     state={"sum": lambda g: g["initial_accumulator_value"]},
+    nonneg=("sum",),
     scalars=lambda g, t, lr: (-lr / (1.0 + (t - 1) * g["lr_decay"]), _sign(g),
                               g["weight_decay"], g["eps"]),
     flags=lambda g: (g["weight_decay"] != 0,),
@@ -409,6 +412,7 @@ ADAM = Spec(
     hypers=_ADAM_HYPERS,
     torch_order=_ADAM_TORCH,
     state={"exp_avg": 0.0, "exp_avg_sq": 0.0, "max_exp_avg_sq": 0.0},
+    nonneg=("exp_avg_sq", "max_exp_avg_sq"),
     scalars=_adam_scalars,
     flags=_adam_flags,
     example="""
@@ -436,6 +440,7 @@ ADAMW = Spec(
     torch_order=("lr", "betas", "eps", "weight_decay", "amsgrad", "*", "maximize", "foreach",
                  "capturable", "differentiable", "fused"),
     state=ADAM.state,
+    nonneg=ADAM.nonneg,
     scalars=_adam_scalars,
     flags=_adam_flags,
     example="""

@@ -48,7 +48,8 @@ def test_readme_table_matches_the_classes(spec):
     sig = inspect.signature(getattr(fastopt, spec.name).__init__)
     parts, kw = [], False
     for name, p in sig.parameters.items():
-        if name in ("self", "params", "backend", "nonfinite", "state_dtype", "rounding", "seed"):
+        if name in ("self", "params", "backend", "nonfinite", "state_dtype", "rounding", "seed",
+                    "min_8bit_size"):
             continue
         if p.kind == p.KEYWORD_ONLY and not kw:
             parts.append("*")

@@ -188,3 +188,179 @@ def test_gradient_of_another_dtype_changes_nothing():
         opt.step()
     assert torch.equal(w.detach(), torch.ones(5, dtype=torch.bfloat16))
     assert not opt.state.get(w)
+
+
+# -- 8-bit state: bitsandbytes' layout, interchangeable with bitsandbytes ------------------------
+
+INT8_CASES = [("AdamW", {}), ("Adam", {"weight_decay": 0.01}), ("SGD", {"momentum": 0.9}),
+              ("RMSprop", {}), ("Adagrad", {}), ("Momentum", {})]
+
+
+@pytest.mark.parametrize("flatten", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name, kw", INT8_CASES, ids=[n for n, _ in INT8_CASES])
+def test_int8_same_bits_as_the_numpy_classes(name, kw, dtype, flatten):
+    torch.manual_seed(0)
+    ps = [torch.randn(n).to(dtype).requires_grad_() for n in (5000, 30)]
+    arrays = [_np(p).copy() for p in ps]
+    options = dict(state_dtype="int8", rounding="stochastic", seed=1)
+    topt = getattr(ft, name)(ps, lr=1e-2, flatten=flatten, **options, **kw)
+    nopt = getattr(fastopt, name)(arrays, lr=1e-2, backend="numpy", **options, **kw)
+    for _ in range(4):
+        gs = [torch.randn(p.shape).to(dtype) for p in ps]
+        for p, g in zip(ps, gs):
+            if flatten:
+                p.grad.copy_(g)
+            else:
+                p.grad = g
+        topt.step()
+        nopt.step([_np(g) for g in gs])
+    for i, (p, a) in enumerate(zip(ps, arrays)):
+        np.testing.assert_array_equal(_np(p).reshape(-1).view(np.uint8), a.view(np.uint8))
+        st = topt.state[p]
+        used = [n for n in nopt.state[i] if n != "step" and not n.endswith("_absmax")]
+        for k, n in enumerate(used, start=1):
+            np.testing.assert_array_equal(st[f"state{k}"].numpy().reshape(-1),
+                                          nopt.state[i][n].reshape(-1))
+            if i == 0:   # 8-bit
+                assert st[f"state{k}"].dtype == torch.uint8
+                np.testing.assert_array_equal(st[f"absmax{k}"].numpy(),
+                                              nopt.state[i][n + "_absmax"])
+                assert st[f"qmap{k}"].shape == (256,)
+            else:        # under min_8bit_size: float32, as bitsandbytes
+                assert st[f"state{k}"].dtype == torch.float32
+
+
+def _bnb():
+    bnb = pytest.importorskip("bitsandbytes")
+    import warnings
+    warnings.filterwarnings("ignore", module="bitsandbytes")
+    return bnb
+
+
+def _train(opt, ps, grads, steps, start=0):
+    for t in range(start, start + steps):
+        for p, g in zip(ps, grads[t]):
+            p.grad = g.clone()
+        opt.step()
+
+
+@pytest.fixture
+def bnb_problem():
+    torch.manual_seed(0)
+    n = 1 << 16
+    p0 = [torch.randn(n), torch.randn(100)]          # 8-bit, and float32 (under 4096)
+    grads = [[torch.randn(n) * 0.1, torch.randn(100) * 0.1] for _ in range(20)]
+    return p0, grads
+
+
+def _fresh(p0):
+    return [p.clone().requires_grad_() for p in p0]
+
+
+def test_int8_adamw_follows_bitsandbytes_adamw8bit(bnb_problem):
+    """The issue's acceptance test: over 10 steps the mean parameter difference is at most 1%
+    of the mean movement, and most first-moment codes are equal (bitsandbytes' CPU quantizer
+    is approximate and its EMA is ``b1*m + (1-b1)*g`` where fastopt follows torch's lerp, so
+    the codes drift apart by a fraction of a percent per step; measured 98.8-99.2%)."""
+    bnb = _bnb()
+    p0, grads = bnb_problem
+    bp, fp = _fresh(p0), _fresh(p0)
+    bo = bnb.optim.AdamW8bit(bp, lr=1e-3, weight_decay=0.01)
+    fo = ft.AdamW(fp, lr=1e-3, weight_decay=0.01, state_dtype="int8")
+    _train(bo, bp, grads, 10)
+    _train(fo, fp, grads, 10)
+    moved = (bp[0].detach() - p0[0]).abs().mean()
+    assert (bp[0] - fp[0]).abs().mean() <= 0.01 * moved
+    bs, fs = bo.state[bp[0]], fo.state[fp[0]]
+    assert set(bs) == set(fs)
+    assert torch.equal(bs["qmap1"], fs["qmap1"]) and torch.equal(bs["qmap2"], fs["qmap2"])
+    assert (bs["state1"] == fs["state1"]).float().mean() >= 0.98
+    assert (bs["state2"] == fs["state2"]).float().mean() >= 0.97
+    assert fs["state1"].dtype == torch.uint8 and fo.state[fp[1]]["state1"].dtype == torch.float32
+
+
+def test_bitsandbytes_checkpoint_resumes_in_fastopt_and_back(bnb_problem):
+    bnb = _bnb()
+    p0, grads = bnb_problem
+    bp = _fresh(p0)
+    bo = bnb.optim.AdamW8bit(bp, lr=1e-3, weight_decay=0.01)
+    _train(bo, bp, grads, 10)
+    sd = bo.state_dict()                       # quantization state wrapped (for FSDP)
+    cp = [p.detach().clone().requires_grad_() for p in bp]
+    co = ft.AdamW(cp, lr=1e-3, weight_decay=0.01, state_dtype="int8")
+    co.load_state_dict(sd)
+    assert torch.equal(co.state[cp[0]]["state1"], bo.state[bp[0]]["state1"])   # code for code
+    assert co.state[cp[0]]["step"] == 10
+    _train(co, cp, grads, 10, start=10)
+    _train(bo, bp, grads, 10, start=10)
+    moved = (bp[0].detach() - p0[0]).abs().mean()
+    assert (bp[0] - cp[0]).abs().mean() <= 0.01 * moved
+    # and fastopt's state dict loads into bitsandbytes
+    dp = [p.detach().clone().requires_grad_() for p in cp]
+    do = bnb.optim.AdamW8bit(dp, lr=1e-3, weight_decay=0.01)
+    do.load_state_dict(co.state_dict())
+    _train(do, dp, grads, 5, start=0)
+    _train(co, cp, grads, 5, start=0)
+    moved = (cp[0].detach() - p0[0]).abs().mean()
+    assert (dp[0] - cp[0]).abs().mean() <= 0.01 * moved
+
+
+def test_int8_torch_resume_is_bit_exact_and_converts(tmp_path):
+    torch.manual_seed(0)
+    p0 = [torch.randn(5000), torch.randn(10)]
+    grads = [[torch.randn(5000), torch.randn(10)] for _ in range(6)]
+    a = _fresh(p0)
+    oa = ft.AdamW(a, lr=1e-2, state_dtype="int8")
+    _train(oa, a, grads, 6)
+    b = _fresh(p0)
+    ob = ft.AdamW(b, lr=1e-2, state_dtype="int8")
+    _train(ob, b, grads, 3)
+    torch.save(ob.state_dict(), tmp_path / "o.pt")
+    c = [p.detach().clone().requires_grad_() for p in b]
+    oc = ft.AdamW(c, lr=1e-2, state_dtype="int8")
+    oc.load_state_dict(torch.load(tmp_path / "o.pt"))
+    _train(oc, c, grads, 3, start=3)
+    assert all(torch.equal(x, y) for x, y in zip(a, c))
+    # an int8 checkpoint into float32 state (dequantized), and float32 state into int8
+    f = ft.AdamW(_fresh(p0), lr=1e-2)
+    f.load_state_dict(ob.state_dict())
+    fs = f.state[f.param_groups[0]["params"][0]]
+    assert fs["exp_avg"].dtype == torch.float32 and "state1" not in fs
+    s1, am = ob.state[b[0]]["state1"], ob.state[b[0]]["absmax1"]
+    want = fastopt.kernels.formats.dequantize("q8s", s1.numpy(), am.numpy())
+    np.testing.assert_array_equal(fs["exp_avg"].numpy(), want)
+    q = ft.AdamW(_fresh(p0), lr=1e-2, state_dtype="int8")
+    q.load_state_dict(f.state_dict())
+    # (requantized: a block whose largest value is negative gets a smaller absmax, the signed
+    # map's most negative value being -0.99297, so some of its codes move)
+    assert (q.state[q.param_groups[0]["params"][0]]["state1"] == s1).float().mean() > 0.95
+
+
+def test_int8_checkpoint_with_bad_absmax_changes_nothing():
+    torch.manual_seed(0)
+    p = [torch.randn(5000, requires_grad=True)]
+    opt = ft.AdamW(p, lr=1e-2, state_dtype="int8")
+    p[0].grad = torch.randn(5000)
+    opt.step()
+    sd = opt.state_dict()
+    before = opt.state[p[0]]["state1"].clone()
+    bad = {**sd, "state": {0: {**sd["state"][0], "absmax1": sd["state"][0]["absmax1"][:-1]}}}
+    with pytest.raises(ValueError, match=r"needs a float32 absmax of shape \(20,\)"):
+        opt.load_state_dict(bad)
+    assert torch.equal(opt.state[p[0]]["state1"], before)
+
+
+def test_bfloat16_params_with_float32_state_survive_a_checkpoint():
+    """torch's loader casts float state to the parameter's dtype; fastopt keeps its own."""
+    torch.manual_seed(0)
+    w = torch.randn(100).bfloat16().requires_grad_()
+    opt = ft.AdamW([w], lr=1e-2, state_dtype="float32")
+    w.grad = torch.randn(100).bfloat16()
+    opt.step()
+    sd = opt.state_dict()
+    v = w.detach().clone().requires_grad_()
+    o2 = ft.AdamW([v], lr=1e-2, state_dtype="float32")
+    o2.load_state_dict(sd)
+    assert o2.state[v]["exp_avg"].dtype == torch.float32
+    assert torch.equal(o2.state[v]["exp_avg"], opt.state[w]["exp_avg"])

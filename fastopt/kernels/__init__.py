@@ -69,7 +69,7 @@ class Kernel:
     one storage layout (``formats``: each array's format, ``None`` for an unused one)."""
 
     __slots__ = ("sig", "dtype", "flags", "name", "impl", "used", "formats", "rounding",
-                 "native")
+                 "native", "quantized")
 
     def __init__(self, sig, dtype, flags, impl, formats=None, rounding="nearest"):
         from . import formats as F
@@ -85,6 +85,12 @@ class Kernel:
             raise ValueError(f"rounding must be one of {F.ROUNDINGS}, got {rounding!r}")
         self.native = all(f in (None, own) for f in self.formats)
         self.rounding = "nearest" if self.native else rounding
+        #: the arrays stored as 8-bit codes (each row then ends with their absmax arrays)
+        self.quantized = tuple(a for a, f in zip(sig.arrays, self.formats)
+                               if f in F.QUANTIZED)
+        for a in self.quantized:
+            if a not in sig.written or a == sig.arrays[0]:
+                raise ValueError(f"{sig.name}: {a} cannot be 8-bit (only written state can)")
         self.name = variant_name(sig, self.dtype.name, self.flags)
         if not self.native:
             self.name += "_L_" + F.layout_name(self.formats, self.rounding).replace(".", "_")
@@ -164,12 +170,15 @@ class Backend:
         """Every used array of every row: its format's storage dtype, 1-D, the row's length."""
         sig, used = kernel.sig, kernel.used
         storage = kernel.storage
+        quantized = kernel.quantized
+        width = len(sig.arrays) + len(quantized)
         out = []
         for row in rows:
             row = tuple(row)
-            if len(row) != len(sig.arrays):
-                raise ValueError(f"{kernel.name}: a row has {len(row)} arrays, the rule takes "
-                                 f"{len(sig.arrays)} ({', '.join(sig.arrays)})")
+            if len(row) != width:
+                extra = (f" and the absmax of {', '.join(quantized)}" if quantized else "")
+                raise ValueError(f"{kernel.name}: a row has {len(row)} arrays, the kernel takes "
+                                 f"{width} ({', '.join(sig.arrays)}{extra})")
             n = None
             for name, a, want in zip(sig.arrays, row, storage):
                 if name not in used:
@@ -186,6 +195,12 @@ class Backend:
                     n = size
                 elif size != n:
                     raise ValueError(f"{name} has {size} elements, {sig.arrays[0]} has {n}")
+            for name, a in zip(quantized, row[len(sig.arrays):]):
+                blocks = -(-(n or 0) // 256)
+                if a is None or np.dtype(a.dtype) != np.float32 or a.ndim != 1 \
+                        or a.shape[0] != blocks:
+                    raise ValueError(f"{name}: its absmax must be a 1-D float32 array of "
+                                     f"{blocks} blocks (one per 256 elements)")
             out.append((n or 0, row))
         return out
 

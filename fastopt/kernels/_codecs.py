@@ -29,15 +29,26 @@ def lowbias32(x: "u32") -> "u32":
     return x
 
 
+def key_offset(hi: "u32", step: "u32", seed: "u32", salt: "u32") -> "u32":
+    """The part of an element's hash key that does not depend on the low 32 bits of its index
+    (one per block of elements: the loops hoist it)."""
+    k: "u64" = (u64(mul32(hi, u32(0x85EBCA77))) + u64(mul32(step, u32(0xC2B2AE3D)))  # noqa: F821
+                + u64(mul32(seed, u32(0x27D4EB2F)))  # noqa: F821
+                + u64(mul32(salt, u32(0x165667B1))))  # noqa: F821
+    return u32(k & u64(0xFFFFFFFF))  # noqa: F821
+
+
+def keyed_bits(lo: "u32", offset: "u32") -> "u32":
+    """32 random bits of the element whose index has low bits ``lo``, given its block's
+    :func:`key_offset`."""
+    return lowbias32(u32((u64(mul32(lo, u32(0x9E3779B1))) + u64(offset))  # noqa: F821
+                         & u64(0xFFFFFFFF)))  # noqa: F821
+
+
 def random_bits(index: "u64", step: "u32", seed: "u32", salt: "u32") -> "u32":
     """32 random bits for one element of one written array (see formats.random_bits)."""
-    lo: "u32" = u32(index & u64(0xFFFFFFFF))  # noqa: F821
-    hi: "u32" = u32(index >> u64(32))  # noqa: F821
-    key: "u64" = (u64(mul32(lo, u32(0x9E3779B1))) + u64(mul32(hi, u32(0x85EBCA77)))  # noqa: F821
-                  + u64(mul32(step, u32(0xC2B2AE3D)))  # noqa: F821
-                  + u64(mul32(seed, u32(0x27D4EB2F)))  # noqa: F821
-                  + u64(mul32(salt, u32(0x165667B1))))  # noqa: F821
-    return lowbias32(u32(key & u64(0xFFFFFFFF)))  # noqa: F821
+    return keyed_bits(u32(index & u64(0xFFFFFFFF)),  # noqa: F821
+                      key_offset(u32(index >> u64(32)), step, seed, salt))  # noqa: F821
 
 
 def bf16_decode(h: "u32") -> "f32":
@@ -47,15 +58,15 @@ def bf16_decode(h: "u32") -> "f32":
 
 def bf16_encode(x: "f32", stochastic: "bool", r: "u32") -> "u32":
     """float32 -> bfloat16 bits: round half to even, or stochastically with the random bits
-    ``r`` (add 16 of them to the float32 pattern, truncate); infinities and NaN are kept."""
+    ``r`` (add 16 of them to the float32 pattern, truncate); infinities are kept (the carry
+    cannot leave the exponent), NaN stays a quiet NaN.  Branch-free, so the loops vectorize:
+    the magnitude is rounded (it cannot overflow 32 bits) and the sign put back."""
     u: "u32" = f32_bits(x)  # noqa: F821
-    if (u & u32(0x7F800000)) == u32(0x7F800000):  # noqa: F821
-        if (u & u32(0x007FFFFF)) != u32(0):  # noqa: F821
-            return u32((u >> u32(16)) | u32(0x0040))  # noqa: F821 - a quiet NaN, sign kept
-        return u32(u >> u32(16))  # noqa: F821
-    if stochastic:
-        return u32((u + (r & u32(0xFFFF))) >> u32(16))  # noqa: F821
-    return u32((u + u32(0x7FFF) + ((u >> u32(16)) & u32(1))) >> u32(16))  # noqa: F821
+    a: "u32" = u32(u & u32(0x7FFFFFFF))  # noqa: F821
+    add: "u32" = u32(r & u32(0xFFFF)) if stochastic else u32(  # noqa: F821
+        u32(0x7FFF) + ((a >> u32(16)) & u32(1)))  # noqa: F821
+    h: "u32" = u32(((a + add) >> u32(16)) | ((u >> u32(16)) & u32(0x8000)))  # noqa: F821
+    return u32((u >> u32(16)) | u32(0x0040)) if a > u32(0x7F800000) else h  # noqa: F821
 
 
 def f16_decode(h: "u32") -> "f32":
@@ -105,3 +116,29 @@ def f16_encode(x: "f32", stochastic: "bool", r: "u32") -> "u32":
         return u32(sign | ((m + (r & u32((u32(1) << shift) - u32(1)))) >> shift))  # noqa: F821
     return u32(sign | ((m + u32((u32(1) << u32(shift - u32(1))) - u32(1))  # noqa: F821
                         + ((m >> shift) & u32(1))) >> shift))  # noqa: F821
+
+
+def q8s_encode(x: "f32", absmax: "f32") -> "u32":
+    """The nearest code of ``x / absmax`` in bitsandbytes' signed dynamic map (exact: a bucket
+    table on the value's float32 bits and one comparison, :func:`fastopt.kernels._qmaps.tables`).
+    A zero or NaN absmax, or a NaN ratio, gives the code of 0."""
+    y: "f32" = x / absmax if absmax > f32(0.0) else f32(0.0)  # noqa: F821
+    if not (y == y):
+        y = f32(0.0)  # noqa: F821
+    u: "u32" = f32_bits(y)  # noqa: F821
+    b: "u32" = u32(min(max(u32(u & u32(0x7FFFFFFF)) >> u32(15), u32(QB0)), u32(QBMAX))  # noqa: F821
+                   - u32(QB0))  # noqa: F821
+    lo: "u32" = u32(QLO_S[b + (u >> u32(31)) * u32(QNB)])  # noqa: F821
+    return u32(lo + u32(1)) if y > QMID_S[lo] else lo  # noqa: F821
+
+
+def q8u_encode(x: "f32", absmax: "f32") -> "u32":
+    """As :func:`q8s_encode` in the unsigned map (for non-negative state: anything not above
+    zero, NaN included, gives the code of 0)."""
+    y: "f32" = x / absmax if absmax > f32(0.0) else f32(0.0)  # noqa: F821
+    if not (y > f32(0.0)):  # noqa: F821
+        y = f32(0.0)  # noqa: F821
+    u: "u32" = f32_bits(y)  # noqa: F821
+    b: "u32" = u32(min(max(u >> u32(15), u32(QB0)), u32(QBMAX)) - u32(QB0))  # noqa: F821
+    lo: "u32" = u32(QLO_U[b])  # noqa: F821
+    return u32(lo + u32(1)) if y > QMID_U[lo] else lo  # noqa: F821

@@ -61,6 +61,7 @@ __all__ = ["Signature", "load_rules", "signatures", "helpers", "source_hash", "v
 HERE = os.path.dirname(os.path.abspath(__file__))
 RULES_FILE = os.path.join(HERE, "rules.py")
 CODECS_FILE = os.path.join(HERE, "_codecs.py")
+QMAPS_FILE = os.path.join(HERE, "_qmaps.py")
 
 #: dtype tag -> (NumPy name, C type, sqrt in C)
 DTYPES = {"f32": ("float32", "float", "sqrtf"), "f64": ("float64", "double", "sqrt")}
@@ -75,7 +76,7 @@ def source_hash():
     """Hash of everything the generated loops depend on (the rules, the storage codecs and
     this generator)."""
     h = hashlib.sha256()
-    for path in (RULES_FILE, CODECS_FILE, os.path.abspath(__file__)):
+    for path in (RULES_FILE, CODECS_FILE, QMAPS_FILE, os.path.abspath(__file__)):
         h.update(_read(path).encode())
     return h.hexdigest()[:16]
 
@@ -87,6 +88,63 @@ def load_codecs(path=CODECS_FILE):
     spec.loader.exec_module(mod)
     return [v for v in vars(mod).values()
             if inspect.isfunction(v) and v.__module__ == "_fastopt_codecs"]
+
+
+def load_qmaps(path=QMAPS_FILE):
+    """The 8-bit maps and their lookup tables (:mod:`fastopt.kernels._qmaps`), from the file."""
+    spec = importlib.util.spec_from_file_location("_fastopt_qmaps", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _qtables():
+    """``{name: (C type, values)}`` of the tables the 8-bit codecs read."""
+    q = load_qmaps()
+    out = {"QB0": q.B0, "QBMAX": q.BMAX, "QNB": q.NB}
+    for tag, signed in (("S", True), ("U", False)):
+        mid, lo = q.tables(signed)
+        out[f"QMAP_{tag}"] = ("float", q.qmap(signed))
+        out[f"QMID_{tag}"] = ("float", mid)
+        out[f"QLO_{tag}"] = ("uint8_t", lo)
+    return out
+
+
+def _c_float(x):
+    x = float(x)
+    return "INFINITY" if x == float("inf") else repr(x) + "f"
+
+
+def _cython_tables():
+    """The tables as C ``static const`` arrays (and macros), declared to Cython."""
+    c, decl = [], []
+    for name, v in _qtables().items():
+        if isinstance(v, int):
+            c.append(f"#define {name} {v}")
+            decl.append(f"    int {name}")
+            continue
+        ctype, values = v
+        items = ", ".join(_c_float(x) if ctype == "float" else str(int(x)) for x in values)
+        c.append(f"static const {ctype} {name}[{len(values)}] = {{{items}}};")
+        decl.append(f"    const {ctype} {name}[{len(values)}]")
+    body = "\n".join("    " + line for line in ["#include <math.h>"] + c)
+    return ('\n\ncdef extern from *:\n    """\n' + body + '\n    """\n'
+            + "\n".join(decl) + "\n")
+
+
+def _python_tables():
+    """The tables as module-level NumPy arrays (Numba and numba.cuda read them as constants)."""
+    out = []
+    for name, v in _qtables().items():
+        if isinstance(v, int):
+            out.append(f"{name} = {v}")
+            continue
+        ctype, values = v
+        dt = "np.float32" if ctype == "float" else "np.uint8"
+        vals = ", ".join("np.inf" if float(x) == float("inf") else repr(float(x))
+                         if ctype == "float" else str(int(x)) for x in values)
+        out.append(f"{name} = np.array([{vals}], dtype={dt})")
+    return "\n".join(out) + "\n"
 
 
 def load_rules(path=RULES_FILE):
@@ -321,6 +379,9 @@ def cuda_source(mod=None):
 #: how a compiled loop reads an element of each format, as ``(expression, compute tag)``
 def _load(fmt, ctag, a):
     c = "np.float32" if ctag == "f32" else "np.float64"
+    if fmt in ("q8s", "q8u"):   # map[code] * the block's (old) absmax, in float32
+        expr = f"QMAP_{fmt[-1].upper()}[a_{a}[i]] * o_{a}"
+        return expr if ctag == "f32" else f"np.float64({expr})"
     if fmt in ("f32", "f64"):
         return f"a_{a}[i]" if fmt == ctag else f"{c}(a_{a}[i])"
     decode = {"bf16": "bf16_decode", "f16": "f16_decode"}[fmt]
@@ -337,6 +398,93 @@ def _store(fmt, ctag, a, value, k, stochastic):
     r = f"random_bits(ubase + np.uint64(i), ustep, useed, np.uint32({k}))" if stochastic \
         else "np.uint32(0)"
     return f"a_{a}[i] = np.uint16({encode}({x}, {stochastic}, {r}))"
+
+
+def _q8_numba_loop(sig, ctag, flags, formats, rounding, head, rng):
+    """A Numba loop of a layout with 8-bit state: blocks of 256 (``rng``: ``prange`` or
+    ``range`` over blocks); per block the rule runs twice over its elements, first to find each
+    8-bit array's new absmax (nothing written), then to store every array -- the 8-bit ones as
+    the nearest code of value / new absmax -- and the new absmax last (the second pass decodes
+    with the old one).  Both passes compute the same values, so no block buffer is needed."""
+    stochastic = rounding == "stochastic"
+    np_name = DTYPES[ctag][0]
+    fmt = dict(zip(sig.arrays, formats))
+    used = sig.used(flags)
+    qs = [a for a in sig.arrays if fmt[a] in ("q8s", "q8u")]
+    call = f"r = {_call(sig, flags, lambda a: _load(fmt[a], ctag, a))}"
+    lines = [head]
+    lines += [f"    {s} = np.{np_name}(s_{s})" for s in sig.scalars]
+    lines += ["    ubase = np.uint64(base)", "    ustep = np.uint32(step)",
+              "    useed = np.uint32(seed)", f"    n = a_{sig.arrays[0]}.size",
+              "    nblk = (n + 255) // 256", f"    for blk in {rng}(nblk):",
+              "        i0 = blk * 256", "        i1 = min(i0 + 256, n)"]
+    for a in qs:
+        lines += [f"        o_{a} = x_{a}[blk]", f"        m_{a} = np.float32(0.0)",
+                  f"        b_{a} = False"]
+    lines += ["        for i in range(i0, i1):", "            " + call]
+    for a in qs:
+        w = sig.written.index(a)
+        lines += [f"            v = np.float32(r[{w}])", "            av = abs(v)",
+                  f"            if av > m_{a}:", f"                m_{a} = av",
+                  "            if v != v:", f"                b_{a} = True"]
+    for a in qs:
+        lines += [f"        if b_{a}:", f"            m_{a} = np.float32(np.nan)"]
+    lines += ["        for i in range(i0, i1):", "            " + call]
+    for k, a in enumerate(sig.arrays):
+        if a in sig.written and a in used:
+            w = sig.written.index(a)
+            if a in qs:
+                lines.append(f"            a_{a}[i] = np.uint8({fmt[a]}_encode("
+                             f"np.float32(r[{w}]), m_{a}))")
+            else:
+                lines.append("            " + _store(fmt[a], ctag, a, f"r[{w}]", k, stochastic))
+    for a in qs:
+        lines.append(f"        x_{a}[blk] = m_{a}")
+    return "\n".join(lines) + "\n"
+
+
+def _q8_cuda_kernel(sig, ctag, flags, formats, rounding, head):
+    """The CUDA kernel of a layout with 8-bit state: one thread block of 256 threads per block
+    of 256 elements (grid-stride over blocks); each thread updates one element, the block's new
+    absmax is a shared-memory reduction (NaN propagates), then each thread stores its code."""
+    stochastic = rounding == "stochastic"
+    np_name = DTYPES[ctag][0]
+    fmt = dict(zip(sig.arrays, formats))
+    used = sig.used(flags)
+    qs = [a for a in sig.arrays if fmt[a] in ("q8s", "q8u")]
+    call = f"r = {_call(sig, flags, lambda a: _load(fmt[a], ctag, a))}"
+    lines = [head]
+    lines += [f"    {s} = np.{np_name}(s_{s})" for s in sig.scalars]
+    lines += ["    ubase = np.uint64(base)", "    ustep = np.uint32(step)",
+              "    useed = np.uint32(seed)", f"    n = a_{sig.arrays[0]}.shape[0]",
+              "    nblk = (n + 255) // 256", "    t = cuda.threadIdx.x"]
+    lines += [f"    sm_{a} = cuda.shared.array(256, np.float32)" for a in qs]
+    lines += ["    for blk in range(cuda.blockIdx.x, nblk, cuda.gridDim.x):",
+              "        i = blk * 256 + t"]
+    lines += [f"        o_{a} = x_{a}[blk]" for a in qs]
+    lines += ["        if i < n:", "            " + call]
+    for a in qs:
+        lines.append(f"            sm_{a}[t] = abs(np.float32(r[{sig.written.index(a)}]))")
+    lines += ["        else:"] + [f"            sm_{a}[t] = np.float32(0.0)" for a in qs]
+    lines += ["        cuda.syncthreads()", "        h = 128", "        while h > 0:",
+              "            if t < h:"]
+    for a in qs:
+        lines += [f"                p = sm_{a}[t]", f"                q = sm_{a}[t + h]",
+                  f"                sm_{a}[t] = p if (p > q or p != p) else q"]
+    lines += ["            cuda.syncthreads()", "            h //= 2"]
+    lines += [f"        m_{a} = sm_{a}[0]" for a in qs]
+    lines += ["        if i < n:", "            " + call]
+    for k, a in enumerate(sig.arrays):
+        if a in sig.written and a in used:
+            w = sig.written.index(a)
+            if a in qs:
+                lines.append(f"            a_{a}[i] = np.uint8({fmt[a]}_encode("
+                             f"np.float32(r[{w}]), m_{a}))")
+            else:
+                lines.append("            " + _store(fmt[a], ctag, a, f"r[{w}]", k, stochastic))
+    lines.append("        cuda.syncthreads()")
+    lines += ["        if t == 0:"] + [f"            x_{a}[blk] = m_{a}" for a in qs]
+    return "\n".join(lines) + "\n"
 
 
 def _layout_loop(sig, ctag, flags, formats, rounding, head, body_indent, loop_line):
@@ -419,14 +567,26 @@ def layout_source(kind, sig, ctag, flags, formats, rounding, name, mod=None):
     ``(seed, step, base + i, array)``)."""
     mod = mod or load_rules()
     deco = "@_inline" if kind == "numba" else "@_device"
-    out = [_LAYOUT_HEAD[kind].format(hash=source_hash())]
+    out = [_LAYOUT_HEAD[kind].format(hash=source_hash()), _python_tables()]
     for fn in load_codecs():
         out.append(f"\n{deco}\n" + _python_def(fn) + "\n")
     for fn in helpers(mod):
         out.append(f"\n{deco}\n" + _python_def(fn) + "\n")
     out.append(f"\n{deco}\n" + _python_def(getattr(mod, sig.name)) + "\n")
-    args = ", ".join(_loop_args(sig) + ["base", "step", "seed"])
+    qs = [a for a, f in zip(sig.arrays, formats) if f in ("q8s", "q8u")]
+    loop = _loop_args(sig)
+    args = ", ".join(loop[:len(sig.arrays)] + [f"x_{a}" for a in qs] + loop[len(sig.arrays):]
+                     + ["base", "step", "seed"])
     first = f"a_{sig.arrays[0]}"
+    if qs and kind == "numba":
+        for kind_, rng in (("par", "prange"), ("ser", "range")):
+            out.append("\n" + _q8_numba_loop(sig, ctag, flags, formats, rounding,
+                                              f"@_{kind_}\ndef {name}_{kind_}({args}):", rng))
+        return "".join(out)
+    if qs:
+        out.append("\n" + _q8_cuda_kernel(sig, ctag, flags, formats, rounding,
+                                           f"@cuda.jit\ndef {name}({args}):"))
+        return "".join(out)
     if kind == "numba":
         for kind_, rng in (("par", "prange"), ("ser", "range")):
             out.append("\n" + _layout_loop(
@@ -457,7 +617,8 @@ point that steps each row of a table of buffers: ``table`` is the address of ``c
 """
 from cython.parallel cimport parallel, prange
 from libc.math cimport sqrt, sqrtf
-from libc.stdint cimport uint16_t, uint32_t, uint64_t, uintptr_t
+from libc.math cimport fabs, fabsf, NAN
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport free, malloc
 
 from fastopt import config as _config
@@ -487,6 +648,8 @@ DEF FMT_F64 = 0
 DEF FMT_F32 = 1
 DEF FMT_BF16 = 2
 DEF FMT_F16 = 3
+DEF FMT_Q8S = 4
+DEF FMT_Q8U = 5
 DEF BLOCK = 256
 
 #: Hash of the rules and generator this extension was built from (fastopt.kernels.cython
@@ -678,6 +841,71 @@ def _cython_codec(fn):
 
 _CYTHON_BLOCK_CODECS = '''
 
+cdef inline void _decode_q8_f32(int fmt, uintptr_t codes, uintptr_t absmax, Py_ssize_t blk,
+                                Py_ssize_t start, Py_ssize_t nb, float* dst) noexcept nogil:
+    """Block ``blk`` of 8-bit codes, as float32 (``map[code] * absmax``), into ``dst``."""
+    cdef Py_ssize_t j
+    cdef const uint8_t* c = (<const uint8_t*>codes) + start
+    cdef float a = (<const float*>absmax)[blk]
+    cdef const float* q = &QMAP_S[0] if fmt == FMT_Q8S else &QMAP_U[0]
+    for j in range(nb):
+        dst[j] = q[c[j]] * a
+
+
+cdef inline void _decode_q8_f64(int fmt, uintptr_t codes, uintptr_t absmax, Py_ssize_t blk,
+                                Py_ssize_t start, Py_ssize_t nb, double* dst) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef const uint8_t* c = (<const uint8_t*>codes) + start
+    cdef float a = (<const float*>absmax)[blk]
+    cdef const float* q = &QMAP_S[0] if fmt == FMT_Q8S else &QMAP_U[0]
+    for j in range(nb):
+        dst[j] = q[c[j]] * a
+
+
+cdef inline void _encode_q8_f32(int fmt, const float* src, uintptr_t codes, uintptr_t absmax,
+                                Py_ssize_t blk, Py_ssize_t start, Py_ssize_t nb) noexcept nogil:
+    """Requantize a block: its absmax (NaN if any value is NaN), then each value's nearest
+    code of value / absmax."""
+    cdef Py_ssize_t j
+    cdef uint8_t* c = (<uint8_t*>codes) + start
+    cdef float m = 0, a
+    cdef bint bad = 0
+    for j in range(nb):
+        a = fabsf(src[j])
+        m = a if a > m else m
+        bad = bad | (src[j] != src[j])
+    if bad:
+        m = NAN
+    (<float*>absmax)[blk] = m
+    if fmt == FMT_Q8S:
+        for j in range(nb):
+            c[j] = <uint8_t>q8s_encode(src[j], m)
+    else:
+        for j in range(nb):
+            c[j] = <uint8_t>q8u_encode(src[j], m)
+
+
+cdef inline void _encode_q8_f64(int fmt, const double* src, uintptr_t codes, uintptr_t absmax,
+                                Py_ssize_t blk, Py_ssize_t start, Py_ssize_t nb) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef uint8_t* c = (<uint8_t*>codes) + start
+    cdef float m = 0, a
+    cdef bint bad = 0
+    for j in range(nb):
+        a = fabsf(<float>src[j])
+        m = a if a > m else m
+        bad = bad | (src[j] != src[j])
+    if bad:
+        m = NAN
+    (<float*>absmax)[blk] = m
+    if fmt == FMT_Q8S:
+        for j in range(nb):
+            c[j] = <uint8_t>q8s_encode(<float>src[j], m)
+    else:
+        for j in range(nb):
+            c[j] = <uint8_t>q8u_encode(<float>src[j], m)
+
+
 cdef inline void _decode_f32(int fmt, uintptr_t src, Py_ssize_t start, Py_ssize_t nb,
                              float* dst) noexcept nogil:
     """Elements [start, start + nb) of a stored array, as float32, into ``dst``."""
@@ -722,19 +950,30 @@ cdef inline void _encode_f32(int fmt, const float* src, uintptr_t dst, Py_ssize_
     counter of the first of them (stochastic rounding's random bits)."""
     cdef Py_ssize_t j
     cdef uint16_t* h = (<uint16_t*>dst) + start
+    cdef uint32_t lo = <uint32_t>(index & 0xFFFFFFFFULL)
+    cdef uint32_t offset = key_offset(<uint32_t>(index >> 32), step, seed, salt)
+    if stochastic and <uint64_t>lo + <uint64_t>nb > 0xFFFFFFFFULL:
+        # the block crosses a multiple of 2**32 elements: the general hash, element by element
+        for j in range(nb):
+            if fmt == FMT_BF16:
+                h[j] = <uint16_t>bf16_encode(src[j], 1, random_bits(index + <uint64_t>j, step,
+                                                                    seed, salt))
+            elif fmt == FMT_F16:
+                h[j] = <uint16_t>f16_encode(src[j], 1, random_bits(index + <uint64_t>j, step,
+                                                                   seed, salt))
+        if fmt == FMT_BF16 or fmt == FMT_F16:
+            return
     if fmt == FMT_BF16:
-        if stochastic:
+        if stochastic:   # the key's high part hoisted: 32-bit lanes only
             for j in range(nb):
-                h[j] = <uint16_t>bf16_encode(src[j], 1,
-                                             random_bits(index + <uint64_t>j, step, seed, salt))
+                h[j] = <uint16_t>bf16_encode(src[j], 1, keyed_bits(lo + <uint32_t>j, offset))
         else:
             for j in range(nb):
                 h[j] = <uint16_t>bf16_encode(src[j], 0, 0)
     elif fmt == FMT_F16:
         if stochastic:
             for j in range(nb):
-                h[j] = <uint16_t>f16_encode(src[j], 1,
-                                            random_bits(index + <uint64_t>j, step, seed, salt))
+                h[j] = <uint16_t>f16_encode(src[j], 1, keyed_bits(lo + <uint32_t>j, offset))
         else:
             for j in range(nb):
                 h[j] = <uint16_t>f16_encode(src[j], 0, 0)
@@ -786,7 +1025,8 @@ def _cython_layout_variant(sig, tag, ctype, flags, helper_names):
     scal = [f"{ctype} {s}" for s in sig.scalars]
     ptrs = [f"{tag}_{'cp' if a in sig.readonly else 'p'} a_{a}" for a in sig.arrays if a in used]
     lines = [f"cdef void _{name}_block(Py_ssize_t blk, Py_ssize_t n, const uintptr_t* addr, "
-             f"const int* fmt, {ctype}* scratch, {', '.join(scal + [''])}uint64_t base, "
+             f"const int* fmt, const uintptr_t* amax, {ctype}* scratch, "
+             f"{', '.join(scal + [''])}uint64_t base, "
              f"uint32_t step, uint32_t seed, bint stochastic) noexcept nogil:",
              "    cdef Py_ssize_t j",
              "    cdef Py_ssize_t start = blk * BLOCK",
@@ -798,6 +1038,10 @@ def _cython_layout_variant(sig, tag, ctype, flags, helper_names):
             continue
         lines += [f"    if fmt[{k}] == {own}:",
                   f"        a_{a} = (<{ctype}*>addr[{k}]) + start",
+                  f"    elif fmt[{k}] >= FMT_Q8S:",
+                  f"        _decode_q8_{tag}(fmt[{k}], addr[{k}], amax[{k}], blk, start, nb, "
+                  f"scratch + {k} * BLOCK)",
+                  f"        a_{a} = scratch + {k} * BLOCK",
                   "    else:",
                   f"        _decode_{tag}(fmt[{k}], addr[{k}], start, nb, scratch + {k} * BLOCK)",
                   f"        a_{a} = scratch + {k} * BLOCK"]
@@ -805,15 +1049,19 @@ def _cython_layout_variant(sig, tag, ctype, flags, helper_names):
     lines += [textwrap.indent(b, " " * 8) for b in body]
     for k, a in enumerate(sig.arrays):
         if a in used and a in sig.written:
-            lines += [f"    if fmt[{k}] != {own}:",
+            lines += [f"    if fmt[{k}] >= FMT_Q8S:",
+                      f"        _encode_q8_{tag}(fmt[{k}], scratch + {k} * BLOCK, addr[{k}], "
+                      f"amax[{k}], blk, start, nb)",
+                      f"    elif fmt[{k}] != {own}:",
                       f"        _encode_{tag}(fmt[{k}], scratch + {k} * BLOCK, addr[{k}], start, "
                       f"nb, stochastic, base + <uint64_t>start, step, seed, {k})"]
     # the row driver: serial below the threshold, blocks over OpenMP threads above it
     args = ", ".join(sig.scalars)
-    call = (f"_{name}_block(blk, n, addr, fmt, scratch, {args + ', ' if args else ''}base, "
-            f"step, seed, stochastic)")
+    call = (f"_{name}_block(blk, n, addr, fmt, amax, scratch, "
+            f"{args + ', ' if args else ''}base, step, seed, stochastic)")
     lines += ["", "", f"cdef void _{name}_layout(Py_ssize_t n, const uintptr_t* addr, "
-              f"const int* fmt, {', '.join(scal + [''])}uint64_t base, uint32_t step, "
+              f"const int* fmt, const uintptr_t* amax, {', '.join(scal + [''])}uint64_t base, "
+              f"uint32_t step, "
               f"uint32_t seed, bint stochastic, Py_ssize_t threshold) noexcept nogil:",
               "    cdef Py_ssize_t blk, nblocks = (n + BLOCK - 1) // BLOCK",
               f"    cdef {ctype}* scratch",
@@ -828,17 +1076,18 @@ def _cython_layout_variant(sig, tag, ctype, flags, helper_names):
               "        for blk in prange(nblocks, schedule='static'):",
               f"            {call}",
               "        free(scratch)"]
-    # the entry point: rows (n, base, address x A, format code x A)
-    width = 2 + 2 * A
+    # the entry point: rows (n, base, address x A, format code x A, absmax address x A)
+    width = 2 + 3 * A
     nsc = len(sig.scalars)
     lines += ["", "", f"def {name}_layout(uintptr_t table, Py_ssize_t count, tuple scalars, "
               "uint32_t step=0, uint32_t seed=0, bint stochastic=False):",
               f'    """{sig.name} ({tag}, flags {dict(zip(sig.flags, flags))}) over `count` rows '
-              f'of (n, base, {A} addresses, {A} format codes)."""',
+              f'of (n, base, {A} addresses, {A} format codes, {A} absmax addresses)."""',
               "    cdef const uintptr_t* t = <const uintptr_t*>table",
               "    cdef Py_ssize_t k, q",
               f"    cdef int fmt[{A}]",
               f"    cdef uintptr_t addr[{A}]",
+              f"    cdef uintptr_t amax[{A}]",
               "    cdef Py_ssize_t threshold = _config.PARALLEL_THRESHOLD",
               f"    if len(scalars) != {nsc}:",
               f"        raise ValueError(f'{name}_layout takes {nsc} scalars, got "
@@ -849,7 +1098,8 @@ def _cython_layout_variant(sig, tag, ctype, flags, helper_names):
               f"            for q in range({A}):",
               f"                addr[q] = t[k * {width} + 2 + q]",
               f"                fmt[q] = <int>t[k * {width} + 2 + {A} + q]",
-              f"            _{name}_layout(<Py_ssize_t>t[k * {width}], addr, fmt, "
+              f"                amax[q] = t[k * {width} + 2 + {2 * A} + q]",
+              f"            _{name}_layout(<Py_ssize_t>t[k * {width}], addr, fmt, amax, "
               f"{args + ', ' if args else ''}<uint64_t>t[k * {width} + 1], step, seed, "
               f"stochastic, threshold)"]
     return "\n".join(lines) + "\n"
@@ -861,7 +1111,7 @@ def cython_source(mod=None):
     hs = helpers(mod)
     names = {fn.__name__ for fn in hs}
     sigs = signatures(mod)
-    out = [_CYTHON_HEAD.format(hash=source_hash())]
+    out = [_CYTHON_HEAD.format(hash=source_hash()), _cython_tables()]
     for fn in load_codecs():
         out.append("\n\n" + _cython_codec(fn))
     out.append(_CYTHON_BLOCK_CODECS)

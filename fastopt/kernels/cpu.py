@@ -89,7 +89,7 @@ def _entry(dispatcher, types):
 
 def _view(a, fmt):
     """The array as the loops see it (16-bit floats as their uint16 bit patterns)."""
-    return a if fmt in (None, F.F32, F.F64) else a.view(F.view_dtype(fmt))
+    return a if fmt in (None, F.F32, F.F64, F.Q8S, F.Q8U) else a.view(F.view_dtype(fmt))
 
 
 class NumbaBackend(HostBackend):
@@ -115,8 +115,9 @@ class NumbaBackend(HostBackend):
         for (n, row), base in zip(checked, bases):
             if not n:
                 continue
+            A = len(kernel.sig.arrays)
             args = tuple(np.empty(0, dtype=kernel.dtype) if a is None else _view(a, f)
-                         for a, f in zip(row, kernel.formats))
+                         for a, f in zip(row, kernel.formats)) + tuple(row[A:])  # + absmax
             types = tuple(numba.typeof(a) for a in args) + (numba.float64,) * n_scalars
             extra = ()
             if not kernel.native:

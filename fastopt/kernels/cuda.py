@@ -98,6 +98,16 @@ def launch_config(n):
     return max(blocks, 1), tpb
 
 
+def _q8_launch(n):
+    """Launch of an 8-bit-state kernel: 256 threads per block, a thread block per block of 256
+    elements up to the usual cap on blocks (grid-stride beyond)."""
+    nblk = -(-n // 256)
+    blocks = min(nblk, config.CUDA_BLOCKS_PER_SM * _multiprocessors())
+    if config.CUDA_MAX_BLOCKS > 0:
+        blocks = min(blocks, config.CUDA_MAX_BLOCKS)
+    return max(blocks, 1), 256
+
+
 _ZERO_FLAG = np.zeros(1, dtype=np.int32)
 _flag = None
 
@@ -250,19 +260,22 @@ class CudaBackend(Backend):
         checked = self._check_rows(kernel, rows)
         bases = list(bases) if bases is not None else [0] * len(checked)
         calls = []
+        A = len(kernel.sig.arrays)
         for (n, row), base in zip(checked, bases):
             if n:
                 args = tuple(empty if a is None else _view(a, f)
-                             for a, f in zip(row, kernel.formats))
+                             for a, f in zip(row, kernel.formats)) + tuple(row[A:])
                 calls.append((n, args, () if kernel.native else (int(base),)))
         layout, seed = not kernel.native, int(seed)
+        # 8-bit state: one thread block of 256 per block of 256 elements (its absmax reduction)
+        grid = _q8_launch if kernel.quantized else launch_config
 
         def call(scalars, step=0):
             for n, args, extra in calls:
                 if layout:
-                    kern[launch_config(n)](*args, *scalars, *extra, int(step), seed)
+                    kern[grid(n)](*args, *scalars, *extra, int(step), seed)
                 else:
-                    kern[launch_config(n)](*args, *scalars)
+                    kern[grid(n)](*args, *scalars)
         call.rows = [n for n, _, _ in calls]
         return call
 

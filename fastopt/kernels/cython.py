@@ -111,17 +111,19 @@ class CythonBackend(HostBackend):
         checked = [(n, row) for n, row in self._check_rows(kernel, rows)]
         bases = list(bases) if bases is not None else [0] * len(checked)
         keep = [a for _, row in checked for a in row if a is not None]
+        A = len(kernel.sig.arrays)
         call = self.bind_addresses(kernel, [
             (n, [_address(a) if a is not None and name in kernel.used else 0
-                 for name, a in zip(kernel.sig.arrays, row)])
+                 for name, a in zip(kernel.sig.arrays, row)] + [_address(a) for a in row[A:]])
             for n, row in checked], bases=bases, seed=seed)
         call.keep = (call.keep, keep)  # the arrays the table points into stay alive
         return call
 
     def bind_addresses(self, kernel, rows, bases=None, seed=0):
-        """``bind`` for rows given as ``(n, [address of each array, 0 if unused])``: for callers
-        that hold the memory themselves and have checked it (the torch adapter: tensors'
-        ``data_ptr()``, no NumPy views).  Nothing is kept alive but the table."""
+        """``bind`` for rows given as ``(n, [address of each array, 0 if unused] + [address of
+        each 8-bit array's absmax])``: for callers that hold the memory themselves and have
+        checked it (the torch adapter: tensors' ``data_ptr()``, no NumPy views).  Nothing is
+        kept alive but the table."""
         bases = list(bases) if bases is not None else [0] * len(rows)
         keep = [(r, b) for r, b in zip(rows, bases) if r[0]]
         A = len(kernel.sig.arrays)
@@ -136,12 +138,14 @@ class CythonBackend(HostBackend):
         else:
             fn = getattr(extension, kernel.impl)
             codes = [F.CODES[f] if f is not None else 0 for f in kernel.formats]
-            table = np.zeros((len(keep), 2 + 2 * A), dtype=np.uintp)
+            qcols = [2 + 2 * A + kernel.sig.arrays.index(a) for a in kernel.quantized]
+            table = np.zeros((len(keep), 2 + 3 * A), dtype=np.uintp)
             for k, ((n, addresses), base) in enumerate(keep):
                 table[k, 0] = n
                 table[k, 1] = base
-                table[k, 2:2 + A] = addresses
-                table[k, 2 + A:] = codes
+                table[k, 2:2 + A] = addresses[:A]
+                table[k, 2 + A:2 + 2 * A] = codes
+                table[k, qcols] = addresses[A:]
             call = functools.partial(fn, _address(table), len(keep), seed=int(seed),
                                      stochastic=kernel.rounding == "stochastic")
         call.keep = table

@@ -37,13 +37,18 @@ __all__ = ["F64", "F32", "BF16", "F16", "ROUNDINGS", "tag", "storage_dtype", "vi
            "layout_name"]
 
 F64, F32, BF16, F16 = "f64", "f32", "bf16", "f16"
+#: 8-bit block-wise state (bitsandbytes' format): signed and unsigned dynamic maps
+Q8S, Q8U = "q8s", "q8u"
+QUANTIZED = (Q8S, Q8U)
+#: elements per absmax block
+BLOCK = 256
 ROUNDINGS = ("nearest", "stochastic")
 
 _NATIVE = {np.dtype(np.float64): F64, np.dtype(np.float32): F32, np.dtype(np.float16): F16}
 _VIEW = {F64: np.dtype(np.float64), F32: np.dtype(np.float32), BF16: np.dtype(np.uint16),
-         F16: np.dtype(np.uint16)}
+         F16: np.dtype(np.uint16), Q8S: np.dtype(np.uint8), Q8U: np.dtype(np.uint8)}
 #: the integer code of each format inside the compiled kernels
-CODES = {F64: 0, F32: 1, BF16: 2, F16: 3}
+CODES = {F64: 0, F32: 1, BF16: 2, F16: 3, Q8S: 4, Q8U: 5}
 
 
 def _is_bf16(dtype):
@@ -68,7 +73,7 @@ def storage_dtype(fmt):
     if fmt == BF16:
         import ml_dtypes   # only when bfloat16 storage is asked for
         return np.dtype(ml_dtypes.bfloat16)
-    return _VIEW[fmt] if fmt != F16 else np.dtype(np.float16)
+    return _VIEW[fmt] if fmt != F16 else np.dtype(np.float16)   # int8 state: uint8 codes
 
 
 def view_dtype(fmt):
@@ -231,12 +236,20 @@ def check_seed(name, value):
     return int(value)
 
 
+def check_min_8bit_size(name, value):
+    """A non-negative integer."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return int(value)
+
+
 def state_format(state_dtype, param_fmt):
-    """The format of a state buffer for parameters of format ``param_fmt``."""
+    """The format of a float state buffer for parameters of format ``param_fmt`` (not for
+    ``"int8"``, whose format depends on the state's sign and the parameter's size)."""
     if state_dtype is None:
         return param_fmt
-    if state_dtype == "int8":
-        raise NotImplementedError("state_dtype='int8'")
     return _STATE_FORMAT[state_dtype]
 
 
@@ -252,3 +265,50 @@ def is_float_dtype(dtype):
 def convert(a, dtype):
     """``a`` as ``dtype`` (any two float formats; one rounding to nearest)."""
     return np.asarray(a).astype(dtype)
+
+
+# -- 8-bit block-wise state (the oracle) -------------------------------------------------------------
+
+def nblocks(n):
+    """Absmax blocks of a buffer of ``n`` elements."""
+    return -(-int(n) // BLOCK)
+
+
+def qmap(fmt):
+    """The 256 float32 values of a quantized format's map (bitsandbytes' dynamic maps)."""
+    from . import _qmaps
+    return _qmaps.qmap(fmt == Q8S)
+
+
+def dequantize(fmt, codes, absmax, dtype=np.float32):
+    """Values of uint8 ``codes`` with one float32 ``absmax`` per block of 256: ``map[code] *
+    absmax`` (float32), as ``dtype``."""
+    codes = np.asarray(codes).reshape(-1)
+    scale = np.repeat(np.asarray(absmax, np.float32), BLOCK)[:codes.size]
+    return (qmap(fmt)[codes] * scale).astype(dtype, copy=False)
+
+
+def quantize(fmt, x, codes=None, absmax=None):
+    """Block-wise quantization, written plainly: per block of 256 the float32 values' largest
+    magnitude (NaN if any is NaN) is the block's absmax, and each value ``x`` gets the nearest
+    code of ``x / absmax`` (searchsorted on the midpoints between codes; a zero or NaN absmax or
+    ratio: the code of 0; unsigned maps: anything not above 0 too).  Writes into ``codes`` and
+    ``absmax`` when given; returns them."""
+    from . import _qmaps
+    x32 = np.asarray(x).astype(np.float32).reshape(-1)
+    n = x32.size
+    nb = nblocks(n)
+    pad = np.zeros(nb * BLOCK, np.float32)
+    pad[:n] = np.abs(x32)
+    with np.errstate(invalid="ignore"):
+        am = pad.reshape(nb, BLOCK).max(axis=1)          # NaN propagates (np.max)
+        scale = np.repeat(am, BLOCK)[:n]
+        ok = scale > 0
+        y = np.where(ok, x32 / np.where(ok, scale, 1), np.float32(0)).astype(np.float32)
+    y = np.where(np.isnan(y) if fmt == Q8S else ~(y > 0), np.float32(0), y)
+    c = np.searchsorted(_qmaps.midpoints(fmt == Q8S)[:-1], y, side="left").astype(np.uint8)
+    if codes is None:
+        codes, absmax = np.empty(n, np.uint8), np.empty(nb, np.float32)
+    codes.reshape(-1)[...] = c
+    absmax[...] = am
+    return codes, absmax

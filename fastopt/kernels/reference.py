@@ -126,6 +126,9 @@ class NumpyBackend(HostBackend):
         calls = [(row, base) for (n, row), base in zip(checked, bases) if n]
         written = set(kernel.sig.written)
 
+        arrays = kernel.sig.arrays
+        absmax_of = {a: len(arrays) + j for j, a in enumerate(kernel.quantized)}
+
         def call(scalars, step=0):
             cast = [dtype.type(s) for s in scalars]
             with np.errstate(all="ignore"):   # NaN/Inf propagate silently, as in the kernels
@@ -133,16 +136,21 @@ class NumpyBackend(HostBackend):
                     if kernel.native:
                         fn(*row, *cast, **flags)
                         continue
-                    # decode -> the rule in the compute dtype -> encode, written plainly
-                    vals = [None if a is None else F.decode(f, a, dtype)
-                            for a, f in zip(row, kernel.formats)]
+                    # decode -> the rule in the compute dtype -> encode, written plainly (8-bit
+                    # state: dequantize the whole buffer, requantize it after the update)
+                    vals = [None if a is None else
+                            F.dequantize(f, a, row[absmax_of[name]], dtype) if name in absmax_of
+                            else F.decode(f, a, dtype)
+                            for name, a, f in zip(arrays, row, kernel.formats)]
                     vals = [v if v is None or v.dtype != dtype or v is not a else v.copy()
                             for v, a in zip(vals, row)]
                     fn(*vals, *cast, **flags)
                     n = row[0].shape[0]
-                    for k, (name, a, f, v) in enumerate(zip(kernel.sig.arrays, row,
-                                                            kernel.formats, vals)):
+                    for k, (name, a, f, v) in enumerate(zip(arrays, row, kernel.formats, vals)):
                         if a is None or name not in written:
+                            continue
+                        if name in absmax_of:
+                            F.quantize(f, v, a, row[absmax_of[name]])
                             continue
                         bits = None
                         if kernel.rounding == "stochastic":

@@ -2,7 +2,7 @@
 
 Each class is made by :func:`make_class`: a subclass of :class:`Optimizer` with the spec's
 hyperparameters as its constructor's arguments (in the spec's order, the keyword-only ones after
-``*``, then ``backend``, ``nonfinite``, ``state_dtype``, ``rounding`` and ``seed``) and the docstring the spec writes.  No class holds
+``*``, then ``backend``, ``nonfinite``, ``state_dtype``, ``rounding``, ``seed`` and ``min_8bit_size``) and the docstring the spec writes.  No class holds
 math: :class:`Optimizer` steps whatever its spec describes.
 """
 from __future__ import annotations
@@ -20,10 +20,11 @@ def make_class(spec, base=Optimizer, module=__name__):
     init = make_init(f"{spec.name}.__init__", module,
                      [(h.name, h.default, h.kw_only) for h in spec.hypers],
                      [("backend", None), ("nonfinite", "propagate"), ("state_dtype", None),
-                      ("rounding", "nearest"), ("seed", 0)],
+                      ("rounding", "nearest"), ("seed", 0), ("min_8bit_size", 4096)],
                      ({"_base": base}, "_base.__init__(self, params, dict({hyper}), "
                                        "backend=backend, nonfinite=nonfinite, "
-                                       "state_dtype=state_dtype, rounding=rounding, seed=seed)"))
+                                       "state_dtype=state_dtype, rounding=rounding, seed=seed, "
+                                       "min_8bit_size=min_8bit_size)"))
     return type(spec.name, (base,), {"__init__": init, "spec": spec, "__module__": module,
                                      "__doc__": spec.docstring()})
 

@@ -36,7 +36,8 @@ def state_dict(opt):
              if k != "params"}
         d["params"] = list(g["params"])
         groups.append(d)
-    out = {"state": state, "param_groups": groups, "skipped_steps": opt.skipped_steps}
+    out = {"state": state, "param_groups": groups, "skipped_steps": opt.skipped_steps,
+           "state_dtype": opt.state_dtype}
     if opt._named:
         out["param_names"] = list(opt._names)
     return out
@@ -90,15 +91,18 @@ def load_state_dict(opt, sd):
                     raise ValueError(f"state_dict state for parameter {saved_idx} has no "
                                      f"{name!r}")
                 arr = np.asarray(entry[name])
+                what = f"state_dict {name!r} of parameter {saved_idx}"
                 if arr.shape != tuple(p.shape):
-                    raise ValueError(f"state_dict {name!r} of parameter {saved_idx} has "
-                                     f"shape {arr.shape}, the parameter has {p.shape}")
-                if not F.is_float_dtype(arr.dtype):
-                    raise TypeError(f"state_dict {name!r} of parameter {saved_idx} has "
-                                    f"dtype {arr.dtype}; state is float64, float32, "
-                                    f"bfloat16 or float16 (converted to this optimizer's "
-                                    f"state_dtype)")
-                copies.append((i, name, arr))
+                    raise ValueError(f"{what} has shape {arr.shape}, the parameter has "
+                                     f"{p.shape}")
+                absmax = None
+                if arr.dtype == np.uint8:           # 8-bit codes: their absmax must fit
+                    absmax = _checked_absmax(entry, name, p.size, what)
+                elif not F.is_float_dtype(arr.dtype):
+                    raise TypeError(f"{what} has dtype {arr.dtype}; state is float64, "
+                                    f"float32, bfloat16, float16, or uint8 codes with an "
+                                    f"absmax (converted to this optimizer's state_dtype)")
+                copies.append((i, name, arr, absmax))
         if len(gsteps) > 1:
             raise ValueError(f"state_dict param group {gi} has parameters at different "
                              f"steps {sorted(gsteps)}; fastopt keeps one step per group")
@@ -116,8 +120,17 @@ def load_state_dict(opt, sd):
     opt._plan = None
     live = opt.state
     be = opt._backend
-    for i, name, arr in copies:
-        be.copy_from_numpy(live[opt._names[i]][name], arr)
+    for i, name, arr, absmax in copies:
+        fmt = F.Q8U if name in spec.nonneg else F.Q8S
+        entry = live[opt._names[i]]
+        if absmax is not None and name + "_absmax" not in entry:
+            arr = F.dequantize(fmt, arr, absmax).reshape(arr.shape)   # 8-bit into float state
+            absmax = None
+        elif absmax is None and name + "_absmax" in entry:
+            arr, absmax = F.quantize(fmt, arr)                        # float into 8-bit state
+        be.copy_from_numpy(entry[name], arr.reshape(entry[name].shape))
+        if absmax is not None:
+            be.copy_from_numpy(entry[name + "_absmax"], absmax)
     opt._steps = steps
     opt.skipped_steps = int(sd.get("skipped_steps", 0))
 
@@ -200,6 +213,19 @@ def load(opt, path):
     sd = {"state": state, "param_groups": meta["param_groups"],
           "skipped_steps": meta["skipped_steps"]}
     opt.load_state_dict(sd)
+
+
+def _checked_absmax(entry, name, size, what):
+    """The float32 absmax that goes with 8-bit codes (one per block of 256 elements)."""
+    key = name + "_absmax"
+    if key not in entry:
+        raise ValueError(f"{what} holds uint8 codes but the state has no {key!r}")
+    absmax = np.asarray(entry[key])
+    want = (F.nblocks(size),)
+    if absmax.dtype != np.float32 or absmax.shape != want:
+        raise ValueError(f"{what}: {key!r} must be float32 of shape {want} (one per block of "
+                         f"{F.BLOCK}), got {absmax.dtype} {absmax.shape}")
+    return absmax
 
 
 def _named_dtype(name, path):

@@ -20,6 +20,8 @@ from __future__ import annotations
 import operator
 from collections.abc import Mapping
 
+import numpy as np
+
 from .. import _checks, kernels as _kernels
 from ..kernels import formats as F
 from ._params import Group, grad_label, grads_list, label, parse_params
@@ -32,16 +34,18 @@ _NONFINITE = ("propagate", "skip", "raise")
 class _Segment:
     """A run of consecutive same-dtype parameters of one group, stepped as one buffer."""
 
-    __slots__ = ("indices", "param", "state", "dtype", "size", "fmt", "state_fmt", "compute")
+    __slots__ = ("indices", "param", "state", "absmax", "dtype", "size", "fmt", "state_fmt",
+                 "compute")
 
     def __init__(self, indices, param, dtype, state_fmt):
         self.indices = indices      # global parameter indices, in order
         self.param = param          # 1-D view over the whole run
         self.state = {}             # state name -> 1-D buffer over the whole run
+        self.absmax = {}            # state name -> absmax per block (8-bit state)
         self.dtype = dtype
         self.size = param.size
         self.fmt = F.tag(dtype)     # the parameters' storage format
-        self.state_fmt = state_fmt  # the state buffers' storage format
+        self.state_fmt = state_fmt  # state name -> its storage format
         self.compute = F.compute_dtype(self.fmt)
 
 
@@ -86,11 +90,15 @@ class Optimizer:
         What a step does with NaN/Inf gradients: let them through (as torch), skip the step
         (counted in :attr:`skipped_steps`) or raise ``FloatingPointError``.  With "skip" and
         "raise" nothing is changed by such a step.
-    state_dtype : {None, "float32", "bfloat16"}
+    state_dtype : {None, "float32", "bfloat16", "int8"}
         How the state buffers are stored: ``None`` in the parameter's dtype (as torch.optim),
-        else in float32 or bfloat16 whatever the parameters' dtype.  The arithmetic runs in
-        float32 (float64 for float64 parameters); values are decoded and encoded inside the
-        fused pass (no converted copies).
+        else in float32 or bfloat16 whatever the parameters' dtype, or ``"int8"``:
+        bitsandbytes' block-wise 8-bit format (per block of 256 elements one float32 absmax,
+        each element the nearest code of value / absmax in the signed dynamic map, or the
+        unsigned one for state that is never negative; a parameter under ``min_8bit_size``
+        elements keeps float32 state).  The arithmetic runs in float32 (float64 for float64
+        parameters); values are decoded and encoded inside the fused pass (no converted
+        copies).
     rounding : {"nearest", "stochastic"}
         How every write into 16-bit storage (bfloat16/float16 parameters and state) rounds:
         to nearest (half to even), or stochastically (unbiased: updates below half a unit in
@@ -98,18 +106,24 @@ class Optimizer:
         element)`` -- the same on every backend, thread count and after a resume.
     seed : int
         The seed of stochastic rounding (an integer in ``[0, 2**32)``).
+    min_8bit_size : int
+        With ``state_dtype="int8"``: parameters with fewer elements keep float32 state (4096,
+        as bitsandbytes).
     """
 
     #: the family's spec (set on each generated class)
     spec = None
 
     def __init__(self, params, hyper, *, backend=None, nonfinite="propagate", state_dtype=None,
-                 rounding="nearest", seed=0):
+                 rounding="nearest", seed=0, min_8bit_size=4096):
         if nonfinite not in _NONFINITE:
             raise ValueError(f"nonfinite must be one of {_NONFINITE}, got {nonfinite!r}")
         self._state_dtype = F.check_state_dtype("state_dtype", state_dtype)
         self._rounding = F.check_rounding("rounding", rounding)
         self._seed = F.check_seed("seed", seed)
+        self._min_8bit_size = F.check_min_8bit_size("min_8bit_size", min_8bit_size)
+        if self._state_dtype == "int8" and not self.spec.state:
+            raise ValueError(f"state_dtype='int8': {type(self).__name__} keeps no state")
         if backend is not None and backend not in _kernels.BACKENDS:
             raise ValueError(f"backend: unknown backend {backend!r}; choose one of "
                              f"{', '.join(repr(b) for b in _kernels.BACKENDS)} or None")
@@ -143,6 +157,10 @@ class Optimizer:
             group["params"] = g["params"]  # global indices
             self.param_groups.append(group)
 
+        if self._state_dtype == "int8" and not any(
+                any(self.spec.needed(g).values()) for g in self.param_groups):
+            raise ValueError(f"state_dtype='int8': {type(self).__name__} with these options "
+                             f"keeps no state (e.g. SGD without momentum)")
         self.nonfinite = nonfinite
         self.skipped_steps = 0
         self._steps = [0] * len(self.param_groups)
@@ -162,9 +180,22 @@ class Optimizer:
                 raise ValueError(f"{label(self._names[j])} shares memory with "
                                  f"{label(self._names[i])}: the same array given twice")
 
+    def _state_formats(self, dtype, size):
+        """``{state name: format}`` of a segment of ``size`` elements of ``dtype``."""
+        pfmt = F.tag(dtype)
+        if self._state_dtype != "int8":
+            fmt = F.state_format(self._state_dtype, pfmt)
+            return {name: fmt for name in self.spec.state_names}
+        if size < self._min_8bit_size:
+            return {name: F.F32 for name in self.spec.state_names}
+        return {name: F.Q8U if name in self.spec.nonneg else F.Q8S
+                for name in self.spec.state_names}
+
     def _make_segments(self, group):
         """Per dtype (in order of first appearance), maximal runs of the group's parameters
-        laid end to end in one allocation."""
+        laid end to end in one allocation.  With 8-bit state a parameter of at least
+        ``min_8bit_size`` elements is a segment of its own (its blocks start at its first
+        element, as bitsandbytes')."""
         be = self._backend
         buckets = {}
         for i in group["params"]:
@@ -173,18 +204,30 @@ class Optimizer:
         for dtype, idx in buckets.items():
             arrays = [self._params[i] for i in idx]
             for run in be.runs(arrays):
-                members = [idx[k] for k in run]
-                view = be.join([arrays[k] for k in run]) if len(run) > 1 \
-                    else be.flat(arrays[run[0]])
-                segments.append(_Segment(members, view, dtype,
-                                         F.state_format(self._state_dtype, F.tag(dtype))))
+                parts = [run]
+                if self._state_dtype == "int8":
+                    parts, small = [], []
+                    for k in run:
+                        if arrays[k].size >= self._min_8bit_size:
+                            parts += [small, [k]] if small else [[k]]
+                            small = []
+                        else:
+                            small.append(k)
+                    parts += [small] if small else []
+                for part in parts:
+                    members = [idx[k] for k in part]
+                    view = be.join([arrays[k] for k in part]) if len(part) > 1 \
+                        else be.flat(arrays[part[0]])
+                    segments.append(_Segment(members, view, dtype,
+                                             self._state_formats(dtype, view.size)))
         for seg in segments:
             self._alloc_state(seg, group)
         return segments
 
     def _alloc_state(self, seg, group):
         """(Re)allocate the segment's state buffers the group's options need (a needed buffer
-        is allocated once; an unneeded one is a zero-length array)."""
+        is allocated once; an unneeded one is a zero-length array).  8-bit state starts as its
+        initial value quantized (codes and absmax)."""
         be = self._backend
         for name, needed in self.spec.needed(group).items():
             n = seg.size if needed else 0
@@ -192,7 +235,15 @@ class Optimizer:
             if buf is not None and buf.size == n:
                 continue
             init = self.spec.initial(name, group)
-            dtype = F.storage_dtype(seg.state_fmt)
+            fmt = seg.state_fmt[name]
+            dtype = F.storage_dtype(fmt)
+            if fmt in F.QUANTIZED:
+                codes, absmax = F.quantize(fmt, np.full(n, init, np.float32))
+                seg.state[name] = be.zeros(n, dtype)
+                seg.absmax[name] = be.zeros(F.nblocks(n), np.float32)
+                be.copy_from_numpy(seg.state[name], codes)
+                be.copy_from_numpy(seg.absmax[name], absmax)
+                continue
             seg.state[name] = be.full(n, dtype, init) if init else be.zeros(n, dtype)
 
     # -- properties ----------------------------------------------------------------------------
@@ -229,6 +280,11 @@ class Optimizer:
         return self._seed
 
     @property
+    def min_8bit_size(self):
+        """Parameters with fewer elements keep float32 state under ``state_dtype="int8"``."""
+        return self._min_8bit_size
+
+    @property
     def params(self):
         """The parameter arrays, in global order (the arrays given, not copies)."""
         return list(self._params)
@@ -258,7 +314,10 @@ class Optimizer:
 
     @property
     def state(self):
-        """``{param index or name: {state name: view}}``; views into the live state buffers."""
+        """``{param index or name: {state name: view}}``; views into the live state buffers.
+        8-bit state: ``name`` holds the uint8 codes and ``name + "_absmax"`` the float32 absmax
+        of each block of 256 (bitsandbytes' layout; the map is fixed by the sign of the state,
+        :func:`fastopt.kernels.formats.qmap`)."""
         out = {}
         for gi, group in enumerate(self.param_groups):
             used = [name for name, needed in self.spec.needed(group).items() if needed]
@@ -269,6 +328,8 @@ class Optimizer:
                     entry = {"step": self._steps[gi]}
                     for name in used:
                         entry[name] = seg.state[name][off:off + p.size].reshape(p.shape)
+                        if name in seg.absmax:    # a segment of one parameter
+                            entry[name + "_absmax"] = seg.absmax[name]
                     out[self._names[i]] = entry
                     off += p.size
         return out
@@ -296,6 +357,7 @@ class Optimizer:
         among the parameters of its dtype."""
         be = self._backend
         state = [seg.state[n] if need else None for n, need in needed.items()]
+        state += [seg.absmax[n] for n, need in needed.items() if need and n in seg.absmax]
         first = self._offsets[seg.indices[0]]
         if len(seg.indices) == 1:
             return [((seg.param, be.flat(checked[seg.indices[0]]), *state), first)]
@@ -323,7 +385,7 @@ class Optimizer:
             for seg in segs:
                 for row, base in self._rows(seg, checked, needed):
                     formats = (seg.fmt, F.tag(row[1].dtype),
-                               *[seg.state_fmt if u else None for u in used])
+                               *[seg.state_fmt[n] if u else None for n, u in needed.items()])
                     by_layout.setdefault((seg.compute, formats), []).append((row, base))
             for (compute, formats), rows in by_layout.items():
                 kernel = be.kernel(rule, compute, self._flags[gi], formats, self._rounding)

@@ -9,6 +9,7 @@ kernel runs.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch.optim import Optimizer as _TorchOptimizer
 
@@ -50,12 +51,13 @@ class FusedOptimizer(_TorchOptimizer):
     spec = None
 
     def __init__(self, params, defaults, *, backend=None, flatten=False, state_dtype=None,
-                 rounding="nearest", seed=0):
+                 rounding="nearest", seed=0, min_8bit_size=4096):
         if backend is not None:
             get_backend(backend)  # unknown -> ValueError, unavailable -> RuntimeError
         self._state_dtype = F.check_state_dtype("state_dtype", state_dtype)
         self._rounding = F.check_rounding("rounding", rounding)
         self._seed = F.check_seed("seed", seed)
+        self._min_8bit_size = F.check_min_8bit_size("min_8bit_size", min_8bit_size)
         # stochastic rounding draws per step: SGD (no torch "step") keeps one then
         self._needs_step = self.spec.torch_step or rounding == "stochastic"
         self._offsets = None      # id(param) -> first element among params of its dtype
@@ -113,8 +115,28 @@ class FusedOptimizer(_TorchOptimizer):
         """The seed of stochastic rounding."""
         return self._seed
 
+    @property
+    def min_8bit_size(self):
+        """Parameters with fewer elements keep float32 state under ``state_dtype="int8"``."""
+        return self._min_8bit_size
+
     def _state_torch_dtype(self, p):
+        if self._state_dtype == "int8":
+            return torch.float32     # a parameter under min_8bit_size (8-bit ones: uint8 codes)
         return p.dtype if self._state_dtype is None else T.STATE_DTYPE[self._state_dtype]
+
+    def _quantized(self, p):
+        """True when p's state is 8-bit (``state_dtype="int8"`` and at least min_8bit_size)."""
+        return self._state_dtype == "int8" and p.numel() >= self._min_8bit_size
+
+    def _state_keys(self, needed):
+        """``{rule state name: key in the per-parameter state}``: torch's names, or with
+        ``state_dtype="int8"`` bitsandbytes' (``state1``, ``state2``, ... for the used state in
+        rule order; the codes' ``absmaxK``/``qmapK`` next to them)."""
+        if self._state_dtype != "int8":
+            return {n: n for n in needed}
+        used = [n for n, need in needed.items() if need]
+        return {n: f"state{used.index(n) + 1}" if n in used else n for n in needed}
 
     def _element_offsets(self):
         """``id(param) -> position of its first element among the trainable parameters of its
@@ -185,10 +207,27 @@ class FusedOptimizer(_TorchOptimizer):
         state = self.state[p]
         if self._needs_step and "step" not in state:
             state["step"] = torch.tensor(0.0, dtype=T.scalar_dtype())
+        keys = self._state_keys(needed)
+        q8 = self._quantized(p)
         for name, need in needed.items():
-            if need and state.get(name) is None:
-                state[name] = self._new_buffer(p, name, spec.initial(name, group))
+            key = keys[name]
+            if need and state.get(key) is None:
+                init = spec.initial(name, group)
+                if q8:
+                    self._new_codes(p, state, key, name, init)
+                else:
+                    state[key] = self._new_buffer(p, name, init)
         return state
+
+    def _new_codes(self, p, state, key, name, init):
+        """8-bit state (bitsandbytes' layout): uint8 codes shaped like p, float32 absmax per
+        block of 256, the map -- the initial value quantized."""
+        fmt = F.Q8U if name in self.spec.nonneg else F.Q8S
+        codes, absmax = F.quantize(fmt, np.full(p.numel(), init, np.float32))
+        k = key[len("state"):]
+        state[key] = torch.from_numpy(codes).reshape(p.shape).to(p.device)
+        state["absmax" + k] = torch.from_numpy(absmax).to(p.device)
+        state["qmap" + k] = torch.from_numpy(F.qmap(fmt).copy()).to(p.device)
 
     def _count(self, p):
         """Steps p has taken (SGD, whose torch state has no step: 1 once it has a buffer)."""
@@ -197,7 +236,8 @@ class FusedOptimizer(_TorchOptimizer):
             return 0
         if self.spec.torch_step:
             return self._steps_taken(state)
-        return 0 if state.get("momentum_buffer") is None else 1
+        key = "state1" if self._state_dtype == "int8" else "momentum_buffer"
+        return 0 if state.get(key) is None else 1
 
     @staticmethod
     def _steps_taken(state):
@@ -232,7 +272,8 @@ class FusedOptimizer(_TorchOptimizer):
         for (t, r), pairs in by_t.items():
             sc = scalars(group, t, _checks.lr_value(lr, t))
             for p, g in pairs:
-                buckets.setdefault((p.device, p.dtype, g.dtype, sc, r), []).append((p, g))
+                buckets.setdefault((p.device, p.dtype, g.dtype, sc, r, self._quantized(p)),
+                                   []).append((p, g))
         return buckets
 
     @torch.no_grad()
@@ -298,19 +339,26 @@ class FusedOptimizer(_TorchOptimizer):
         flags = spec.flags(group)
         steps = []
         offsets = self._element_offsets()
-        for (device, dtype, gdtype, sc, t), pairs in buckets.items():
+        keys = self._state_keys(needed)
+        for (device, dtype, gdtype, sc, t, q8), pairs in buckets.items():
             states = [self._ensure_state(p, group, needed) for p, _ in pairs]
             columns = [[p for p, _ in pairs], [g for _, g in pairs]]
-            columns += [[st[n] for st in states] if needed[n] else [None] * len(pairs)
+            columns += [[st[keys[n]] for st in states] if needed[n] else [None] * len(pairs)
                         for n in names]
             be = self._backend_for("parameter", device.type)
             pfmt = F.tag(T.NP_DTYPE[dtype])
-            sfmt = F.state_format(self._state_dtype, pfmt)
+            if q8:   # 8-bit codes; then each one's absmax
+                sfmt = {n: F.Q8U if n in spec.nonneg else F.Q8S for n in names}
+                columns += [[st["absmax" + keys[n][len("state"):]] for st in states]
+                            for n in names if needed[n]]
+            else:
+                one = F.tag(T.NP_DTYPE[self._state_torch_dtype(pairs[0][0])])
+                sfmt = {n: one for n in names}
             formats = (pfmt, F.tag(T.NP_DTYPE[gdtype]),
-                       *[sfmt if needed[n] else None for n in names])
+                       *[sfmt[n] if needed[n] else None for n in names])
             kernel = be.kernel(spec.rule, F.compute_dtype(pfmt), flags, formats, self._rounding)
-            call = self._bound((gi, device, dtype, gdtype, flags, len(pairs)), columns, device,
-                               kernel, offsets)
+            call = self._bound((gi, device, dtype, gdtype, flags, len(pairs), q8), columns,
+                               device, kernel, offsets)
             self._launch(device, call, sc, t)
             if self._needs_step:
                 steps.extend(s["step"] for s in states)
@@ -358,10 +406,25 @@ class FusedOptimizer(_TorchOptimizer):
     @torch.no_grad()
     def load_state_dict(self, state_dict):
         """As torch (same layout), after checking state shapes; values are copied into this
-        optimizer's own (contiguous; in flatten mode flat) buffers."""
+        optimizer's own (contiguous; in flatten mode flat) buffers, converted to its
+        ``state_dtype`` (a bitsandbytes 8-bit state dict loads too: see
+        :mod:`fastopt.torch._checkpoint`)."""
+        state_dict = {**state_dict, "state": {k: _checkpoint._unwrap(v) for k, v in
+                                              state_dict["state"].items()}}
         _checkpoint.check_state_dict(self, state_dict)
-        super().load_state_dict(state_dict)
-        _checkpoint.rehome_state(self)
+        for_torch, aside = _checkpoint.split_state_dict(self, state_dict)
+        super().load_state_dict(for_torch)
+        _checkpoint.rehome_state(self, aside)
+        self._calls.clear()
+
+    def state_dict(self):
+        """As torch.  With ``state_dtype="int8"`` the state is bitsandbytes' layout and each
+        ``step`` an int, so ``bitsandbytes.optim.AdamW8bit(...).load_state_dict`` takes it."""
+        sd = super().state_dict()
+        if self._state_dtype == "int8":
+            sd["state"] = {k: {n: int(v.item()) if n == "step" and isinstance(v, torch.Tensor)
+                               else v for n, v in e.items()} for k, e in sd["state"].items()}
+        return sd
 
 
 def torch_signature(spec):

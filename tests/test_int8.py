@@ -1,0 +1,349 @@
+"""8-bit block-wise state (``state_dtype="int8"``, bitsandbytes' format).
+
+* the maps are bitsandbytes' ``create_dynamic_map`` (and the formula), the compiled codecs'
+  nearest code is exact (against searchsorted on the midpoints);
+* every family and option, on every host backend, against a float64 reference of the same
+  format (dequantize -> update in float64 -> requantize, written plainly), and bit for bit
+  across backends, threads and layouts (bfloat16 parameters, stochastic rounding);
+* ``min_8bit_size``, non-finite values, resume, conversions between state dtypes, bad input.
+"""
+import ml_dtypes
+import numpy as np
+import pytest
+
+import fastopt
+from fastopt import kernels
+from fastopt.kernels import _codecs as C
+from fastopt.kernels import _qmaps as Q
+from fastopt.kernels import formats as F
+from _support import HOST_BACKENDS, OPTIMIZERS_UNDER_TEST, kernel_group
+
+BF16 = np.dtype(ml_dtypes.bfloat16)
+COMPILED = [b for b in HOST_BACKENDS if b != "numpy"]
+# every option of every family that keeps state
+STATEFUL = [pytest.param(cls, kw, id=name) for name, cls, kw in OPTIMIZERS_UNDER_TEST
+            if any(cls.spec.needed(kernel_group(cls.spec, kw)).values())]
+N = 4096 + 300          # 8-bit (>= min_8bit_size), with a partial last block
+
+
+# -- the maps and the nearest code ----------------------------------------------------------------
+
+def _formula_map(signed):
+    """create_dynamic_map's construction in float64 (bitsandbytes rounds it through float32)."""
+    data = []
+    for i in range(7):
+        k = 2 ** i + 1 if signed else 2 ** (i + 1) + 1
+        b = np.linspace(0.1, 1, k)
+        means = (b[:-1] + b[1:]) / 2
+        data += list(10.0 ** (i - 6) * means) + (list(-10.0 ** (i - 6) * means) if signed else [])
+    return np.sort(np.array(data + [0.0, 1.0]))
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_maps_follow_the_formula(signed):
+    q = Q.qmap(signed)
+    assert q.dtype == np.float32 and q.shape == (256,) and (np.diff(q) > 0).all()
+    np.testing.assert_allclose(q, _formula_map(signed), rtol=2 ** -22, atol=0)
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_maps_are_bitsandbytes(signed):
+    torch = pytest.importorskip("torch")
+    bnbf = pytest.importorskip("bitsandbytes.functional")
+    theirs = bnbf.create_dynamic_map(signed=signed).numpy()
+    if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
+        np.testing.assert_array_equal(Q.qmap(signed), theirs)
+    else:  # torch.linspace's last bit depends on the CPU kernel (see _qmaps.py)
+        np.testing.assert_allclose(Q.qmap(signed), theirs, rtol=2 ** -23)
+
+
+def _codec_env():
+    g = vars(C)
+    g.update(u32=np.uint32, u64=np.uint64, f32=np.float32,
+             f32_bits=lambda x: np.array(x, np.float32).view(np.uint32)[()],
+             f32_from_bits=lambda u: np.array(u, np.uint32).view(np.float32)[()])
+    for tag, signed in (("S", True), ("U", False)):
+        mid, lo = Q.tables(signed)
+        g[f"QMID_{tag}"], g[f"QLO_{tag}"] = mid, lo
+    g.update(QB0=Q.B0, QBMAX=Q.BMAX, QNB=Q.NB)
+    return C
+
+
+@pytest.mark.parametrize("fmt", [F.Q8S, F.Q8U])
+def test_compiled_codec_gives_the_exact_nearest_code(fmt):
+    c = _codec_env()
+    signed = fmt == F.Q8S
+    mid = Q.midpoints(signed)[:-1]
+    rng = np.random.default_rng(0)
+    y = np.concatenate([
+        rng.uniform(-1 if signed else 0, 1, 3000), rng.uniform(-1, 1, 3000) * 10.0 **
+        rng.uniform(-9, 0, 3000), mid, np.nextafter(mid, np.float32(2)),
+        np.nextafter(mid, np.float32(-2)), Q.qmap(signed), [0.0, -0.0, 1.0, -1.0, 1e-40]
+    ]).astype(np.float32)
+    if not signed:
+        y = np.abs(y)
+    enc = c.q8s_encode if signed else c.q8u_encode
+    got = np.array([enc(v, np.float32(1)) for v in y])
+    want = np.searchsorted(mid, y, side="left")
+    np.testing.assert_array_equal(got, want)
+    # and that code's value is the nearest one (in exact arithmetic, but for a value within a
+    # unit in the last place of a midpoint: the boundaries are float32)
+    q = Q.qmap(signed).astype(np.float64)
+    y64 = y.astype(np.float64)
+    dist = np.abs(q[got] - y64)
+    best = np.abs(q[None, :] - y64[:, None]).min(axis=1)
+    assert (dist - best <= np.spacing(np.abs(y)).astype(np.float64) + 1e-45).all()
+
+
+def test_quantize_dequantize_roundtrip_and_specials():
+    x = np.concatenate([np.random.default_rng(1).standard_normal(600), [0.0] * 256])
+    codes, absmax = F.quantize(F.Q8S, x)
+    assert codes.dtype == np.uint8 and absmax.shape == (4,) and absmax[3] == 0
+    back = F.dequantize(F.Q8S, codes, absmax)
+    assert (back[-256:] == 0).all()
+    assert np.abs(back[:600] - x[:600]).max() <= 0.02 * np.abs(x).max()
+    c2, a2 = F.quantize(F.Q8S, back)                 # requantizing keeps the codes
+    np.testing.assert_array_equal(c2, codes)
+    # and the absmax, but where a block's largest magnitude is negative: the signed map's most
+    # negative value is -0.99297, not -1
+    neg = np.array([x[i * 256:(i + 1) * 256][np.abs(x[i * 256:(i + 1) * 256]).argmax()] < 0
+                    for i in range(4)])
+    np.testing.assert_array_equal(a2[~neg], absmax[~neg])
+    np.testing.assert_allclose(a2[neg], absmax[neg] * Q.qmap(True)[0] * -1, rtol=1e-6)
+    x[5] = np.nan
+    codes, absmax = F.quantize(F.Q8S, x)
+    assert np.isnan(absmax[0]) and not np.isnan(absmax[1:]).any()
+
+
+# -- every family with state, every host backend --------------------------------------------------
+
+def _problem(pdtype, gdtype=None, seed=0):
+    rng = np.random.default_rng(seed)
+    gdtype = gdtype or pdtype
+    params = {"w": rng.standard_normal(N).astype(pdtype),
+              "m": rng.standard_normal((64, 70)).astype(pdtype),       # 4480: 8-bit
+              "b": rng.standard_normal(37).astype(pdtype)}             # small: float32 state
+    grads = [{k: (rng.standard_normal(v.shape) * 0.3).astype(gdtype) for k, v in params.items()}
+             for _ in range(3)]
+    return params, grads
+
+
+def _copy(params):
+    return {k: v.copy() for k, v in params.items()}
+
+
+def _run(cls, kwargs, params, grads, backend, steps=5, **options):
+    opt = cls(params, backend=backend, state_dtype="int8", **kwargs, **options)
+    for t in range(steps):
+        assert opt.step(grads[t % len(grads)])
+    return opt
+
+
+def _reference(cls, kwargs, params, grads, steps=5, min_8bit_size=4096):
+    """The float64 reference of the same format: per parameter, dequantize its state (8-bit:
+    map[code] * absmax), apply the update in float64 (NumPy's reference rule), requantize
+    (absmax of the new float32 values per block, nearest code) -- the NumPy backend's plain
+    path with a float64 compute dtype."""
+    spec = cls.spec
+    group = kernel_group(spec, kwargs)
+    be = kernels.get_backend("numpy")
+    flags, needed = spec.flags(group), spec.needed(group)
+    params = _copy(params)
+    state = {}
+    for k, p in params.items():
+        q8 = p.size >= min_8bit_size
+        state[k] = {}
+        for n, need in needed.items():
+            if not need:
+                continue
+            fmt = (F.Q8U if n in spec.nonneg else F.Q8S) if q8 else F.F32
+            init = np.full(p.size, spec.initial(n, group), np.float32)
+            state[k][n] = (fmt, *F.quantize(fmt, init)) if q8 else (fmt, init, None)
+    for t in range(1, steps + 1):
+        g = grads[(t - 1) % len(grads)]
+        sc = spec.scalars(group, t, float(group["lr"]))
+        for k, p in params.items():
+            st = [state[k].get(n) for n in spec.state_names]
+            formats = (F.tag(p.dtype), F.tag(g[k].dtype), *[s[0] if s else None for s in st])
+            arrays = [p.reshape(-1), g[k].reshape(-1), *[s[1] if s else None for s in st]]
+            arrays += [s[2] for s in st if s and s[2] is not None]
+            be.run(spec.rule, np.float64, flags, arrays, sc, formats=formats)
+    return params, state
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+@pytest.mark.parametrize("cls, kwargs", STATEFUL)
+def test_matches_float64_reference_of_the_same_format(cls, kwargs, backend):
+    params, grads = _problem(np.float32)
+    before = _copy(params)
+    opt = _run(cls, kwargs, params, grads, backend)
+    ref_params, ref_state = _reference(cls, kwargs, before, grads)
+    for k in params:
+        moved = np.abs(ref_params[k] - before[k]).mean()
+        assert np.abs(params[k] - ref_params[k]).mean() <= 0.01 * moved + 1e-7, k
+        for name, (fmt, codes, absmax) in ref_state[k].items():
+            live = opt.state[k][name]
+            if fmt in F.QUANTIZED:
+                assert live.dtype == np.uint8 and live.shape == params[k].shape
+                assert (live.reshape(-1) == codes).mean() >= 0.97, f"{k}.{name}"
+                np.testing.assert_allclose(opt.state[k][name + "_absmax"], absmax, rtol=1e-3,
+                                           atol=1e-7)
+            else:
+                assert live.dtype == np.float32 and name + "_absmax" not in opt.state[k]
+                np.testing.assert_allclose(live.reshape(-1), codes, rtol=1e-4, atol=1e-6)
+
+
+def _bits(a):
+    a = np.asarray(a)
+    return a.view(np.uint8).reshape(-1)
+
+
+def _assert_same_bits(a, pa, b, pb):
+    for k in pa:
+        np.testing.assert_array_equal(_bits(pa[k]), _bits(pb[k]), err_msg=k)
+        for name, v in a.state[k].items():
+            if name != "step":
+                np.testing.assert_array_equal(_bits(v), _bits(b.state[k][name]),
+                                              err_msg=f"{k}.{name}")
+
+
+@pytest.mark.parametrize("backend", COMPILED)
+@pytest.mark.parametrize("layout", ["bf16-stochastic", "bf16-f32grad", "f16"])
+@pytest.mark.parametrize("cls, kwargs", STATEFUL)
+def test_compiled_backends_give_the_numpy_backends_bits(cls, kwargs, layout, backend):
+    pdtype, gdtype, rounding = {"bf16-stochastic": (BF16, BF16, "stochastic"),
+                                "bf16-f32grad": (BF16, np.float32, "nearest"),
+                                "f16": (np.float16, np.float16, "stochastic")}[layout]
+    pa, grads = _problem(pdtype, gdtype)
+    pb = _copy(pa)
+    a = _run(cls, kwargs, pa, grads, "numpy", rounding=rounding, seed=3)
+    b = _run(cls, kwargs, pb, grads, backend, rounding=rounding, seed=3)
+    _assert_same_bits(a, pa, b, pb)
+
+
+@pytest.mark.parametrize("backend", COMPILED)
+def test_float32_params_same_bits_and_threads(backend, small_threshold):
+    pa, grads = _problem(np.float32)
+    pb = _copy(pa)
+    a = _run(fastopt.AdamW, {"lr": 0.01, "amsgrad": True}, pa, grads, "numpy", min_8bit_size=0)
+    b = _run(fastopt.AdamW, {"lr": 0.01, "amsgrad": True}, pb, grads, backend, min_8bit_size=0)
+    _assert_same_bits(a, pa, b, pb)
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+def test_min_8bit_size_and_arena(backend):
+    params, grads = _problem(np.float32)
+    arena = fastopt.Arena(_copy(params))
+    opt = fastopt.Adam(arena.params, lr=0.01, backend=backend, state_dtype="int8")
+    for k, g in grads[0].items():
+        arena.grads[k][...] = g
+    opt.step(arena.grads)
+    st = opt.state
+    assert st["w"]["exp_avg"].dtype == np.uint8 and st["w"]["exp_avg_absmax"].shape == (18,)
+    assert st["m"]["exp_avg_sq"].dtype == np.uint8
+    assert st["b"]["exp_avg"].dtype == np.float32 and "exp_avg_absmax" not in st["b"]
+    # 8-bit parameters are rows of their own (blocks start at their first element)
+    assert sorted(r for rows in opt.kernel_rows for r in rows) == [37, N, 4480]
+    every = fastopt.Adam(_copy(params), lr=0.01, backend=backend, state_dtype="int8",
+                         min_8bit_size=0)
+    assert every.state["b"]["exp_avg"].dtype == np.uint8
+    assert every.min_8bit_size == 0
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+def test_nonfinite_gradient_poisons_only_its_block(backend):
+    p = np.zeros(2048, np.float32)
+    opt = fastopt.Adam([p], lr=0.01, backend=backend, state_dtype="int8", min_8bit_size=0)
+    g = np.ones(2048, np.float32)
+    g[300] = np.nan                                    # block 1
+    opt.step([g])
+    m = F.dequantize(F.Q8S, opt.state[0]["exp_avg"], opt.state[0]["exp_avg_absmax"])
+    assert np.isnan(opt.state[0]["exp_avg_absmax"][1])
+    assert np.isnan(m[256:512]).all() and np.isfinite(m[:256]).all() and np.isfinite(m[512:]).all()
+    assert np.isnan(p[300]) and np.isfinite(np.delete(p, 300)).all()
+    skip = fastopt.Adam([np.zeros(2048, np.float32)], lr=0.01, backend=backend,
+                        state_dtype="int8", nonfinite="skip", min_8bit_size=0)
+    assert skip.step([g]) is False and (skip.state[0]["exp_avg_absmax"] == 0).all()
+
+
+# -- checkpoints, conversions -------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+def test_resume_is_bit_exact(backend, tmp_path):
+    pa, grads = _problem(BF16, np.float32)
+    options = dict(rounding="stochastic", seed=2)
+    a = _run(fastopt.AdamW, {"lr": 0.01}, pa, grads, backend, steps=6, **options)
+    pb, _ = _problem(BF16, np.float32)
+    b = _run(fastopt.AdamW, {"lr": 0.01}, pb, grads, backend, steps=3, **options)
+    fastopt.save(b, tmp_path / "c.npz")
+    pc = _copy(pb)
+    c = fastopt.AdamW(pc, lr=0.01, backend=backend, state_dtype="int8", **options)
+    fastopt.load(c, tmp_path / "c.npz")
+    assert c.state_dict()["state"][0]["exp_avg"].dtype == np.uint8
+    for t in range(3, 6):
+        c.step(grads[t % 3])
+    _assert_same_bits(a, pa, c, pc)
+
+
+@pytest.mark.parametrize("to", [None, "bfloat16"])
+def test_checkpoints_convert_between_int8_and_float_state(to):
+    params, grads = _problem(np.float32)
+    q = _run(fastopt.Adam, {"lr": 0.01}, _copy(params), grads, "numpy")
+    sd = q.state_dict()
+    assert sd["state_dtype"] == "int8"
+    f = fastopt.Adam(_copy(params), lr=0.01, state_dtype=to)
+    f.load_state_dict(sd)                                  # dequantized
+    want = F.dequantize(F.Q8S, sd["state"][0]["exp_avg"], sd["state"][0]["exp_avg_absmax"])
+    got = f.state["w"]["exp_avg"]
+    np.testing.assert_array_equal(got, want.astype(got.dtype))
+    back = fastopt.Adam(_copy(params), lr=0.01, state_dtype="int8")
+    back.load_state_dict(f.state_dict())                   # quantized again
+    same = (back.state["w"]["exp_avg"] == q.state["w"]["exp_avg"]).mean()
+    assert same == 1.0 if to is None else same > 0.95      # float32: the codes come back
+    np.testing.assert_array_equal(back.state["b"]["exp_avg"], q.state["b"]["exp_avg"]) \
+        if to is None else None
+
+
+def test_checkpoint_whose_codes_or_absmax_do_not_fit_changes_nothing():
+    params, grads = _problem(np.float32)
+    opt = _run(fastopt.Adam, {"lr": 0.01}, params, grads, "numpy")
+    before = {k: v.copy() for k, v in opt.state["w"].items() if k != "step"}
+    good = opt.state_dict()
+    for mutate, exc, match in [
+        (lambda e: e.update(exp_avg_absmax=e["exp_avg_absmax"][:-1]), ValueError,
+         r"'exp_avg_absmax' must be float32 of shape \(18,\)"),
+        (lambda e: e.update(exp_avg_absmax=e["exp_avg_absmax"].astype(np.float64)), ValueError,
+         "must be float32"),
+        (lambda e: e.pop("exp_avg_sq_absmax"), ValueError, "has no 'exp_avg_sq_absmax'"),
+        (lambda e: e.update(exp_avg=e["exp_avg"].astype(np.int16)), TypeError,
+         "dtype int16"),
+    ]:
+        sd = opt.state_dict()
+        mutate(sd["state"][0])
+        with pytest.raises(exc, match=match):
+            opt.load_state_dict(sd)
+        for k, v in before.items():
+            np.testing.assert_array_equal(opt.state["w"][k], v)
+    opt.load_state_dict(good)
+
+
+def test_bad_options():
+    with pytest.raises(ValueError, match="state_dtype='int8': SGD with these options keeps no "
+                                         "state"):
+        fastopt.SGD([np.zeros(5000, np.float32)], lr=0.1, state_dtype="int8")
+    with pytest.raises(ValueError, match="min_8bit_size must be >= 0"):
+        fastopt.Adam([np.zeros(3, np.float32)], state_dtype="int8", min_8bit_size=-1)
+    with pytest.raises(TypeError, match="min_8bit_size must be an integer"):
+        fastopt.Adam([np.zeros(3, np.float32)], state_dtype="int8", min_8bit_size=1.5)
+    # with momentum SGD has state: accepted
+    assert fastopt.SGD([np.zeros(3, np.float32)], lr=0.1, momentum=0.9,
+                       state_dtype="int8").state_dtype == "int8"
+
+
+def test_state_bytes_per_parameter():
+    """The state memory the docs quote: 2 bytes per element plus 4 per 256 for AdamW."""
+    p = np.zeros(1 << 16, np.float32)
+    opt = fastopt.AdamW([p], state_dtype="int8")
+    st = opt.state[0]
+    nbytes = sum(v.nbytes for k, v in st.items() if k != "step")
+    assert nbytes == 2 * p.size + 2 * 4 * (p.size // 256)
