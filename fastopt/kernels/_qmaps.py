@@ -128,3 +128,24 @@ def tables(signed):
             raise AssertionError("a bucket holds two code boundaries")
         out.append(lo.astype(np.uint8))
     return mid, np.concatenate(out)
+
+
+def packed_table(signed):
+    """One 32-bit entry per bucket for the vector loops: ``lo | t << 8``.  Within a bucket every
+    value shares its sign, exponent and top 8 mantissa bits, so ``y > mid[lo]`` is a test on the
+    low 15 bits ``l`` of ``|y|``'s pattern: ``key > t`` with ``key = l`` for positive and
+    ``0x7FFF - l`` for negative values, ``t`` from the boundary inside the bucket (``0x7FFF``,
+    never, when there is none).  Built and checked against :func:`tables`."""
+    mid, lo = tables(signed)
+    out = []
+    for sign in ((1, -1) if signed else (1,)):
+        part = lo[:NB] if sign > 0 else lo[NB:]
+        b = np.arange(NB, dtype=np.int64)
+        m = mid[np.minimum(part.astype(np.int64), 255)]
+        mbits = np.abs(m).astype(np.float32).view(np.uint32).astype(np.int64)
+        inside = (np.minimum(np.maximum(mbits >> 15, B0), BMAX) - B0 == b) & np.isfinite(m) \
+            & (b > 0) & ((m > 0) if sign > 0 else (m < 0))
+        low = mbits & 0x7FFF
+        t = np.where(inside, low if sign > 0 else 0x7FFF - low, 0x7FFF)
+        out.append(part.astype(np.int64) | (t << 8))
+    return np.concatenate(out).astype(np.int32)
