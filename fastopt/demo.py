@@ -26,6 +26,11 @@ Pictures written to ``--out`` (default ``demo-out/``; drawn by :mod:`fastopt.cou
                     run for this picture)
 ``ewa.png``         the course's EWA picture: a noisy year of daily temperatures averaged with
                     beta = 0.5, 0.9, 0.98, and beta = 0.98 with and without bias correction
+``surfaces.png``    every optimizer of the spec list stepping a 2-element float64 ``[x, y]`` from
+                    the same start on the course's 2-D surfaces: a ravine (ill-conditioned
+                    quadratic), a saddle point, a plateau and a noisy bowl
+                    (:mod:`fastopt.course.surfaces`); the table of how close each one got to
+                    the minimum is printed
 """
 from __future__ import annotations
 
@@ -43,7 +48,8 @@ from fastopt.averaging import WeightEMA
 from fastopt.course.naive import AdamNaive, GDNaive, MomentumNaive, RMSpropNaive
 from fastopt.course.network import (backward, compute_cost, forward, initialize_parameters,
                                     layer_dims_for, load_data, predict)
-from fastopt.course.plots import plot_boundaries, plot_cost, plot_ewa, plot_lr
+from fastopt.course.plots import plot_boundaries, plot_cost, plot_ewa, plot_lr, plot_paths
+from fastopt.course.surfaces import format_paths, run_paths
 from fastopt.data import minibatches
 
 # The network, the naive optimizers and the pictures live in fastopt.course; they are imported
@@ -310,6 +316,20 @@ def main(argv=None):
     p = os.path.join(args.out, "ewa.png")
     plot_ewa(p, seed=args.seed)
     written.append(p)
+
+    # every optimizer of the spec list on the course's 2-D surfaces, from the same start
+    paths = run_paths(seed=args.seed, backend=args.backend)
+    p = os.path.join(args.out, "surfaces.png")
+    plot_paths(paths, p)
+    written.append(p)
+    print("\n2-D surfaces (surfaces.png): each optimizer steps a 2-element float64 [x, y] from "
+          "the same start; distance to the nearest\nminimum after the surface's step budget "
+          "(lr: hand-tuned per surface in fastopt.course.surfaces.LEARNING_RATES)")
+    print(format_paths(paths))
+    for ps in paths.values():
+        for q in ps:
+            if q.error:
+                print(f"  note: {q.name} on {q.surface} stopped: {q.error}")
     print(f"\nwrote {', '.join(written)}")
     print(f"demo wall time: {time.perf_counter() - t_start:.1f} s")
     return 0

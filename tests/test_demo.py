@@ -112,7 +112,8 @@ def test_short_demo_run_writes_its_pictures(tmp_path, capsys):
     text = capsys.readouterr().out
     for name in ("Mini-batch GD", "Momentum", "RMSprop", "Adam", "naive/fastopt"):
         assert name in text
-    for png in ("cost.png", "lr.png", "boundaries.png", "ewa.png"):
+    assert "2-D surfaces" in text and "ravine" in text and "plateau" in text
+    for png in ("cost.png", "lr.png", "boundaries.png", "ewa.png", "surfaces.png"):
         f = out / png
         assert f.exists() and f.stat().st_size > 10_000
         assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
