@@ -45,6 +45,37 @@ def _join(tensors):
     return torch.as_strided(first, (n,), (1,))
 
 
+def _check_addresses(columns, kernel):
+    """Before a kernel is bound to raw addresses (no NumPy view checks them): every tensor has
+    its column's storage dtype and is contiguous, and each array has its parameter's number of
+    elements -- a state buffer left float32 by ``model.to(torch.float64)``, or of a parameter
+    whose ``.data`` changed shape, raises here (as torch's step raises) instead of being read
+    out of bounds."""
+    if kernel.formats is None:  # pragma: no cover - the adapter always names formats
+        return
+    arrays = len(kernel.formats)
+    for c, col in enumerate(columns):
+        fmt = kernel.formats[c] if c < arrays else "absmax"
+        if fmt is None:
+            continue
+        want = np.dtype(np.float32) if c >= arrays else F.storage_dtype(fmt)
+        for k, t in enumerate(col):
+            if t is None:
+                continue
+            if T.NP_DTYPE.get(t.dtype, _NP_OTHER.get(t.dtype)) != want or not t.is_contiguous():
+                raise TypeError(f"fastopt.torch: {_COLUMN[min(c, 2)]} {k} of a kernel call has "
+                                f"dtype {t.dtype} (contiguous: {t.is_contiguous()}); the "
+                                f"kernel needs contiguous {want} (state of another dtype than "
+                                f"its parameter: move the optimizer's state too)")
+            if c < arrays and t.numel() != columns[0][k].numel():
+                raise ValueError(f"fastopt.torch: {_COLUMN[min(c, 2)]} {k} of a kernel call has "
+                                 f"{t.numel()} elements, its parameter {columns[0][k].numel()}")
+
+
+_COLUMN = ("parameter", "gradient", "state tensor")
+_NP_OTHER = {torch.uint8: np.dtype(np.uint8)}
+
+
 class FusedOptimizer(_TorchOptimizer):
     """Shared machinery; each subclass sets :attr:`spec` (see :mod:`fastopt.specs`)."""
 
@@ -67,6 +98,7 @@ class FusedOptimizer(_TorchOptimizer):
         self._slot = {}           # id(param) -> (Flat, index)
         self._backends = {}
         self._calls = {}          # (group, device, dtype, flags, n) -> (tensor identities, call)
+        self._odd = False         # this step has DTensor or non-contiguous parameters
         super().__init__(params, defaults)
 
     # -- construction --------------------------------------------------------------------------
@@ -163,6 +195,9 @@ class FusedOptimizer(_TorchOptimizer):
                 label = T.label(group, gi, i, p)
                 T.check_param(label, p)
                 self._backend_for(label, p.device.type)
+                if T.is_dtensor(p) and (self._flatten or self._state_dtype == "int8"):
+                    raise ValueError(f"{label} is a DTensor (FSDP2); flatten=True and "
+                                     f"state_dtype='int8' step plain tensors only")
         except Exception:
             self.param_groups.pop()  # leave the optimizer as it was
             raise
@@ -265,6 +300,7 @@ class FusedOptimizer(_TorchOptimizer):
                 label = T.label(group, gi, i, p)
                 T.check_param(label, p)
                 g = T.check_grad(label, p, g)
+                self._odd = self._odd or T.is_dtensor(p) or not p.is_contiguous()
             t = self._count(p) + 1
             r = t if self.spec.torch_step else self._steps_taken(self.state.get(p)) + 1
             by_t.setdefault((t, r), []).append((p, g))
@@ -284,13 +320,14 @@ class FusedOptimizer(_TorchOptimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._odd = False   # set by _plan_group: a DTensor or non-contiguous parameter
         plans = [self._plan_group(gi, g) for gi, g in enumerate(self.param_groups)]
         for gi, (group, buckets) in enumerate(zip(self.param_groups, plans)):
             if buckets:
                 self._run_group(gi, group, buckets)
         return loss
 
-    def _bound(self, key, columns, device, kernel, offsets):
+    def _bound(self, key, columns, device, kernel, offsets, owners=None):
         """The bound kernel call over ``columns`` (parameters, gradients, each state buffer):
         tensors laid end to end in one storage, in every column at once, are one row
         (:func:`fastopt._layout.joint_runs`).
@@ -306,7 +343,7 @@ class FusedOptimizer(_TorchOptimizer):
         if hit is not None and hit[0] == ident:
             return hit[1]
         be = self._backend_for("parameter", device.type)
-        params = columns[0]
+        params = columns[0] if owners is None else owners   # whose element offsets
         runs = []
         for run in _layout.joint_runs(columns, _locate):
             # a run is one row only where its elements are consecutive in the element index
@@ -316,6 +353,7 @@ class FusedOptimizer(_TorchOptimizer):
             runs += [run[a:b] for a, b in zip(cut, cut[1:] + [len(run)])]
         bases = [offsets[id(params[run[0]])] for run in runs]
         if device.type == "cpu" and hasattr(be, "bind_addresses"):
+            _check_addresses(columns, kernel)
             rows = []
             for run in runs:
                 full = [columns[0][k] for k in run]
@@ -342,9 +380,16 @@ class FusedOptimizer(_TorchOptimizer):
         keys = self._state_keys(needed)
         for (device, dtype, gdtype, sc, t, q8), pairs in buckets.items():
             states = [self._ensure_state(p, group, needed) for p, _ in pairs]
-            columns = [[p for p, _ in pairs], [g for _, g in pairs]]
+            owners = [p for p, _ in pairs]
+            # the kernel's tensors: local shards of DTensors; a non-contiguous parameter
+            # through a contiguous copy, written back after the kernel (the common contiguous
+            # path copies nothing)
+            work, back = T.kernel_params(owners) if self._odd else (owners, ())
+            columns = [work, [g for _, g in pairs]]
             columns += [[st[keys[n]] for st in states] if needed[n] else [None] * len(pairs)
                         for n in names]
+            if self._odd:   # DTensor state: its local shards
+                columns[2:] = [[T.local(t) for t in col] for col in columns[2:]]
             be = self._backend_for("parameter", device.type)
             pfmt = F.tag(T.NP_DTYPE[dtype])
             if q8:   # 8-bit codes; then each one's absmax
@@ -358,8 +403,10 @@ class FusedOptimizer(_TorchOptimizer):
                        *[sfmt[n] if needed[n] else None for n in names])
             kernel = be.kernel(spec.rule, F.compute_dtype(pfmt), flags, formats, self._rounding)
             call = self._bound((gi, device, dtype, gdtype, flags, len(pairs), q8), columns,
-                               device, kernel, offsets)
+                               device, kernel, offsets, owners)
             self._launch(device, call, sc, t)
+            for dst, src in back:
+                dst.copy_(src)
             if self._needs_step:
                 steps.extend(s["step"] for s in states)
         if steps:

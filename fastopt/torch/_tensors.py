@@ -2,12 +2,17 @@
 tensors, and the checks that decide whether a tensor can be stepped in place."""
 from __future__ import annotations
 
+import sys
+
 import ml_dtypes
 import numpy as np
 import torch
 
 __all__ = ["NP_DTYPE", "HALF", "check_param", "check_grad", "host", "device", "label",
-           "scalar_dtype", "grad_dtype_ok"]
+           "scalar_dtype", "grad_dtype_ok", "local", "is_dtensor"]
+
+#: the types of plain tensors (anything else may be a DTensor)
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 NP_DTYPE = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64),
             torch.bfloat16: np.dtype(ml_dtypes.bfloat16), torch.float16: np.dtype(np.float16)}
@@ -44,22 +49,60 @@ def check_param(label_, p):
     if p.device.type not in ("cpu", "cuda"):
         raise TypeError(f"{label_} is on device {p.device}; fastopt.torch steps CPU and CUDA "
                         f"tensors")
-    if not p.is_contiguous():
-        raise ValueError(f"{label_} is not contiguous; the fused step updates its memory in "
-                         f"place (make it contiguous once: p.data = p.data.contiguous())")
+    if torch._debug_has_internal_overlap(local(p)) == 1:
+        raise ValueError(f"{label_} has elements sharing memory (an expanded view); it cannot "
+                         f"be updated in place")
+
+
+def is_dtensor(t):
+    """True for a ``torch.distributed.tensor.DTensor`` (FSDP2's parameters), without
+    importing torch.distributed when nothing has."""
+    if type(t) in _PLAIN:
+        return False
+    mod = sys.modules.get("torch.distributed.tensor")
+    return mod is not None and isinstance(t, mod.DTensor)
+
+
+def local(t):
+    """The tensor a kernel steps: a DTensor's local shard (its own memory: in-place updates
+    update the DTensor), any other tensor itself."""
+    return t._local_tensor if t is not None and is_dtensor(t) else t
+
+
+def kernel_params(params):
+    """``(tensors the kernel steps, [(parameter memory, contiguous copy)] to write back)``:
+    each parameter itself when it is a contiguous plain tensor (no copy, the common path), a
+    DTensor's local shard, and a contiguous copy of a non-contiguous one, whose values the
+    caller copies back into the parameter's own memory after the kernel ran (torch.optim
+    steps such parameters in place too)."""
+    work, back = params, []
+    for i, p in enumerate(params):
+        t = local(p)
+        if t is not p or not p.is_contiguous():
+            if work is params:
+                work = list(params)
+            if not t.is_contiguous():
+                c = t.contiguous()
+                back.append((t, c))
+                t = c
+            work[i] = t
+    return work, back
 
 
 def fast_ok(p, g):
     """True when ``p`` and its gradient pass every check (the common case, without building
-    an error label); False sends them through :func:`check_param` / :func:`check_grad`."""
-    return (p.dtype in NP_DTYPE and grad_dtype_ok(g, p) and p.layout is torch.strided
+    an error label); False sends them through :func:`check_param` / :func:`check_grad`
+    (non-contiguous tensors and DTensors always take that path)."""
+    return (type(p) in _PLAIN and type(g) in _PLAIN
+            and p.dtype in NP_DTYPE and grad_dtype_ok(g, p) and p.layout is torch.strided
             and g.layout is torch.strided and p.is_contiguous() and g.is_contiguous()
             and g.shape == p.shape and g.device == p.device
             and p.device.type in ("cpu", "cuda"))
 
 
 def check_grad(label_, p, g):
-    """The gradient as a contiguous tensor of p's dtype/shape/device (copied if non-contiguous)."""
+    """The gradient as the kernel reads it: a contiguous tensor of p's dtype/shape/device
+    (copied if non-contiguous; a DTensor's local shard)."""
     if g.is_sparse or g.layout != torch.strided:
         raise RuntimeError(f"{label_}: fastopt.torch does not support sparse gradients")
     if not grad_dtype_ok(g, p):
@@ -71,6 +114,16 @@ def check_grad(label_, p, g):
                          f"{tuple(p.shape)}")
     if g.device != p.device:
         raise ValueError(f"{label_}: gradient is on {g.device}, the parameter on {p.device}")
+    if is_dtensor(p) or is_dtensor(g):
+        if not (is_dtensor(p) and is_dtensor(g)):
+            raise TypeError(f"{label_}: a DTensor parameter needs a DTensor gradient and the "
+                            f"reverse")
+        if tuple(g.placements) != tuple(p.placements) or g.device_mesh != p.device_mesh:
+            raise ValueError(f"{label_}: gradient placements {tuple(g.placements)} differ from "
+                             f"the parameter's {tuple(p.placements)}")
+        g = local(g)
+        if g.shape != local(p).shape:  # pragma: no cover - same placements, same shard
+            raise ValueError(f"{label_}: local gradient shard has shape {tuple(g.shape)}")
     return g if g.is_contiguous() else g.contiguous()
 
 

@@ -1,0 +1,320 @@
+"""fastopt.torch under torch.distributed, against torch.optim.AdamW under the same wrapper:
+DDP (``gradient_as_bucket_view=True``), ZeroRedundancyOptimizer (with and without
+``parameters_as_bucket_view``, a rank with an empty param group, hyperparameters changed
+through ``param_groups``, ``consolidate_state_dict`` and a reload), FSDP2 (``fully_shard``:
+DTensor parameters, one with an empty local shard; DCP save -> fresh model -> load ->
+continue; full state dicts) and ``_apply_optimizer_in_backward``.
+
+The multi-process scenarios run in one pair of gloo processes on localhost
+(``torch.multiprocessing`` spawn, ``file://`` rendezvous in a temporary directory), started
+once for the module and bounded in time; each test below reads its scenario's outcome.
+"""
+import copy
+import datetime
+import os
+import time
+import traceback
+
+import pytest
+
+torch = pytest.importorskip("torch")
+dist = pytest.importorskip("torch.distributed")
+if not dist.is_available() or not dist.is_gloo_available():  # pragma: no cover
+    pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
+
+import fastopt.torch as ft  # noqa: E402
+
+WORLD = 2
+#: the whole spawned run (every scenario) must end within this many seconds
+DEADLINE_S = 240
+TOL = dict(rtol=1e-5, atol=1e-6)
+LR, WD = 0.02, 0.05
+
+
+def _close(a, b, what):
+    torch.testing.assert_close(b, a, **TOL, msg=lambda m: f"{what}: {m}")
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    # Linear(6, 1)'s bias has one element: under FSDP2 on two ranks one local shard is empty
+    return torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 6),
+                               torch.nn.Tanh(), torch.nn.Linear(6, 1))
+
+
+def _batch(rank, i):
+    g = torch.Generator().manual_seed(1000 * rank + i)
+    return torch.randn(4, 5, generator=g), torch.randn(4, 1, generator=g)
+
+
+def _train(model, opt, rank, steps, start=0, set_to_none=True):
+    for i in range(start, start + steps):
+        opt.zero_grad(set_to_none=set_to_none or i % 2 == 0)
+        x, y = _batch(rank, i)
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        opt.step()
+
+
+def _params(model):
+    out = []
+    for p in model.parameters():
+        p = p.detach()
+        out.append(p.full_tensor() if hasattr(p, "full_tensor") else p.clone())
+    return out
+
+
+def _same_params(ref, got, what):
+    for k, (a, b) in enumerate(zip(_params(ref), _params(got))):
+        _close(a, b, f"{what}: parameter {k}")
+
+
+# -- scenarios (run on every rank) ------------------------------------------------------------
+
+def scenario_ddp_bucket_view(rank, tmp):
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    ref = DDP(_model(), gradient_as_bucket_view=True)
+    got = DDP(_model(), gradient_as_bucket_view=True)
+    ref_opt = torch.optim.AdamW(ref.parameters(), lr=LR, weight_decay=WD)
+    opt = ft.AdamW(got.parameters(), lr=LR, weight_decay=WD)
+    _train(ref, ref_opt, rank, 6, set_to_none=False)   # set_to_none alternates
+    _train(got, opt, rank, 6, set_to_none=False)
+    _same_params(ref, got, "DDP")
+
+
+def _zero(params, cls, bucket_view):
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+    return ZeroRedundancyOptimizer(params, optimizer_class=cls, lr=LR, weight_decay=WD,
+                                   parameters_as_bucket_view=bucket_view)
+
+
+def _groups(model):
+    """Two param groups, the first a single tensor: ZeRO gives it to one rank, so the other
+    rank's local optimizer has an empty param group."""
+    ps = list(model.parameters())
+    return [{"params": ps[-1:]}, {"params": ps[:-1], "betas": (0.8, 0.99)}]
+
+
+def _zero_run(rank, tmp, bucket_view):
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    ref, got = DDP(_model()), DDP(_model())
+    ref_opt = _zero(_groups(ref), torch.optim.AdamW, bucket_view)
+    opt = _zero(_groups(got), ft.AdamW, bucket_view)
+    local = [len(g["params"]) for g in opt.optim.param_groups]
+    assert local == [len(g["params"]) for g in ref_opt.optim.param_groups]
+    _train(ref, ref_opt, rank, 3)
+    _train(got, opt, rank, 3)
+    _same_params(ref, got, "ZeRO")
+    for o in (ref_opt, opt):        # hyperparameters changed through param_groups
+        o.param_groups[0]["lr"] = LR / 2
+        o.param_groups[1]["weight_decay"] = 0.0
+        o.param_groups[1]["betas"] = (0.7, 0.95)
+    _train(ref, ref_opt, rank, 3, start=3)
+    _train(got, opt, rank, 3, start=3)
+    _same_params(ref, got, "ZeRO after changing hyperparameters")
+    # consolidate on rank 0, save, reload into a fresh model and optimizer, continue
+    opt.consolidate_state_dict(to=0)
+    path = os.path.join(tmp, f"zero-{bucket_view}.pt")
+    if rank == 0:
+        torch.save({"model": got.module.state_dict(), "optim": opt.state_dict()}, path)
+    dist.barrier()
+    ckpt = torch.load(path, weights_only=True)
+    again = DDP(_model(seed=1))
+    again.module.load_state_dict(ckpt["model"])
+    opt2 = _zero(_groups(again), ft.AdamW, bucket_view)
+    opt2.load_state_dict(ckpt["optim"])
+    assert opt2.param_groups[1]["betas"] == (0.7, 0.95)
+    _train(ref, ref_opt, rank, 3, start=6)
+    _train(again, opt2, rank, 3, start=6)
+    _same_params(ref, again, "ZeRO resumed from a consolidated checkpoint")
+
+
+def scenario_zero(rank, tmp):
+    _zero_run(rank, tmp, bucket_view=False)
+
+
+def scenario_zero_bucket_view(rank, tmp):
+    _zero_run(rank, tmp, bucket_view=True)
+
+
+def _fsdp(seed=0):
+    from torch.distributed.fsdp import fully_shard
+    model = _model(seed)
+    for layer in model:
+        if isinstance(layer, torch.nn.Linear):
+            fully_shard(layer)
+    return fully_shard(model)
+
+
+def scenario_fsdp2(rank, tmp):
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+        set_model_state_dict, set_optimizer_state_dict)
+    from torch.distributed.tensor import DTensor
+
+    ref, got = _fsdp(), _fsdp()
+    locals_ = [p.to_local().numel() for p in got.parameters()]
+    assert all(isinstance(p, DTensor) for p in got.parameters())
+    assert 0 in locals_ or rank == 0, locals_      # rank 1 holds an empty shard
+    for kw in ({"flatten": True}, {"state_dtype": "int8"}):   # plain tensors only
+        try:
+            ft.AdamW(got.parameters(), **kw)
+        except ValueError as exc:
+            assert "DTensor" in str(exc), exc
+        else:
+            raise AssertionError(f"{kw} accepted DTensor parameters")
+    ref_opt = torch.optim.AdamW(ref.parameters(), lr=LR, weight_decay=WD)
+    opt = ft.AdamW(got.parameters(), lr=LR, weight_decay=WD)
+    _train(ref, ref_opt, rank, 4)
+    _train(got, opt, rank, 4)
+    _same_params(ref, got, "FSDP2")
+    for p, q in zip(ref.parameters(), got.parameters()):     # state: DTensors, as torch
+        for name in ("exp_avg", "exp_avg_sq"):
+            a, b = ref_opt.state[p][name], opt.state[q][name]
+            assert isinstance(b, DTensor) and b.placements == q.placements, name
+            _close(a.full_tensor(), b.full_tensor(), f"FSDP2 state {name}")
+        assert opt.state[q]["step"].item() == 4
+
+    # DCP: save (every rank its shards) -> a fresh model and optimizer -> load -> continue
+    ckpt = os.path.join(tmp, "dcp")
+    dcp.save({"model": get_model_state_dict(got), "optim": get_optimizer_state_dict(got, opt)},
+             checkpoint_id=ckpt)
+    fresh = _fsdp(seed=1)
+    fresh_opt = ft.AdamW(fresh.parameters(), lr=LR, weight_decay=WD)
+    sd = {"model": get_model_state_dict(fresh),
+          "optim": get_optimizer_state_dict(fresh, fresh_opt)}
+    dcp.load(sd, checkpoint_id=ckpt)
+    set_model_state_dict(fresh, sd["model"])
+    set_optimizer_state_dict(fresh, fresh_opt, sd["optim"])   # load_state_dict(state_dict=...)
+    for q, r in zip(got.parameters(), fresh.parameters()):
+        for name in ("exp_avg", "exp_avg_sq"):
+            b = fresh_opt.state[r][name]
+            assert isinstance(b, DTensor) and b.placements == r.placements
+            assert torch.equal(b.to_local(), opt.state[q][name].to_local()), name
+        assert fresh_opt.state[r]["step"].item() == 4
+    # a full (unsharded, plain-tensor) optimizer state dict into another fresh pair
+    full = get_optimizer_state_dict(got, opt, options=StateDictOptions(full_state_dict=True))
+    assert not any(isinstance(v, DTensor) for st in full["state"].values() for v in st.values())
+    third = _fsdp(seed=2)
+    set_model_state_dict(third, get_model_state_dict(got))
+    third_opt = ft.AdamW(third.parameters(), lr=LR, weight_decay=WD)
+    set_optimizer_state_dict(third, third_opt, full,
+                             options=StateDictOptions(full_state_dict=True))
+    _train(ref, ref_opt, rank, 3, start=4)
+    _train(fresh, fresh_opt, rank, 3, start=4)
+    _train(third, third_opt, rank, 3, start=4)
+    _same_params(ref, fresh, "FSDP2 resumed from DCP")
+    _same_params(ref, third, "FSDP2 resumed from a full state dict")
+
+
+def scenario_fsdp2_torch_checkpoint(rank, tmp):
+    """torch.optim.AdamW's sharded checkpoint resumes in fastopt (same names, same layout)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import DefaultLoadPlanner
+    from torch.distributed.checkpoint.state_dict import (get_model_state_dict,
+                                                         get_optimizer_state_dict,
+                                                         set_model_state_dict,
+                                                         set_optimizer_state_dict)
+    ref = _fsdp()
+    ref_opt = torch.optim.AdamW(ref.parameters(), lr=LR, weight_decay=WD)
+    _train(ref, ref_opt, rank, 2)
+    ckpt = os.path.join(tmp, "dcp-torch")
+    dcp.save({"model": get_model_state_dict(ref),
+              "optim": get_optimizer_state_dict(ref, ref_opt)}, checkpoint_id=ckpt)
+    got = _fsdp(seed=1)
+    opt = ft.AdamW(got.parameters(), lr=LR, weight_decay=WD)
+    sd = {"model": get_model_state_dict(got), "optim": get_optimizer_state_dict(got, opt)}
+    # torch's param groups lack fastopt's own hyperparameters (Adam's bias_correction): a
+    # partial load keeps this optimizer's values for them
+    dcp.load(sd, checkpoint_id=ckpt, planner=DefaultLoadPlanner(allow_partial_load=True))
+    set_model_state_dict(got, sd["model"])
+    set_optimizer_state_dict(got, opt, sd["optim"])
+    assert opt.param_groups[0]["bias_correction"] is True
+    _train(ref, ref_opt, rank, 3, start=2)
+    _train(got, opt, rank, 3, start=2)
+    _same_params(ref, got, "torch's FSDP2 checkpoint resumed in fastopt")
+
+
+SCENARIOS = {name[len("scenario_"):]: fn for name, fn in dict(globals()).items()
+             if name.startswith("scenario_")}
+
+
+def _worker(rank, tmp):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method="file://" + os.path.join(tmp, "rendezvous"),
+                            rank=rank, world_size=WORLD,
+                            timeout=datetime.timedelta(seconds=60))
+    try:
+        for name, fn in SCENARIOS.items():
+            outcome = "ok"
+            try:
+                fn(rank, tmp)
+            except BaseException:   # (DCP's CheckpointException is one) recorded per
+                # scenario; the others still run
+                outcome = traceback.format_exc()
+            with open(os.path.join(tmp, f"{name}.{rank}.txt"), "w") as f:
+                f.write(outcome)
+            dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory):
+    import torch.multiprocessing as mp
+    tmp = str(tmp_path_factory.mktemp("dist"))
+    ctx = mp.start_processes(_worker, args=(tmp,), nprocs=WORLD, join=False,
+                             start_method="spawn")
+    deadline = time.monotonic() + DEADLINE_S
+    try:
+        while not ctx.join(timeout=2):
+            if time.monotonic() > deadline:
+                pytest.fail(f"the distributed scenarios did not finish in {DEADLINE_S} s")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+    out = {}
+    for name in SCENARIOS:
+        texts = []
+        for rank in range(WORLD):
+            path = os.path.join(tmp, f"{name}.{rank}.txt")
+            texts.append(open(path).read() if os.path.exists(path) else "did not run")
+        out[name] = texts
+    return out
+
+
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_distributed(outcomes, name):
+    bad = [f"rank {r}:\n{t}" for r, t in enumerate(outcomes[name]) if t != "ok"]
+    assert not bad, "\n".join(bad)
+
+
+# -- single process ----------------------------------------------------------------------------
+
+def test_apply_optimizer_in_backward():
+    """One optimizer per parameter, built from a class and kwargs, stepped by backward."""
+    from torch.distributed.optim import _apply_optimizer_in_backward
+    ref, got = _model(), _model()
+    _apply_optimizer_in_backward(torch.optim.AdamW, ref.parameters(),
+                                 {"lr": LR, "weight_decay": WD})
+    _apply_optimizer_in_backward(ft.AdamW, got.parameters(), {"lr": LR, "weight_decay": WD})
+    for i in range(4):
+        for m in (ref, got):
+            x, y = _batch(0, i)
+            torch.nn.functional.mse_loss(m(x), y).backward()
+    for a, b in zip(ref.parameters(), got.parameters()):
+        _close(a.detach(), b.detach(), "_apply_optimizer_in_backward")
+    assert all(isinstance(o, ft.AdamW) for p in got.parameters()
+               for o in p._in_backward_optimizers)
+
+
+def test_load_state_dict_by_keyword():
+    ref, got = _model(), copy.deepcopy(_model())
+    ref_opt = torch.optim.AdamW(ref.parameters(), lr=LR)
+    x, y = _batch(0, 0)
+    torch.nn.functional.mse_loss(ref(x), y).backward()
+    ref_opt.step()
+    opt = ft.AdamW(got.parameters(), lr=LR)
+    opt.load_state_dict(state_dict=copy.deepcopy(ref_opt.state_dict()))
+    assert opt.state[next(got.parameters())]["step"].item() == 1
