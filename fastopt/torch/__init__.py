@@ -30,12 +30,20 @@ How tensors reach the kernels
       float32.  ``state_dtype``, ``rounding`` and ``seed`` are :class:`fastopt.Optimizer`'s.
       Any other dtype raises ``TypeError`` naming the parameter, at construction.  With
       ``rounding="stochastic"`` SGD keeps a ``step`` in its state (torch's SGD has none; it
-      feeds the random bits).  Non-contiguous parameters raise ``ValueError`` (they are
-      not copied: the step updates the parameter's own memory).  A non-contiguous *gradient* is
-      copied to a contiguous one (read only, so this is correct, just slower).  Sparse
-      gradients raise ``RuntimeError``.  ``capturable=True`` and ``differentiable=True`` are not
+      feeds the random bits).  A non-contiguous parameter (transposed, sliced, channels-last)
+      is stepped in place as torch.optim does: the kernel runs on a contiguous copy that is
+      then written back into the parameter's own memory (contiguous parameters, the common
+      case, are never copied); one whose elements share memory (``expand()``) raises
+      ``ValueError``.  A non-contiguous *gradient* is copied to a contiguous one (read only).
+      Sparse gradients raise ``RuntimeError``.  ``capturable=True`` and ``differentiable=True`` are not
       supported (``ValueError``); ``foreach`` and ``fused`` are accepted and ignored (the step
       is always one fused pass per buffer).
+    * DTensor parameters (FSDP2's ``fully_shard``) are stepped through their local shards
+      (``to_local()``; an empty shard is fine) and their state is kept as DTensors with the
+      parameter's placements, as torch.optim keeps it, so ``get_optimizer_state_dict`` /
+      ``set_optimizer_state_dict`` and ``torch.distributed.checkpoint`` save and restore every
+      shard.  ``flatten=True`` and ``state_dtype="int8"`` reject DTensors (``ValueError``);
+      stochastic rounding indexes its bits by the element's place in the local shard.
 
 Kernel calls
     Parameters of one (device, dtype) whose step scalars agree (the bias corrections use each
