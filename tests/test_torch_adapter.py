@@ -236,7 +236,15 @@ def test_state_dict_layout_matches_torch():
     ref_opt.step()
     opt.step()
     ts, fs = ref_opt.state_dict(), opt.state_dict()
-    assert set(fs["param_groups"][0]) == set(ts["param_groups"][0]) | {"bias_correction"}
+    # fastopt's own bias_correction is left out at its default: torch's keys exactly
+    assert set(fs["param_groups"][0]) == set(ts["param_groups"][0])
+    off = ft.Adam(model.parameters(), bias_correction=False)
+    assert off.state_dict()["param_groups"][0]["bias_correction"] is False
+    # loading a dict without it (torch's, or fastopt's at the default) gives the default
+    off.load_state_dict(fs)
+    assert off.param_groups[0]["bias_correction"] is True
+    off.load_state_dict(ft.Adam(model.parameters(), bias_correction=False).state_dict())
+    assert off.param_groups[0]["bias_correction"] is False
     st = fs["state"][0]
     assert st["step"].dtype == torch.float32 and st["step"].dim() == 0
     assert st["step"].device.type == "cpu"

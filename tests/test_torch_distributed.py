@@ -210,7 +210,6 @@ def scenario_fsdp2(rank, tmp):
 def scenario_fsdp2_torch_checkpoint(rank, tmp):
     """torch.optim.AdamW's sharded checkpoint resumes in fastopt (same names, same layout)."""
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint import DefaultLoadPlanner
     from torch.distributed.checkpoint.state_dict import (get_model_state_dict,
                                                          get_optimizer_state_dict,
                                                          set_model_state_dict,
@@ -224,15 +223,28 @@ def scenario_fsdp2_torch_checkpoint(rank, tmp):
     got = _fsdp(seed=1)
     opt = ft.AdamW(got.parameters(), lr=LR, weight_decay=WD)
     sd = {"model": get_model_state_dict(got), "optim": get_optimizer_state_dict(got, opt)}
-    # torch's param groups lack fastopt's own hyperparameters (Adam's bias_correction): a
-    # partial load keeps this optimizer's values for them
-    dcp.load(sd, checkpoint_id=ckpt, planner=DefaultLoadPlanner(allow_partial_load=True))
+    # strict: fastopt's state dict has torch's keys (bias_correction left out at its default)
+    dcp.load(sd, checkpoint_id=ckpt)
     set_model_state_dict(got, sd["model"])
     set_optimizer_state_dict(got, opt, sd["optim"])
     assert opt.param_groups[0]["bias_correction"] is True
     _train(ref, ref_opt, rank, 3, start=2)
     _train(got, opt, rank, 3, start=2)
     _same_params(ref, got, "torch's FSDP2 checkpoint resumed in fastopt")
+    # and back: fastopt's sharded checkpoint resumes in torch.optim.AdamW
+    ckpt2 = os.path.join(tmp, "dcp-fastopt")
+    dcp.save({"model": get_model_state_dict(got),
+              "optim": get_optimizer_state_dict(got, opt)}, checkpoint_id=ckpt2)
+    back = _fsdp(seed=2)
+    back_opt = torch.optim.AdamW(back.parameters(), lr=LR, weight_decay=WD)
+    sd = {"model": get_model_state_dict(back),
+          "optim": get_optimizer_state_dict(back, back_opt)}
+    dcp.load(sd, checkpoint_id=ckpt2)
+    set_model_state_dict(back, sd["model"])
+    set_optimizer_state_dict(back, back_opt, sd["optim"])
+    _train(ref, ref_opt, rank, 2, start=5)
+    _train(back, back_opt, rank, 2, start=5)
+    _same_params(ref, back, "fastopt's FSDP2 checkpoint resumed in torch")
 
 
 SCENARIOS = {name[len("scenario_"):]: fn for name, fn in dict(globals()).items()

@@ -77,9 +77,12 @@ Kernel calls
 State dicts
     ``state_dict()`` returns torch's layout holding references to the live state (as torch);
     in flatten mode these are views into the flat state buffers (``torch.save`` writes each flat
-    buffer once).  ``load_state_dict()`` validates shapes before changing anything and then
-    **copies** the loaded values into this optimizer's own buffers (torch would alias them), so
-    the loaded dict can keep being used elsewhere.
+    buffer once).  Hyperparameters torch's twin lacks (Adam's ``bias_correction``) are left out
+    of ``param_groups`` at their defaults, so the keys are torch's exactly (DCP's strict load
+    plans match either way); a loaded dict without them gets the defaults.
+    ``load_state_dict()`` validates shapes before changing anything and then **copies** the
+    loaded values into this optimizer's own buffers (torch would alias them), so the loaded dict
+    can keep being used elsewhere.
 """
 from __future__ import annotations
 

@@ -27,9 +27,23 @@ __all__ = ["after_setstate", "check_state_dict", "split_state_dict", "rehome_sta
 BNB_WRAP = "__bnb_optimizer_quant_state__"
 
 
+def fastopt_only(spec):
+    """``{name: default}`` of the hyperparameters a torch.optim twin of ``spec`` lacks (Adam's
+    ``bias_correction``): ``state_dict()`` leaves them out at their defaults."""
+    if not spec.torch or not spec.torch_order:
+        return {}
+    return {h.name: h.default for h in spec.hypers if h.name not in spec.torch_order}
+
+
 def after_setstate(opt):
-    """After unpickling: defaults for keys an older pickle lacks, ``step`` as a tensor."""
+    """After unpickling or loading: defaults for keys the saved groups lack (an older pickle;
+    fastopt's own hyperparameters, left out of a state dict at their defaults and absent from
+    torch's: the spec's default, which is what torch's twin computes), ``step`` as a
+    tensor."""
+    own = fastopt_only(opt.spec)
     for group in opt.param_groups:
+        for k, v in own.items():
+            group.setdefault(k, v)
         for k, v in opt.defaults.items():
             group.setdefault(k, v)
         for p in group["params"]:

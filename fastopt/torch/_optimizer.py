@@ -471,6 +471,11 @@ class FusedOptimizer(_TorchOptimizer):
         if self._state_dtype == "int8":
             sd["state"] = {k: {n: int(v.item()) if n == "step" and isinstance(v, torch.Tensor)
                                else v for n, v in e.items()} for k, e in sd["state"].items()}
+        own = _checkpoint.fastopt_only(self.spec)
+        if own:   # at their defaults, fastopt's own hyperparameters are left out: the dict is
+            # then torch's exactly (DCP's strict load plans match both ways)
+            sd["param_groups"] = [{k: v for k, v in g.items() if k not in own or v != own[k]}
+                                  for g in sd["param_groups"]]
         return sd
 
 
