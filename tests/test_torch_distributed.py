@@ -247,6 +247,33 @@ def scenario_fsdp2_torch_checkpoint(rank, tmp):
     _same_params(ref, back, "fastopt's FSDP2 checkpoint resumed in torch")
 
 
+def scenario_dtensor_stochastic_rounding(rank, tmp):
+    """bfloat16 DTensors sharded on dim 0 (one shard empty) with stochastic rounding: the same
+    bits as the unsharded parameters (each shard draws its elements' own random bits)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+    mesh = init_device_mesh("cpu", (WORLD,))
+    gen = torch.Generator().manual_seed(5)
+    fulls = [torch.randn(s, generator=gen).to(torch.bfloat16)
+             for s in ((7, 3), (5,), (1, 4), (300,))]
+    grads = [[torch.randn(f.shape, generator=gen).to(torch.bfloat16) for f in fulls]
+             for _ in range(3)]
+    plain = [torch.nn.Parameter(f.clone()) for f in fulls]
+    sharded = [torch.nn.Parameter(distribute_tensor(f.clone(), mesh, [Shard(0)]))
+               for f in fulls]
+    kw = dict(lr=0.01, rounding="stochastic", seed=3)
+    ref, opt = ft.AdamW(plain, **kw), ft.AdamW(sharded, **kw)
+    for gs in grads:
+        for p, q, g in zip(plain, sharded, gs):
+            p.grad = g.clone()
+            q.grad = distribute_tensor(g.clone(), mesh, [Shard(0)])
+        ref.step()
+        opt.step()
+    for k, (p, q) in enumerate(zip(plain, sharded)):
+        assert not torch.equal(p.detach(), fulls[k])
+        assert torch.equal(q.detach().full_tensor(), p.detach()), k
+
+
 SCENARIOS = {name[len("scenario_"):]: fn for name, fn in dict(globals()).items()
              if name.startswith("scenario_")}
 

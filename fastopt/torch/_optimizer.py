@@ -344,14 +344,17 @@ class FusedOptimizer(_TorchOptimizer):
             return hit[1]
         be = self._backend_for("parameter", device.type)
         params = columns[0] if owners is None else owners   # whose element offsets
+        # each kernel tensor's first element in stochastic rounding's element index (a
+        # DTensor's local shard: where the shard starts in its parameter)
+        start = [offsets[id(p)] + T.shard_start(p) for p in params]
         runs = []
         for run in _layout.joint_runs(columns, _locate):
             # a run is one row only where its elements are consecutive in the element index
             # of stochastic rounding too
-            cut = [0] + [j for j in range(1, len(run)) if offsets[id(params[run[j]])] !=
-                         offsets[id(params[run[j - 1]])] + params[run[j - 1]].numel()]
+            cut = [0] + [j for j in range(1, len(run)) if start[run[j]] !=
+                         start[run[j - 1]] + columns[0][run[j - 1]].numel()]
             runs += [run[a:b] for a, b in zip(cut, cut[1:] + [len(run)])]
-        bases = [offsets[id(params[run[0]])] for run in runs]
+        bases = [start[run[0]] for run in runs]
         if device.type == "cpu" and hasattr(be, "bind_addresses"):
             _check_addresses(columns, kernel)
             rows = []

@@ -2,6 +2,7 @@
 tensors, and the checks that decide whether a tensor can be stepped in place."""
 from __future__ import annotations
 
+import math
 import sys
 
 import ml_dtypes
@@ -67,6 +68,20 @@ def local(t):
     """The tensor a kernel steps: a DTensor's local shard (its own memory: in-place updates
     update the DTensor), any other tensor itself."""
     return t._local_tensor if t is not None and is_dtensor(t) else t
+
+
+def shard_start(p):
+    """Where a DTensor's local shard starts among its parameter's elements (row-major), so
+    stochastic rounding draws the bits the unsharded parameter would; 0 for a plain tensor,
+    and for a shard that is not one block of the parameter (then the bits are the shard's
+    own, still reproducible)."""
+    if not is_dtensor(p):
+        return 0
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+    shape, offset = compute_local_shape_and_global_offset(p.shape, p.device_mesh, p.placements)
+    if tuple(shape[1:]) != tuple(p.shape[1:]) or any(offset[1:]):
+        return 0
+    return offset[0] * math.prod(p.shape[1:]) if p.dim() else 0
 
 
 def kernel_params(params):
