@@ -43,7 +43,7 @@ How tensors reach the kernels
       parameter's placements, as torch.optim keeps it, so ``get_optimizer_state_dict`` /
       ``set_optimizer_state_dict`` and ``torch.distributed.checkpoint`` save and restore every
       shard.  ``flatten=True`` and ``state_dtype="int8"`` reject DTensors (``ValueError``);
-      stochastic rounding indexes its bits by the element's place in the local shard.
+      stochastic rounding draws the bits the unsharded parameter would (shards along dim 0).
 
 Kernel calls
     Parameters of one (device, dtype) whose step scalars agree (the bias corrections use each
