@@ -307,3 +307,14 @@ def test_versus_runs_against_a_checkout(tmp_path):
     import sys as _sys
     assert _sys.modules["fastopt"].__file__.startswith(str(root))
     assert "fastopt_old" in _sys.modules
+
+
+def test_torch_overhead_runs_tiny(capsys):
+    """bench/torch_overhead.py on the course MLP, two rounds: every implementation timed."""
+    pytest.importorskip("torch")
+    B = _load("fastopt_bench_torch_overhead", "torch_overhead.py")
+    out = B.main(["--rounds", "2", "--sets", "course_mlp"])
+    assert set(out["course_mlp"]) == set(B.IMPLS)
+    assert all(v > 0 for v in out["course_mlp"].values())
+    assert "torch-fused" in capsys.readouterr().out
+    assert len(B.resnet18()) == 62 and sum(np.prod(s) for s in B.resnet18()) == 11_689_512
