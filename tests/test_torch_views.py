@@ -362,3 +362,26 @@ def test_state_of_another_dtype_raises_before_changing_anything():
     with pytest.raises((TypeError, RuntimeError), match="dtype"):
         opt.step()
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+@pytest.mark.parametrize("kw", [dict(state_dtype="int8"), dict(state_dtype="bfloat16"),
+                                dict(rounding="stochastic", seed=4)],
+                         ids=["int8-state", "bf16-state", "stochastic"])
+def test_non_contiguous_param_same_bits_as_its_contiguous_twin(kw):
+    """A transposed parameter is stepped in its logical (row-major) order: bit for bit what a
+    contiguous parameter holding the same values gets, 8-bit blocks and random bits included."""
+    dtype = torch.bfloat16 if "rounding" in kw else torch.float32
+    torch.manual_seed(1)
+    base = torch.randn(80, 70).to(dtype)          # 5600 elements: 8-bit state (>= 4096)
+    odd = base.clone().t().requires_grad_()       # (70, 80), non-contiguous
+    twin = base.t().contiguous().requires_grad_()
+    assert not odd.is_contiguous() and torch.equal(odd, twin)
+    o1, o2 = ft.AdamW([odd], lr=0.01, **kw), ft.AdamW([twin], lr=0.01, **kw)
+    for i in range(3):
+        g = grads_for([twin], i)[0]
+        odd.grad, twin.grad = g.clone(), g.clone()
+        o1.step()
+        o2.step()
+    assert torch.equal(odd.detach(), twin.detach())
+    for name, v in o2.state[twin].items():
+        assert torch.equal(o1.state[odd][name], v), name
