@@ -385,3 +385,25 @@ def test_non_contiguous_param_same_bits_as_its_contiguous_twin(kw):
     assert torch.equal(odd.detach(), twin.detach())
     for name, v in o2.state[twin].items():
         assert torch.equal(o1.state[odd][name], v), name
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_parameter_replaced_in_param_groups(backend):
+    """A parameter swapped into ``param_groups`` by hand (torch steps it with fresh state)."""
+    torch.manual_seed(0)
+    ref = [torch.nn.Parameter(torch.randn(3, 2)), torch.nn.Parameter(torch.randn(4))]
+    got = [torch.nn.Parameter(p.detach().clone()) for p in ref]
+    ref_opt = torch.optim.Adam(ref, lr=0.05)
+    opt = ft.Adam(got, lr=0.05, backend=backend)
+    for i in range(5):
+        if i == 2:
+            new = torch.randn(5, 5)
+            for ps, o in ((ref, ref_opt), (got, opt)):
+                ps[1] = torch.nn.Parameter(new.clone())
+                o.param_groups[0]["params"][1] = ps[1]
+        for p, q, g in zip(ref, got, grads_for(ref, i)):
+            p.grad, q.grad = g, g.clone()
+        ref_opt.step()
+        opt.step()
+        assert_close(ref, got)
+    assert opt.state[got[1]]["step"].item() == 3

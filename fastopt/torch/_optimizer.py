@@ -346,6 +346,9 @@ class FusedOptimizer(_TorchOptimizer):
         params = columns[0] if owners is None else owners   # whose element offsets
         # each kernel tensor's first element in stochastic rounding's element index (a
         # DTensor's local shard: where the shard starts in its parameter)
+        if any(id(p) not in offsets for p in params):   # param_groups edited in place
+            self._offsets = None
+            offsets = self._element_offsets()
         start = [offsets[id(p)] + T.shard_start(p) for p in params]
         runs = []
         for run in _layout.joint_runs(columns, _locate):
