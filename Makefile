@@ -49,6 +49,7 @@ bench: $(STAMP)
 	$(BENCH) -k "torch" --benchmark-json=bench/results/latest-torch.json
 	$(PY) bench/report.py bench/results/latest-numba.json bench/results/latest-cython.json bench/results/latest-torch.json
 	$(PY) bench/bench_formats.py --out bench/results
+	$(PY) bench/bench_optimizers.py --out bench/results
 
 # Separate, longer runs: Cython vs Numba at 2^24, the torch adapter on model-shaped sets.
 bench-extra: $(STAMP)

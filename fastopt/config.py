@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import os
 
-#: fastmath flags for the CPU kernels: everything but ``nnan``/``ninf``, so ``isfinite``
-#: checks survive and NaN/Inf propagate exactly as in NumPy.
-FASTMATH_FLAGS = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
+#: fastmath flags for the CPU kernels: not ``nnan``/``ninf``, so ``isfinite`` checks survive and
+#: NaN/Inf propagate exactly as in NumPy; not ``reassoc`` either, which lets LLVM factor
+#: ``p*a + c*(g + d*p)`` into ``p*(a + c*d) + ...`` and turn torch's ``inf - inf = NaN`` into
+#: ``inf`` (ASGD's decay and L2 term; the element-wise loops vectorize without it).
+FASTMATH_FLAGS = frozenset({"nsz", "arcp", "contract", "afn"})
 
 PARALLEL_THRESHOLD = 65536
 CUDA_THREADS_PER_BLOCK = 256

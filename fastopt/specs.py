@@ -65,6 +65,21 @@ class Spec:
     check_group: object = None      # group -> None: checks across hyperparameters
     fixed: dict = field(default_factory=dict)   # hyperparameters the class sets (AdamW)
     nonneg: tuple = ()              # state that is never negative (8-bit: the unsigned map)
+    #: torch's 0-d per-parameter state besides ``step`` (NAdam's ``mu_product``, ASGD's
+    #: ``eta``, ``mu``): name -> ``(group, t, lr) -> value after t steps`` (t = 0: initial)
+    torch_scalar_state: dict = field(default_factory=dict)
+    #: state initialized as a copy of the parameter at its first step (Schedule-Free's ``z``)
+    from_param: tuple = ()
+    #: per-group running values kept in the param group (Schedule-Free's ``k``, ``weight_sum``,
+    #: ...): name -> initial value; ``after_step(group, t, lr) -> {name: value}`` gives their
+    #: values after step t (``scalars`` reads them, pure, before); ``group_step`` names the one
+    #: that counts steps (then torch keeps no per-parameter ``step``)
+    group_state: dict = field(default_factory=dict)
+    after_step: object = None
+    group_step: str = ""
+    #: ``{method: (rule, weight(group), train_mode after)}``: Schedule-Free's ``train()`` and
+    #: ``eval()``, one fused ``lerp_to`` pass of each parameter towards its ``z``
+    switch: dict = field(default_factory=dict)
     references: str = ""
     notes: str = ""
 
@@ -76,12 +91,25 @@ class Spec:
             sig = _SIGNATURES[self.rule] = rule_signature(self.rule)
         return sig
 
+    def advance(self, group, t, lr):
+        """After step ``t``: the group's running values (``group_state``) updated in place (a
+        plain ``dict.update``: not a hyperparameter change)."""
+        if self.after_step is not None:
+            dict.update(group, self.after_step(group, t, lr))
+
+    def scale_grad(self, scalars, factor):
+        """The step's scalars with the gradient scaled by ``factor`` (``max_grad_norm``'s clip
+        coefficient, folded into the rule's ``grad_sign``)."""
+        i = self.signature.scalars.index("grad_sign")
+        return scalars[:i] + (scalars[i] * factor,) + scalars[i + 1:]
+
     @property
     def state_names(self):
         return self.signature.arrays[2:]
 
     def defaults(self):
-        return {h.name: h.default for h in self.hypers} | dict(self.fixed)
+        return {h.name: h.default for h in self.hypers} | dict(self.fixed) | \
+            dict(self.group_state)
 
     def validate(self, group):
         """Check and normalise a param group's hyperparameters in place."""
@@ -220,7 +248,7 @@ array([0.9, 0.9, 0.9], dtype=float32)""",
 def _momentum_scalars(g, t, lr):
     beta = g["beta"]
     bc = 1.0 - beta ** t if g["bias_correction"] else 1.0
-    return (-lr / bc, beta, 1.0 - beta, g["weight_decay"])
+    return (-lr / bc, beta, 1.0 - beta, g["weight_decay"], 1.0)
 
 
 MOMENTUM = Spec(
@@ -456,5 +484,531 @@ array([0.95, 0.95])""",
     references="Loshchilov & Hutter, \"Decoupled Weight Decay Regularization\", ICLR 2019.",
 )
 
+
+# -- Adamax ----------------------------------------------------------------------------------------
+
+def _pair(check):
+    def check_pair(name, value):
+        if not isinstance(value, (tuple, list)) or len(value) != 2:
+            raise ValueError(f"Invalid {name}: {value!r} (expected a pair)")
+        return (check(f"{name}[0]", value[0]), check(f"{name}[1]", value[1]))
+    return check_pair
+
+
+def _finite(name, value):
+    """Any finite number."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        import numpy as np
+        if not isinstance(value, (np.floating, np.integer)):
+            raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"Invalid {name}: {value} (must be a finite number)")
+    return value
+
+
+def _etas(name, value):
+    lo, hi = _pair(C.nonneg)(name, value)
+    if not 0.0 < lo < 1.0 < hi:
+        raise ValueError(f"Invalid {name}: {value!r} (need 0 < etaminus < 1 < etaplus)")
+    return (lo, hi)
+
+
+def _step_sizes(name, value):
+    lo, hi = _pair(C.nonneg)(name, value)
+    if lo > hi:
+        raise ValueError(f"Invalid {name}: {value!r} (need step_size_min <= step_size_max)")
+    return (lo, hi)
+
+
+def _lerp_small(beta1):
+    return 1.0 - beta1 < 0.5
+
+
+def _adamax_scalars(g, t, lr):
+    beta1, beta2 = g["betas"]
+    return (_sign(g), g["weight_decay"], 1.0 - beta1, -beta1, beta2, g["eps"],
+            -lr / (1.0 - beta1 ** t))
+
+
+ADAMAX = Spec(
+    name="Adamax", rule="adamax", torch="torch.optim.Adamax",
+    summary="Adamax: Adam with the infinity norm in place of the second moment.",
+    math=r"""
+.. math::
+
+    m_t &= \beta_1 m_{t-1} + (1-\beta_1) g_t \\
+    u_t &= \max(\beta_2 u_{t-1}, |g_t| + \epsilon) \\
+    p_t &= p_{t-1} - \frac{\eta}{1-\beta_1^t}\, \frac{m_t}{u_t}
+
+with ``g = -grad`` if ``maximize``, then ``g = g + weight_decay * p``.""",
+    hypers=(Hyper("lr", 2e-3, C.lr, _LR),
+            Hyper("betas", (0.9, 0.999), C.betas, "``(beta1, beta2)``, each in [0, 1)."),
+            Hyper("eps", 1e-8, C.nonneg, "Added to ``|g|`` in the infinity norm."),
+            Hyper("weight_decay", 0.0, C.nonneg, _WD),
+            Hyper("maximize", False, C.boolean, _MAX, kw_only=True)),
+    torch_order=("lr", "betas", "eps", "weight_decay", "foreach", "*", "maximize",
+                 "differentiable", "capturable"),
+    state={"exp_avg": 0.0, "exp_inf": 0.0},
+    nonneg=("exp_inf",),
+    scalars=_adamax_scalars,
+    flags=lambda g: (g["weight_decay"] != 0, _lerp_small(g["betas"][0])),
+    example="""
+>>> import numpy as np, fastopt
+>>> w = np.zeros(2)
+>>> opt = fastopt.Adamax([w], lr=0.1, eps=0.0)
+>>> _ = opt.step([np.array([2.0, -0.5])])
+>>> w
+array([-0.1,  0.1])""",
+    cases={"": dict(lr=0.01), "wd-max": dict(lr=0.01, weight_decay=0.1, maximize=True,
+                                             betas=(0.8, 0.99)),
+           "beta1-small-eps": dict(lr=0.01, betas=(0.3, 0.9), eps=1e-3)},
+    bench={"adamax": dict(lr=1e-3)},
+    references="Kingma & Ba, \"Adam: A Method for Stochastic Optimization\", ICLR 2015, "
+               "section 7.1.",
+)
+
+
+# -- NAdam -----------------------------------------------------------------------------------------
+
+_MU_PRODUCTS: dict = {}
+
+
+def _nadam_mu(beta1, momentum_decay, t):
+    return beta1 * (1.0 - 0.5 * 0.96 ** (t * momentum_decay))
+
+
+def _nadam_mu_product(beta1, momentum_decay, t):
+    """``mu_1 * ... * mu_t`` (cached per (beta1, momentum_decay): O(1) per step)."""
+    prods = _MU_PRODUCTS.setdefault((beta1, momentum_decay), [1.0])
+    while len(prods) <= t:
+        prods.append(prods[-1] * _nadam_mu(beta1, momentum_decay, len(prods)))
+    return prods[t]
+
+
+def _nadam_scalars(g, t, lr):
+    beta1, beta2 = g["betas"]
+    md, wd = g["momentum_decay"], g["weight_decay"]
+    mu, mu_next = _nadam_mu(beta1, md, t), _nadam_mu(beta1, md, t + 1)
+    prod = _nadam_mu_product(beta1, md, t)
+    decay = 1.0 - lr * wd if g["decoupled_weight_decay"] else 1.0
+    return (decay, _sign(g), wd, 1.0 - beta1, -beta1, beta2, 1.0 - beta2,
+            1.0 / (1.0 - beta2 ** t), g["eps"], -lr * (1.0 - mu) / (1.0 - prod),
+            -lr * mu_next / (1.0 - prod * mu_next))
+
+
+def _decoupled_flags(g):
+    return (g["weight_decay"] != 0 and not g["decoupled_weight_decay"],
+            _lerp_small(g["betas"][0]))
+
+
+NADAM = Spec(
+    name="NAdam", rule="nadam", torch="torch.optim.NAdam",
+    summary="NAdam: Adam with Nesterov momentum (and torch's momentum-decay schedule).",
+    math=r"""
+.. math::
+
+    \mu_t &= \beta_1 (1 - \tfrac12\, 0.96^{t\,\psi}) \qquad (\psi = \mathrm{momentum\_decay}) \\
+    m_t &= \beta_1 m_{t-1} + (1-\beta_1) g_t, \quad
+    v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2, \quad
+    d_t = \sqrt{v_t / (1-\beta_2^t)} + \epsilon \\
+    p_t &= p_{t-1} - \eta \frac{1-\mu_t}{1-\prod_{i\le t}\mu_i} \frac{g_t}{d_t}
+          - \eta \frac{\mu_{t+1}}{1-\prod_{i\le t+1}\mu_i} \frac{m_t}{d_t}
+
+with ``g = -grad`` if ``maximize``, then the L2 term, or AdamW's decay ``p *= 1 - lr*wd`` with
+``decoupled_weight_decay``.""",
+    hypers=(Hyper("lr", 2e-3, C.lr, _LR),
+            Hyper("betas", (0.9, 0.999), C.betas, "``(beta1, beta2)``, each in [0, 1)."),
+            Hyper("eps", 1e-8, C.nonneg, "Added to the denominator."),
+            Hyper("weight_decay", 0.0, C.nonneg,
+                  "L2 penalty, or decoupled decay with ``decoupled_weight_decay``."),
+            Hyper("momentum_decay", 4e-3, C.nonneg, "``psi`` of the momentum schedule."),
+            Hyper("decoupled_weight_decay", False, C.boolean, "AdamW-style weight decay."),
+            Hyper("maximize", False, C.boolean, _MAX, kw_only=True)),
+    torch_order=("lr", "betas", "eps", "weight_decay", "momentum_decay",
+                 "decoupled_weight_decay", "*", "foreach", "maximize", "capturable",
+                 "differentiable"),
+    state={"exp_avg": 0.0, "exp_avg_sq": 0.0},
+    nonneg=("exp_avg_sq",),
+    scalars=_nadam_scalars,
+    flags=_decoupled_flags,
+    torch_scalar_state={"mu_product": lambda g, t, lr: _nadam_mu_product(
+        g["betas"][0], g["momentum_decay"], t)},
+    notes="torch keeps ``mu_product`` as per-parameter state; fastopt computes it from the "
+          "step count (the same value, in float64).",
+    example="""
+>>> import numpy as np, fastopt
+>>> w = np.zeros(2)
+>>> opt = fastopt.NAdam([w], lr=0.1)
+>>> _ = opt.step([np.array([3.0, -0.5])])   # the first step: slightly more than lr
+>>> np.round(w, 4)
+array([-0.1056,  0.1056])""",
+    cases={"": dict(lr=0.01), "md-wd": dict(lr=0.01, momentum_decay=0.01, weight_decay=0.1),
+           "decoupled-max": dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True,
+                                 maximize=True),
+           "beta1-small": dict(lr=0.01, betas=(0.3, 0.9))},
+    bench={"nadam": dict(lr=1e-3)},
+    references="Dozat, \"Incorporating Nesterov Momentum into Adam\", ICLR 2016 workshop.",
+)
+
+
+# -- RAdam -----------------------------------------------------------------------------------------
+
+def _radam_scalars(g, t, lr):
+    beta1, beta2 = g["betas"]
+    wd = g["weight_decay"]
+    bc1, bc2 = 1.0 - beta1 ** t, 1.0 - beta2 ** t
+    rho_inf = 2.0 / (1.0 - beta2) - 1.0
+    rho_t = rho_inf - 2.0 * t * beta2 ** t / bc2
+    on = rho_t > 5.0
+    rect = math.sqrt((rho_t - 4.0) * (rho_t - 2.0) * rho_inf
+                     / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t)) if on else 0.0
+    decay = 1.0 - lr * wd if g["decoupled_weight_decay"] else 1.0
+    return (decay, _sign(g), wd, 1.0 - beta1, -beta1, beta2, 1.0 - beta2, bc1, lr,
+            math.sqrt(bc2), g["eps"], rect, 1.0 if on else 0.0, 0.0)
+
+
+RADAM = Spec(
+    name="RAdam", rule="radam", torch="torch.optim.RAdam",
+    summary="RAdam: Adam with the variance of the adaptive step rectified.",
+    math=r"""
+.. math::
+
+    m_t, v_t &\text{ as Adam}, \quad \rho_\infty = \frac{2}{1-\beta_2} - 1, \quad
+    \rho_t = \rho_\infty - \frac{2 t \beta_2^t}{1-\beta_2^t} \\
+    p_t &= p_{t-1} - \eta \frac{m_t}{1-\beta_1^t}
+          \frac{\sqrt{1-\beta_2^t}}{\sqrt{v_t} + \epsilon}\, r_t \text{ if } \rho_t > 5,
+          \text{ else } p_{t-1} - \eta \frac{m_t}{1-\beta_1^t} \\
+    r_t &= \sqrt{\frac{(\rho_t-4)(\rho_t-2)\rho_\infty}{(\rho_\infty-4)(\rho_\infty-2)\rho_t}}
+
+with ``g = -grad`` if ``maximize``, then the L2 term, or AdamW's decay with
+``decoupled_weight_decay``.  Which branch a step takes depends only on ``t``: it is a per-step
+scalar of the one fused loop.""",
+    hypers=(Hyper("lr", 1e-3, C.lr, _LR),
+            Hyper("betas", (0.9, 0.999), C.betas, "``(beta1, beta2)``, each in [0, 1)."),
+            Hyper("eps", 1e-8, C.nonneg, "Added to the denominator."),
+            Hyper("weight_decay", 0.0, C.nonneg,
+                  "L2 penalty, or decoupled decay with ``decoupled_weight_decay``."),
+            Hyper("decoupled_weight_decay", False, C.boolean, "AdamW-style weight decay."),
+            Hyper("maximize", False, C.boolean, _MAX, kw_only=True)),
+    torch_order=("lr", "betas", "eps", "weight_decay", "decoupled_weight_decay", "*",
+                 "foreach", "maximize", "capturable", "differentiable"),
+    state={"exp_avg": 0.0, "exp_avg_sq": 0.0},
+    nonneg=("exp_avg_sq",),
+    scalars=_radam_scalars,
+    flags=_decoupled_flags,
+    example="""
+>>> import numpy as np, fastopt
+>>> w = np.zeros(2)
+>>> opt = fastopt.RAdam([w], lr=0.1)
+>>> _ = opt.step([np.array([3.0, -0.5])])   # early steps: momentum only (rho_t <= 5)
+>>> np.round(w, 6)
+array([-0.3 ,  0.05])""",
+    cases={"": dict(lr=0.01), "wd-max": dict(lr=0.01, weight_decay=0.1, maximize=True),
+           "decoupled": dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True),
+           "beta-small": dict(lr=0.01, betas=(0.3, 0.8))},
+    bench={"radam": dict(lr=1e-3)},
+    references="Liu et al., \"On the Variance of the Adaptive Learning Rate and Beyond\", "
+               "ICLR 2020.",
+)
+
+
+# -- Adadelta --------------------------------------------------------------------------------------
+
+ADADELTA = Spec(
+    name="Adadelta", rule="adadelta", torch="torch.optim.Adadelta",
+    summary="Adadelta: step sizes from the ratio of two running RMS values.",
+    math=r"""
+.. math::
+
+    s_t &= \rho s_{t-1} + (1-\rho) g_t^2 \\
+    \Delta_t &= \frac{\sqrt{a_{t-1} + \epsilon}}{\sqrt{s_t + \epsilon}}\, g_t, \quad
+    a_t = \rho a_{t-1} + (1-\rho) \Delta_t^2 \\
+    p_t &= p_{t-1} - \eta \Delta_t
+
+with ``g = -grad`` if ``maximize``, then ``g = g + weight_decay * p``.""",
+    hypers=(Hyper("lr", 1.0, C.lr, _LR),
+            Hyper("rho", 0.9, C.unit_closed, "Decay of both running averages, in [0, 1]."),
+            Hyper("eps", 1e-6, C.nonneg, "Added inside both square roots."),
+            Hyper("weight_decay", 0.0, C.nonneg, _WD),
+            Hyper("maximize", False, C.boolean, _MAX, kw_only=True)),
+    torch_order=("lr", "rho", "eps", "weight_decay", "foreach", "*", "capturable", "maximize",
+                 "differentiable"),
+    state={"square_avg": 0.0, "acc_delta": 0.0},
+    nonneg=("square_avg", "acc_delta"),
+    scalars=lambda g, t, lr: (-lr, _sign(g), g["weight_decay"], g["rho"], 1.0 - g["rho"],
+                              g["eps"]),
+    flags=lambda g: (g["weight_decay"] != 0,),
+    example="""
+>>> import numpy as np, fastopt
+>>> w = np.zeros(2)
+>>> opt = fastopt.Adadelta([w], lr=1.0, rho=0.0, eps=1e-6)
+>>> _ = opt.step([np.array([1.0, -1.0])])
+>>> np.round(w, 6)
+array([-0.001,  0.001])""",
+    cases={"": dict(lr=1.0), "rho-eps-wd-max": dict(lr=0.5, rho=0.5, eps=1e-4, weight_decay=0.1,
+                                                    maximize=True)},
+    bench={"adadelta": dict(lr=1.0)},
+    references="Zeiler, \"ADADELTA: An Adaptive Learning Rate Method\", arXiv:1212.5701.",
+)
+
+
+# -- ASGD ------------------------------------------------------------------------------------------
+
+def _asgd_eta(g, t, lr):
+    """eta after t steps (the one step t+1 uses): ``lr / (1 + lambd*lr*t)**alpha``."""
+    return lr / ((1.0 + g["lambd"] * lr * t) ** g["alpha"])
+
+
+def _asgd_mu(g, t):
+    """mu after t steps (the one step t+1 uses): 1 before the first, then
+    ``1 / max(1, t - t0)``."""
+    return 1.0 if t == 0 else 1.0 / max(1.0, t - g["t0"])
+
+
+def _asgd_scalars(g, t, lr):
+    eta, mu = _asgd_eta(g, t - 1, lr), _asgd_mu(g, t - 1)
+    return (_sign(g), g["weight_decay"], 1.0 - g["lambd"] * eta, -eta, mu,
+            0.0 if mu == 1.0 else 1.0, 0.0)
+
+
+ASGD = Spec(
+    name="ASGD", rule="asgd", torch="torch.optim.ASGD",
+    summary="Averaged SGD: SGD with a decaying step and a running average of the iterates.",
+    math=r"""
+.. math::
+
+    \eta_t &= \frac{\eta}{(1 + \lambda \eta (t-1))^\alpha}, \quad
+    \mu_t = \frac{1}{\max(1, t - 1 - t_0)} \quad (\mu_1 = 1) \\
+    p_t &= p_{t-1} (1 - \lambda \eta_t) - \eta_t g_t \\
+    \bar p_t &= \bar p_{t-1} + \mu_t (p_t - \bar p_{t-1}) \text{ once } \mu_t \ne 1,
+    \text{ else } \bar p_t = p_t
+
+with ``g = -grad`` if ``maximize``, then ``g = g + weight_decay * p``.  The average is the
+state ``ax``.""",
+    hypers=(Hyper("lr", 1e-2, C.lr, _LR),
+            Hyper("lambd", 1e-4, C.nonneg, "Decay term of the step size and the weights."),
+            Hyper("alpha", 0.75, C.nonneg, "Power of the step-size decay."),
+            Hyper("t0", 1e6, _finite, "The step after which averaging begins."),
+            Hyper("weight_decay", 0.0, C.nonneg, _WD),
+            Hyper("maximize", False, C.boolean, _MAX, kw_only=True)),
+    torch_order=("lr", "lambd", "alpha", "t0", "weight_decay", "foreach", "maximize",
+                 "differentiable", "capturable"),
+    state={"ax": 0.0},
+    scalars=_asgd_scalars,
+    flags=lambda g: (g["weight_decay"] != 0,),
+    torch_scalar_state={"eta": lambda g, t, lr: _asgd_eta(g, t, lr),
+                        "mu": lambda g, t, lr: _asgd_mu(g, t)},
+    notes="``eta_t`` is computed from the current ``lr``; torch computes it at the end of the "
+          "previous step from that step's ``lr`` (the same for a constant ``lr``; with a "
+          "schedule the two differ by one step of the schedule).",
+    example="""
+>>> import numpy as np, fastopt
+>>> w = np.ones(2)
+>>> opt = fastopt.ASGD([w], lr=0.5, lambd=0.0)
+>>> _ = opt.step([np.ones(2)])
+>>> w, opt.state[0]["ax"]
+(array([0.5, 0.5]), array([0.5, 0.5]))""",
+    cases={"": dict(lr=0.01),
+           "averaging-wd-max": dict(lr=0.05, lambd=0.01, alpha=0.5, t0=5.0, weight_decay=0.01,
+                                    maximize=True)},
+    bench={"asgd": dict(lr=1e-3)},
+    references="Polyak & Juditsky, \"Acceleration of Stochastic Approximation by Averaging\", "
+               "SIAM J. Control Optim. 1992.",
+)
+
+
+# -- Rprop -----------------------------------------------------------------------------------------
+
+def _rprop_scalars(g, t, lr):
+    (etaminus, etaplus), (lo, hi) = g["etas"], g["step_sizes"]
+    return (_sign(g), etaminus, etaplus, lo, hi, 1.0, 0.0)
+
+
+RPROP = Spec(
+    name="Rprop", rule="rprop", torch="torch.optim.Rprop",
+    summary="Rprop: per-coordinate step sizes grown or shrunk by the sign of the gradient.",
+    math=r"""
+.. math::
+
+    f &= \eta_+ \text{ if } g_t g_{t-1} > 0, \quad \eta_- \text{ if } g_t g_{t-1} < 0,
+    \quad 1 \text{ else} \\
+    \Delta_t &= \mathrm{clamp}(f\, \Delta_{t-1}, \Delta_{\min}, \Delta_{\max}), \quad
+    g_t \leftarrow 0 \text{ where } g_t g_{t-1} < 0 \\
+    p_t &= p_{t-1} - \mathrm{sign}(g_t)\, \Delta_t
+
+with ``g = -grad`` if ``maximize``; ``Delta_0 = lr``, and ``prev`` holds the (masked)
+``g_{t-1}``.""",
+    hypers=(Hyper("lr", 1e-2, C.lr, "The initial step size (the step size is state after)."),
+            Hyper("etas", (0.5, 1.2), _etas, "``(etaminus, etaplus)``, 0 < etaminus < 1 < "
+                                             "etaplus."),
+            Hyper("step_sizes", (1e-6, 50.0), _step_sizes,
+                  "``(min, max)`` of the step size."),
+            Hyper("maximize", False, C.boolean, _MAX, kw_only=True)),
+    torch_order=("lr", "etas", "step_sizes", "*", "capturable", "foreach", "maximize",
+                 "differentiable"),
+    state={"prev": 0.0, "step_size": lambda g: C.lr_value(g["lr"], 1)},
+    nonneg=("step_size",),
+    scalars=_rprop_scalars,
+    flags=lambda g: (),
+    example="""
+>>> import numpy as np, fastopt
+>>> w = np.zeros(2)
+>>> opt = fastopt.Rprop([w], lr=0.1)
+>>> for _ in range(2):
+...     _ = opt.step([np.array([1.0, -1.0])])
+>>> w
+array([-0.22,  0.22])""",
+    cases={"": dict(lr=0.01),
+           "etas-sizes-max": dict(lr=0.01, etas=(0.3, 1.5), step_sizes=(1e-3, 0.05),
+                                  maximize=True)},
+    bench={"rprop": dict(lr=1e-3)},
+    references="Riedmiller & Braun, \"A Direct Adaptive Method for Faster Backpropagation "
+               "Learning: The RPROP Algorithm\", ICNN 1993.",
+)
+
+
+# -- Lion ------------------------------------------------------------------------------------------
+
+def _lion_scalars(g, t, lr):
+    beta1, beta2 = g["betas"]
+    return (-lr, _sign(g), g["weight_decay"], beta1, 1.0 - beta1, beta2, 1.0 - beta2, 1.0, 0.0)
+
+
+LION = Spec(
+    name="Lion", rule="lion",
+    summary="Lion: the sign of an interpolated momentum, one state buffer.",
+    math=r"""
+.. math::
+
+    u_t &= \mathrm{sign}(\beta_1 m_{t-1} + (1-\beta_1) g_t) \\
+    p_t &= p_{t-1} - \eta (u_t + \lambda p_{t-1}) \\
+    m_t &= \beta_2 m_{t-1} + (1-\beta_2) g_t
+
+(Chen et al. 2023, Algorithm 2; Optax's ``lion``) with ``g = -grad`` if ``maximize``.  One
+state buffer: 20 bytes per float32 element, against Adam's 28.  ``sign`` is torch's (0 for NaN,
+as in the PyTorch implementations; Optax's would give NaN).""",
+    hypers=(Hyper("lr", 1e-4, C.lr, _LR + "  Typically 3-10x smaller than AdamW's."),
+            Hyper("betas", (0.9, 0.99), C.betas, "``(beta1, beta2)``, each in [0, 1)."),
+            Hyper("weight_decay", 0.0, C.nonneg,
+                  "Decoupled decay ``lambda`` (typically 3-10x AdamW's)."),
+            Hyper("maximize", False, C.boolean, _MAX, kw_only=True)),
+    state={"exp_avg": 0.0},
+    scalars=_lion_scalars,
+    flags=lambda g: (g["weight_decay"] != 0,),
+    example="""
+>>> import numpy as np, fastopt
+>>> w = np.zeros(3)
+>>> opt = fastopt.Lion([w], lr=0.1)
+>>> _ = opt.step([np.array([3.0, -0.5, 0.0])])
+>>> w
+array([-0.1,  0.1,  0. ])""",
+    cases={"": dict(lr=1e-3), "wd-max-betas": dict(lr=1e-3, weight_decay=0.1, maximize=True,
+                                                    betas=(0.8, 0.95))},
+    bench={"lion": dict(lr=1e-4)},
+    references="Chen et al., \"Symbolic Discovery of Optimization Algorithms\", NeurIPS 2023.",
+)
+
+
+# -- Schedule-Free AdamW ---------------------------------------------------------------------------
+
+def _sf_values(g, t, lr):
+    """``(lr_t, lr_max, weight_sum, ckp1)`` of step t, as ``schedulefree`` computes them."""
+    k, warmup = t - 1, g["warmup_steps"]
+    lr_t = lr * ((k + 1) / warmup if k < warmup else 1.0)
+    lr_max = max(lr_t, g["lr_max"])
+    weight = ((k + 1) ** g["r"]) * (lr_max ** g["weight_lr_power"])
+    weight_sum = g["weight_sum"] + weight
+    ckp1 = weight / weight_sum if weight_sum != 0 else 0.0
+    return lr_t, lr_max, weight_sum, ckp1
+
+
+def _sf_scalars(g, t, lr):
+    beta1, beta2 = g["betas"]
+    lr_t, _, _, ckp1 = _sf_values(g, t, lr)
+    return (1.0, beta2, 1.0 - beta2, 1.0 / (1.0 - beta2 ** t), g["eps"], g["weight_decay"],
+            ckp1, ckp1 - 1.0, 1.0 if abs(ckp1) < 0.5 else 0.0, 0.0,
+            lr_t * (beta1 * (1.0 - ckp1) - 1.0), -lr_t)
+
+
+def _sf_after(g, t, lr):
+    lr_t, lr_max, weight_sum, _ = _sf_values(g, t, lr)
+    return {"k": t, "scheduled_lr": lr_t, "lr_max": lr_max, "weight_sum": weight_sum}
+
+
+def _warmup(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        import numpy as np
+        if not (isinstance(value, np.integer) and value >= 0):
+            raise ValueError(f"Invalid {name}: {value!r} (must be an integer >= 0)")
+    return int(value)
+
+
+def _beta1_positive(g):
+    if g["betas"][0] == 0:
+        raise ValueError("AdamWScheduleFree needs betas[0] > 0 (eval() interpolates with "
+                         "weight 1 - 1/beta1)")
+
+
+SCHEDULE_FREE_ADAMW = Spec(
+    name="AdamWScheduleFree", rule="adamw_schedulefree", torch="schedulefree.AdamWScheduleFree",
+    summary="Schedule-Free AdamW: no learning-rate schedule; train at y, evaluate at x.",
+    math=r"""
+.. math::
+
+    v_t &= \beta_2 v_{t-1} + (1-\beta_2) g_t^2, \quad
+    u_t = g_t / (\sqrt{v_t / (1-\beta_2^t)} + \epsilon) + \lambda y_{t-1} \\
+    c_t &= w_t / \textstyle\sum_{i \le t} w_i, \quad
+    w_t = t^r\, (\max_{i\le t} \eta_i)^{\mathrm{weight\_lr\_power}} \\
+    y_t &= (1 - c_t)\, y_{t-1} + c_t z_{t-1} + \eta_t(\beta_1 (1 - c_t) - 1)\, u_t, \quad
+    z_t = z_{t-1} - \eta_t u_t
+
+with ``eta_t = lr * min(1, t/warmup_steps)``, ``z`` starting as a copy of the parameter.  The
+parameter holds ``y`` in train mode; ``eval()`` moves it to ``x = y + (1 - 1/beta1)(z - y)``
+(the averaged point), ``train()`` back, one fused pass each.  It starts in train mode
+(``schedulefree`` starts in eval mode and raises until ``train()`` is called, which here is a
+no-op before the first step); ``step()`` in eval mode raises ``RuntimeError``.""",
+    hypers=(Hyper("lr", 2.5e-3, C.lr, _LR),
+            Hyper("betas", (0.9, 0.999), C.betas,
+                  "``(beta1, beta2)``: interpolation and second-moment decay, in [0, 1)."),
+            Hyper("eps", 1e-8, C.nonneg, "Added to the denominator."),
+            Hyper("weight_decay", 0.0, C.nonneg, "Added to the normalized gradient, at y."),
+            Hyper("warmup_steps", 0, _warmup, "Linear learning-rate warm-up steps."),
+            Hyper("r", 0.0, C.nonneg, "Polynomial weighting power of the average."),
+            Hyper("weight_lr_power", 2.0, C.nonneg,
+                  "The average's weights are ``lr_max**weight_lr_power``.")),
+    torch_order=("lr", "betas", "eps", "weight_decay", "warmup_steps", "r", "weight_lr_power",
+                 "foreach"),
+    torch_step=False,
+    state={"z": 0.0, "exp_avg_sq": 0.0},
+    nonneg=("exp_avg_sq",),
+    from_param=("z",),
+    group_state={"k": 0, "train_mode": True, "weight_sum": 0.0, "lr_max": -1.0,
+                 "scheduled_lr": 0.0},
+    after_step=_sf_after,
+    group_step="k",
+    switch={"train": ("lerp_to", lambda g: 1.0 - g["betas"][0], True),
+            "eval": ("lerp_to", lambda g: 1.0 - 1.0 / g["betas"][0], False)},
+    check_group=_beta1_positive,
+    scalars=_sf_scalars,
+    flags=lambda g: (g["weight_decay"] != 0,),
+    example="""
+>>> import numpy as np, fastopt
+>>> w = np.zeros(2)
+>>> opt = fastopt.AdamWScheduleFree([w], lr=0.1)
+>>> _ = opt.step([np.array([3.0, -0.5])])
+>>> np.round(w, 4)
+array([-0.1,  0.1])
+>>> opt.eval()      # the averaged point, for evaluation and checkpoints
+>>> np.round(w, 4)
+array([-0.1,  0.1])""",
+    cases={"": dict(lr=0.01),
+           "warmup-wd-r": dict(lr=0.01, warmup_steps=5, weight_decay=0.1, r=1.0,
+                               weight_lr_power=1.0, betas=(0.8, 0.99))},
+    bench={"adamw_schedulefree": dict(lr=1e-3)},
+    references="Defazio et al., \"The Road Less Scheduled\", NeurIPS 2024; the ``schedulefree`` "
+               "package (``AdamWScheduleFree``).",
+)
+
 #: Every optimizer, in the order the docs list them.
-SPECS = (SGD, MOMENTUM, RMSPROP, ADAGRAD, ADAM, ADAMW)
+SPECS = (SGD, MOMENTUM, RMSPROP, ADAGRAD, ADAM, ADAMW, ADAMAX, NADAM, RADAM, ADADELTA, ASGD, RPROP,
+         LION, SCHEDULE_FREE_ADAMW)

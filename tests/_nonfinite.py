@@ -74,21 +74,30 @@ def run_fastopt(spec, kw, backend, dtype=np.float32, to_device=None, to_host=Non
     return np.asarray(to_host(p)), state
 
 
+def torch_class(spec):
+    """The peer class of ``spec.torch`` ("torch.optim.Adam", "schedulefree.AdamWScheduleFree")."""
+    import importlib
+    module, _, name = spec.torch.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
 def run_torch(spec, kw, dtype=np.float32):
     import torch
     p0, grads = problem(dtype)
     tp = torch.from_numpy(p0.copy()).requires_grad_()
-    cls = eval(spec.torch, {"torch": torch})  # noqa: S307 - "torch.optim.Adam" and the like
-    opt = cls([tp], foreach=False, **kw)
+    opt = torch_class(spec)([tp], foreach=False, **kw)
+    if hasattr(opt, "train"):       # schedulefree starts in eval mode
+        opt.train()
     for t, g in enumerate(grads, 1):
         tp.grad = torch.from_numpy(g.copy())
         opt.step()
         if t == 1:
             for name, v in opt.state[tp].items():
-                if name != "step":
+                if name != "step" and v.dim():        # not the 0-d eta, mu, mu_product
                     for i, bad in STATE_BAD:
                         v[i] = bad
-    state = {k: v.detach().numpy().copy() for k, v in opt.state[tp].items() if k != "step"}
+    state = {k: v.detach().numpy().copy() for k, v in opt.state[tp].items()
+             if k != "step" and v.dim()}
     return tp.detach().numpy().copy(), state
 
 

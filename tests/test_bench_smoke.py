@@ -31,12 +31,15 @@ R = _load("fastopt_bench_report", "report.py")
 
 def test_bytes_per_element_match_spec():
     spec = {"sgd": 12, "sgd_momentum": 20, "momentum": 20, "rmsprop": 20, "adagrad": 20,
-            "adam": 28, "adamw": 28, "adam_amsgrad": 36}
+            "adam": 28, "adamw": 28, "adam_amsgrad": 36, "adamax": 28, "nadam": 28, "radam": 28,
+            "adadelta": 28, "asgd": 20, "rprop": 28, "lion": 20, "adamw_schedulefree": 28}
     assert set(H.ARRAY_PASSES) == set(spec)      # the specs' bench keys: every SPEC.md row
     assert {f: H.bytes_per_element(f) for f in spec} == spec
     assert H.bytes_per_element("adam", np.float64) == 56
     assert H.ARRAYS_RESIDENT == {"sgd": 2, "sgd_momentum": 3, "momentum": 3, "rmsprop": 3,
-                                 "adagrad": 3, "adam": 4, "adamw": 4, "adam_amsgrad": 5}
+                                 "adagrad": 3, "adam": 4, "adamw": 4, "adam_amsgrad": 5,
+                                 "adamax": 4, "nadam": 4, "radam": 4, "adadelta": 4, "asgd": 3,
+                                 "rprop": 4, "lion": 3, "adamw_schedulefree": 4}
     assert list(K.FAMILIES) == list(H.family_cases()) == list(H.ARRAY_PASSES)
     # bench/gpu.py keeps its own table (it is standalone): it must say the same
     gpu_spec = importlib.util.spec_from_file_location("fastopt_bench_gpu_smoke",
@@ -307,6 +310,22 @@ def test_versus_runs_against_a_checkout(tmp_path):
     import sys as _sys
     assert _sys.modules["fastopt"].__file__.startswith(str(root))
     assert "fastopt_old" in _sys.modules
+
+
+def test_bench_optimizers_runs_tiny(tmp_path):
+    """bench/bench_optimizers.py end to end on 4096 elements: every case runs (schedulefree's
+    too when installed) and the report names each one."""
+    pytest.importorskip("torch")
+    B = _load("fastopt_bench_optimizers", "bench_optimizers.py")
+    info, rows = B.main(["--n", "4096", "--rounds", "2", "--out", str(tmp_path)])
+    by = {r["case"]: r for r in rows}
+    for name in B.NEW:
+        assert "ms" in by[f"fastopt {name}"], by[f"fastopt {name}"]
+    assert "ms" in by["torch clip_grad_norm_ + AdamW(fused=True)"]
+    assert by["torch.optim.NAdam (foreach)"]["peer_of"] == "fastopt NAdam"
+    assert "fastopt_speedup" in by["torch.optim.NAdam (for-loop)"]
+    text = (next(tmp_path.glob("optimizers-*.md"))).read_text()
+    assert "fastopt AdamW, max_grad_norm=1.0" in text and "| fastopt Lion | 20 |" in text
 
 
 def test_torch_overhead_runs_tiny(capsys):

@@ -49,7 +49,7 @@ def test_readme_table_matches_the_classes(spec):
     parts, kw = [], False
     for name, p in sig.parameters.items():
         if name in ("self", "params", "backend", "nonfinite", "state_dtype", "rounding", "seed",
-                    "min_8bit_size"):
+                    "min_8bit_size", "max_grad_norm"):
             continue
         if p.kind == p.KEYWORD_ONLY and not kw:
             parts.append("*")

@@ -16,13 +16,14 @@ from fastopt import kernels
 from fastopt.kernels import _codecs as C
 from fastopt.kernels import _qmaps as Q
 from fastopt.kernels import formats as F
-from _support import HOST_BACKENDS, OPTIMIZERS_UNDER_TEST, kernel_group
+from _support import FORMAT_CASES, HOST_BACKENDS, kernel_group
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 COMPILED = [b for b in HOST_BACKENDS if b != "numpy"]
 # every option of every family that keeps state
-STATEFUL = [pytest.param(cls, kw, id=name) for name, cls, kw in OPTIMIZERS_UNDER_TEST
-            if any(cls.spec.needed(kernel_group(cls.spec, kw)).values())]
+STATEFUL = [pytest.param(cls, kw, id=name) for name, cls, kw in FORMAT_CASES
+            if any(cls.spec.needed(kernel_group(cls.spec, kw)).values())
+            and not cls.spec.from_param]   # Schedule-Free's z is a copy of the weights: no int8
 N = 4096 + 300          # 8-bit (>= min_8bit_size), with a partial last block
 
 
@@ -168,6 +169,7 @@ def _reference(cls, kwargs, params, grads, steps=5, min_8bit_size=4096):
             arrays = [p.reshape(-1), g[k].reshape(-1), *[s[1] if s else None for s in st]]
             arrays += [s[2] for s in st if s and s[2] is not None]
             be.run(spec.rule, np.float64, flags, arrays, sc, formats=formats)
+        spec.advance(group, t, float(group["lr"]))
     return params, state
 
 

@@ -248,6 +248,18 @@ class HostBackend(Backend):
 
     device = "cpu"
 
+    @staticmethod
+    def sumsq(array):
+        """``sum(x*x)`` of a 1-D array as a float (one read; ``max_grad_norm``)."""
+        from . import formats
+        return formats.sumsq(array)
+
+    @staticmethod
+    def scale(array, factor):
+        """``array *= factor`` in place, in the array's precision (``clip_grad_norm``)."""
+        from . import formats
+        formats.scale(array, factor)
+
     # -- validation (nothing is mutated by these) -------------------------------------------
     def check_param(self, label, x):
         if not isinstance(x, np.ndarray):

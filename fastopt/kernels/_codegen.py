@@ -369,8 +369,9 @@ import numpy as np
 from numba import njit, prange
 
 SOURCE_HASH = "{hash}"
-# fastmath without nnan/ninf: NaN and Inf propagate, isfinite checks stay.
-_FM = {{"nsz", "arcp", "contract", "afn", "reassoc"}}
+# fastmath without nnan/ninf/reassoc (fastopt.config.FASTMATH_FLAGS): NaN and Inf propagate
+# as in NumPy, isfinite checks stay.
+_FM = {{"nsz", "arcp", "contract", "afn"}}
 sqrt = np.sqrt
 _inline = njit(inline="always", fastmath=_FM, error_model="numpy", nogil=True)
 _par = njit(parallel=True, fastmath=_FM, error_model="numpy", nogil=True, cache=True)

@@ -69,6 +69,27 @@ def _nonfinite_bits_kernel(x, exponent, flag):
 
 
 @cuda.jit
+def _sumsq_kernel(x, out):
+    """out[0] += sum of x*x (each thread's partial sum in float64, one atomic add per thread;
+    written for the simulator and never profiled on a GPU)."""
+    start = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    acc = 0.0
+    for i in range(start, x.shape[0], stride):
+        v = float(x[i])
+        acc += v * v
+    cuda.atomic.add(out, 0, acc)
+
+
+@cuda.jit
+def _scale_kernel(x, factor):
+    start = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    for i in range(start, x.shape[0], stride):
+        x[i] = x[i] * factor
+
+
+@cuda.jit
 def _fill_kernel(x, value):
     start = cuda.grid(1)
     stride = cuda.gridsize(1)
@@ -282,6 +303,30 @@ class CudaBackend(Backend):
     def all_finite(self, array):
         return _all_finite(array)
 
+    def sumsq(self, array):
+        """``sum(x*x)`` of a 1-D device array, accumulated in float64 (16-bit arrays are
+        decoded on the host: not a fast path)."""
+        n = array.shape[0]
+        if not n:
+            return 0.0
+        if F.exponent_bits(array.dtype) is not None:
+            return F.sumsq(array.copy_to_host())
+        out = cuda.to_device(np.zeros(1, dtype=np.float64))
+        _sumsq_kernel[launch_config(n)](array, out)
+        return float(out.copy_to_host()[0])
+
+    def scale(self, array, factor):
+        """``array *= factor`` in place (16-bit arrays through the host: not a fast path)."""
+        n = array.shape[0]
+        if not n:
+            return
+        if F.exponent_bits(array.dtype) is not None:
+            h = array.copy_to_host()
+            F.scale(h, factor)
+            array.copy_to_device(h)
+            return
+        _scale_kernel[launch_config(n)](array, array.dtype.type(factor))
+
     # -- validation (nothing is mutated by these) -------------------------------------------
     def check_param(self, label, x):
         d = _as_device(label, x)
@@ -394,8 +439,11 @@ class CudaBackend(Backend):
 
     @staticmethod
     def copy(dst, src):
-        """Device-to-device copy of equal-shaped arrays."""
+        """Device-to-device copy of equal-shaped arrays (16-bit floats as their uint16 bits:
+        the simulator types bfloat16 arrays inconsistently, bytes are bytes on a GPU)."""
         if dst.size:
+            if dst.dtype.itemsize == 2:
+                dst, src = dst.view(np.uint16), src.view(np.uint16)
             dst.copy_to_device(src)
 
     def detail(self):

@@ -194,6 +194,38 @@ def all_finite(a):
     return not bool(((a.view(np.uint16) & e) == e).any())
 
 
+def sumsq(a, chunk=1 << 16):
+    """``sum(a*a)`` of a 1-D host array of any float storage format, as a Python float: one read
+    (BLAS ``dot`` in the array's precision for float32/float64, as torch's ``vector_norm``;
+    16-bit formats decoded to float32 a chunk at a time)."""
+    if exponent_bits(a.dtype) is None:
+        with np.errstate(over="ignore"):     # an overflow is an infinite norm: the caller's
+            return float(np.dot(a, a))
+    total = 0.0
+    for i in range(0, a.shape[0], chunk):
+        x = np.asarray(a[i:i + chunk], dtype=np.float32)
+        total += float(np.dot(x, x))
+    return total
+
+
+def scale(a, factor, chunk=1 << 16):
+    """``a *= factor`` in place for a host array of any float storage format (16-bit formats
+    through float32, rounded to nearest)."""
+    if exponent_bits(a.dtype) is None:
+        np.multiply(a, a.dtype.type(factor), out=a)
+        return
+    for i in range(0, a.shape[0], chunk):
+        part = a[i:i + chunk]
+        part[...] = (np.asarray(part, dtype=np.float32) * np.float32(factor)).astype(a.dtype)
+
+
+def clip_coefficient(total_norm, max_norm):
+    """torch's ``clip_grad_norm_`` factor: ``min(1, max_norm/(total_norm + 1e-6))``, NaN for a
+    NaN norm (``torch.clamp`` propagates it), 0 for an infinite one."""
+    coef = max_norm / (total_norm + 1e-6)
+    return coef if (coef < 1.0 or coef != coef) else 1.0
+
+
 # -- the optimizers' options -----------------------------------------------------------------------
 
 #: ``state_dtype`` values (``None``: the parameter's own dtype)

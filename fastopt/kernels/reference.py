@@ -21,7 +21,9 @@ import numpy as np
 from . import HostBackend
 from . import formats as F
 
-__all__ = ["NumpyBackend", "sgd", "momentum", "rmsprop", "adagrad", "adam", "ema", "swap"]
+__all__ = ["NumpyBackend", "sgd", "momentum", "rmsprop", "adagrad", "adam", "adamax", "nadam",
+           "radam", "adadelta", "asgd", "rprop", "lion", "adamw_schedulefree", "lerp_to", "ema",
+           "swap"]
 
 
 def _effective_grad(param, grad, grad_sign, weight_decay, l2):
@@ -51,9 +53,10 @@ def sgd(param, grad, momentum_buffer, neg_lr, grad_sign, weight_decay, buffer_de
     param += neg_lr * d
 
 
-def momentum(param, grad, velocity, neg_step, beta, one_minus_beta, weight_decay, *, l2):
+def momentum(param, grad, velocity, neg_step, beta, one_minus_beta, weight_decay, grad_sign, *,
+             l2):
     """The course's momentum: ``v = beta*v + (1-beta)*g``; ``p -= lr/bc * v``."""
-    g = _effective_grad(param, grad, 1, weight_decay, l2)
+    g = _effective_grad(param, grad, grad_sign, weight_decay, l2)
     velocity[...] = beta * velocity + one_minus_beta * g
     param += neg_step * velocity
 
@@ -98,6 +101,124 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, decay, grad_sign, wei
     else:
         v = exp_avg_sq
     param += neg_step_size * (exp_avg / (np.sqrt(v) * inv_bias_correction2_sqrt + eps))
+
+
+def adamax(param, grad, exp_avg, exp_inf, grad_sign, weight_decay, one_minus_beta1, neg_beta1,
+           beta2, eps, neg_clr, *, l2, lerp_small):
+    """torch.optim.Adamax: ``u = maximum(beta2*u, |g| + eps)``; ``p += -clr * m/u``."""
+    g = _effective_grad(param, grad, grad_sign, weight_decay, l2)
+    exp_avg[...] = _lerp(exp_avg, g, one_minus_beta1, neg_beta1, lerp_small)
+    np.maximum(exp_inf * beta2, np.abs(g) + eps, out=exp_inf)          # NaN propagates
+    param += neg_clr * (exp_avg / exp_inf)                              # addcdiv_
+
+
+def nadam(param, grad, exp_avg, exp_avg_sq, decay, grad_sign, weight_decay, one_minus_beta1,
+          neg_beta1, beta2, one_minus_beta2, inv_bias_correction2, eps, grad_coef, avg_coef, *,
+          l2, lerp_small):
+    """torch.optim.NAdam (``momentum_decay``; decoupled weight decay as ``decay``): two
+    ``addcdiv_`` with the same denominator ``sqrt(v/bc2) + eps``."""
+    param *= decay
+    g = _effective_grad(param, grad, grad_sign, weight_decay, l2)
+    exp_avg[...] = _lerp(exp_avg, g, one_minus_beta1, neg_beta1, lerp_small)
+    exp_avg_sq[...] = exp_avg_sq * beta2 + one_minus_beta2 * g * g
+    denom = np.sqrt(exp_avg_sq * inv_bias_correction2) + eps
+    param += grad_coef * (g / denom)
+    param += avg_coef * (exp_avg / denom)
+
+
+def radam(param, grad, exp_avg, exp_avg_sq, decay, grad_sign, weight_decay, one_minus_beta1,
+          neg_beta1, beta2, one_minus_beta2, bias_correction1, lr, sqrt_bias_correction2, eps,
+          rect, rectified, zero, *, l2, lerp_small):
+    """torch.optim.RAdam: rectified adaptive step while ``rho_t > 5`` (``rectified``), else the
+    bias-corrected momentum step alone."""
+    param *= decay
+    g = _effective_grad(param, grad, grad_sign, weight_decay, l2)
+    exp_avg[...] = _lerp(exp_avg, g, one_minus_beta1, neg_beta1, lerp_small)
+    exp_avg_sq[...] = exp_avg_sq * beta2 + one_minus_beta2 * g * g
+    corrected = exp_avg / bias_correction1 * lr
+    if rectified > zero:
+        param -= corrected * (sqrt_bias_correction2 / (np.sqrt(exp_avg_sq) + eps)) * rect
+    else:
+        param -= corrected
+
+
+def adadelta(param, grad, square_avg, acc_delta, neg_lr, grad_sign, weight_decay, rho,
+             one_minus_rho, eps, *, l2):
+    """torch.optim.Adadelta."""
+    g = _effective_grad(param, grad, grad_sign, weight_decay, l2)
+    square_avg[...] = square_avg * rho + one_minus_rho * g * g
+    delta = np.sqrt(acc_delta + eps) / np.sqrt(square_avg + eps) * g
+    acc_delta[...] = acc_delta * rho + one_minus_rho * delta * delta
+    param += neg_lr * delta
+
+
+def asgd(param, grad, ax, grad_sign, weight_decay, decay, neg_eta, mu, averaging, zero, *, l2):
+    """torch.optim.ASGD: decay, SGD step with ``eta_t``, then the average (a copy until
+    averaging begins)."""
+    g = _effective_grad(param, grad, grad_sign, weight_decay, l2)
+    param *= decay
+    param += neg_eta * g
+    if averaging > zero:
+        ax += (param - ax) * mu
+    else:
+        ax[...] = param
+
+
+def _torch_sign(x):
+    """``torch.sign``: ``(0 < x) - (x < 0)``, so 0 for NaN (NumPy's sign gives NaN)."""
+    return (x > 0).astype(x.dtype) - (x < 0).astype(x.dtype)
+
+
+def rprop(param, grad, prev, step_size, grad_sign, etaminus, etaplus, step_size_min,
+          step_size_max, one, zero):
+    """torch.optim.Rprop, as its single-tensor code: sign, masks, clamp, masked gradient."""
+    g = grad_sign * grad
+    s = _torch_sign(g * prev)
+    factor = s.copy()
+    factor[s > 0] = etaplus
+    factor[s < 0] = etaminus
+    factor[s == 0] = one
+    step_size[...] = np.minimum(np.maximum(step_size * factor, step_size_min), step_size_max)
+    g = g.copy()
+    g[s < 0] = zero
+    param -= _torch_sign(g) * step_size
+    prev[...] = g
+
+
+def lion(param, grad, exp_avg, neg_lr, grad_sign, weight_decay, beta1, one_minus_beta1, beta2,
+         one_minus_beta2, one, zero, *, decay):
+    """Lion, Algorithm 2 of Chen et al. (2023): ``p -= lr*(sign(b1*m + (1-b1)*g) + wd*p)``;
+    ``m = b2*m + (1-b2)*g``."""
+    g = grad_sign * grad
+    u = _torch_sign(exp_avg * beta1 + one_minus_beta1 * g)
+    if decay:
+        u = u + weight_decay * param
+    param += neg_lr * u
+    exp_avg[...] = exp_avg * beta2 + one_minus_beta2 * g
+
+
+def _lerp_select(start, end, weight, weight_minus_one, small, zero):
+    return _lerp(start, end, weight, weight_minus_one, small > zero)
+
+
+def adamw_schedulefree(param, grad, z, exp_avg_sq, grad_sign, beta2, one_minus_beta2,
+                       inv_bias_correction2, eps, weight_decay, ckp1, ckp1_minus_one, small,
+                       zero, y_coef, neg_lr, *, decay):
+    """``schedulefree.AdamWScheduleFree``'s single-tensor step (without its in-place
+    ``grad.div_``: the gradient is not written)."""
+    g = grad_sign * grad
+    exp_avg_sq[...] = exp_avg_sq * beta2 + one_minus_beta2 * g * g
+    u = g / (np.sqrt(exp_avg_sq * inv_bias_correction2) + eps)
+    if decay:
+        u = u + weight_decay * param
+    param[...] = _lerp_select(param, z, ckp1, ckp1_minus_one, small, zero)
+    param += y_coef * u
+    z += neg_lr * u
+
+
+def lerp_to(param, z, weight, weight_minus_one, small, zero):
+    """``param.lerp_(z, weight)``."""
+    param[...] = _lerp_select(param, z, weight, weight_minus_one, small, zero)
 
 
 def ema(average, param, decay, one_minus_decay):

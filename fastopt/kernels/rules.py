@@ -38,8 +38,9 @@ every backend and in torch.
 """
 from math import sqrt
 
-__all__ = ["rule", "helper", "nan_max", "lerp", "sgd", "momentum", "rmsprop", "adagrad", "adam",
-           "ema", "swap"]
+__all__ = ["rule", "helper", "nan_max", "nan_min", "clamp", "fabs", "sign", "lerp", "sgd", "momentum",
+           "rmsprop", "adagrad", "adam", "adamax", "nadam", "radam", "adadelta", "asgd", "rprop",
+           "lion", "adamw_schedulefree", "lerp_to", "ema", "swap"]
 
 
 def rule(*, readonly=(), optional=None):
@@ -64,6 +65,36 @@ def nan_max(a, b):
     Numba's ``max`` drop a NaN in the first argument).  Written with ``|`` (no short circuit)
     so that it compiles to a compare-and-blend and the loop still vectorizes."""
     return a if (a > b) | (a != a) else b
+
+
+@helper
+def nan_min(a, b):
+    """``min(a, b)`` that propagates NaN from either side, as ``torch.minimum``."""
+    return a if (a < b) | (a != a) else b
+
+
+@helper
+def clamp(x, lo, hi):
+    """``torch.clamp(x, lo, hi)`` for ``lo <= hi``: NaN stays NaN.  Two flat selects (not
+    :func:`nan_max`/:func:`nan_min`, whose ``|`` against loop-invariant bounds gcc turns into
+    branches): the loop vectorizes."""
+    c = lo if x < lo else x
+    return hi if c > hi else c
+
+
+@helper
+def fabs(x):
+    """``|x|`` (NaN stays NaN, ``-0.0`` becomes ``0.0``), as ``torch.abs``."""
+    return x if x > -x else -x
+
+
+@helper
+def sign(x, one, zero):
+    """``torch.sign``: 1, -1, or 0 for 0 and for NaN (torch computes ``(0 < x) - (x < 0)``;
+    NumPy's sign would give NaN).  Flat selects (no nested conditional), so that gcc
+    if-converts them and the loop vectorizes."""
+    s = one if x > zero else zero
+    return -one if x < zero else s
 
 
 @helper
@@ -104,10 +135,12 @@ def sgd(param, grad, momentum_buffer, /, neg_lr, grad_sign, weight_decay, buffer
 
 
 @rule(readonly=("grad",))
-def momentum(param, grad, velocity, /, neg_step, beta, one_minus_beta, weight_decay, *, l2):
+def momentum(param, grad, velocity, /, neg_step, beta, one_minus_beta, weight_decay, grad_sign,
+             *, l2):
     """The course's momentum: ``v = beta*v + (1-beta)*g``; ``param += neg_step*v`` with
-    ``neg_step = -lr`` or ``-lr/(1 - beta**t)`` (bias correction)."""
-    g = grad
+    ``neg_step = -lr`` or ``-lr/(1 - beta**t)`` (bias correction); ``grad_sign`` is 1 (or the
+    clip factor of ``max_grad_norm``)."""
+    g = grad_sign * grad
     if l2:
         g = g + weight_decay * param
     velocity = beta * velocity + one_minus_beta * g
@@ -177,6 +210,154 @@ def adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, /, decay, grad_sign, 
         denom = sqrt(exp_avg_sq) * inv_bias_correction2_sqrt + eps
     param = param + neg_step_size * (exp_avg / denom)
     return param, exp_avg, exp_avg_sq, max_exp_avg_sq
+
+
+@rule(readonly=("grad",))
+def adamax(param, grad, exp_avg, exp_inf, /, grad_sign, weight_decay, one_minus_beta1, neg_beta1,
+           beta2, eps, neg_clr, *, l2, lerp_small):
+    """torch.optim.Adamax: ``m = lerp(m, g, 1-beta1)``; ``u = max(beta2*u, |g| + eps)``
+    (NaN-propagating, as ``torch.maximum``); ``param += neg_clr*(m/u)`` with ``neg_clr =
+    -lr/(1 - beta1**t)``."""
+    g = grad_sign * grad
+    if l2:
+        g = g + weight_decay * param
+    exp_avg = lerp(exp_avg, g, one_minus_beta1, neg_beta1, lerp_small)
+    exp_inf = nan_max(beta2 * exp_inf, fabs(g) + eps)
+    param = param + neg_clr * (exp_avg / exp_inf)
+    return param, exp_avg, exp_inf
+
+
+@rule(readonly=("grad",))
+def nadam(param, grad, exp_avg, exp_avg_sq, /, decay, grad_sign, weight_decay, one_minus_beta1,
+          neg_beta1, beta2, one_minus_beta2, inv_bias_correction2, eps, grad_coef, avg_coef, *,
+          l2, lerp_small):
+    """torch.optim.NAdam: ``param *= decay`` (decoupled weight decay, else 1); ``m = lerp(m, g,
+    1-beta1)``; ``v = beta2*v + (1-beta2)*g*g``; ``d = sqrt(v/bc2) + eps``; ``param +=
+    grad_coef*(g/d)`` then ``param += avg_coef*(m/d)`` with ``grad_coef = -lr*(1-mu_t)/(1 -
+    prod mu_1..t)`` and ``avg_coef = -lr*mu_{t+1}/(1 - prod mu_1..t+1)`` (torch's two
+    ``addcdiv_``)."""
+    param = param * decay
+    g = grad_sign * grad
+    if l2:
+        g = g + weight_decay * param
+    exp_avg = lerp(exp_avg, g, one_minus_beta1, neg_beta1, lerp_small)
+    exp_avg_sq = beta2 * exp_avg_sq + one_minus_beta2 * g * g
+    denom = sqrt(exp_avg_sq * inv_bias_correction2) + eps
+    param = param + grad_coef * (g / denom)
+    param = param + avg_coef * (exp_avg / denom)
+    return param, exp_avg, exp_avg_sq
+
+
+@rule(readonly=("grad",))
+def radam(param, grad, exp_avg, exp_avg_sq, /, decay, grad_sign, weight_decay, one_minus_beta1,
+          neg_beta1, beta2, one_minus_beta2, bias_correction1, lr, sqrt_bias_correction2, eps,
+          rect, rectified, zero, *, l2, lerp_small):
+    """torch.optim.RAdam: the Adam moments; then, while the variance is tractable (``rectified
+    > 0``: torch's ``rho_t > 5``, a per-step scalar) ``param -= (m/bc1)*lr*(sqrt(bc2)/(sqrt(v)
+    + eps))*rect``, else ``param -= (m/bc1)*lr`` (the second moment is not read)."""
+    param = param * decay
+    g = grad_sign * grad
+    if l2:
+        g = g + weight_decay * param
+    exp_avg = lerp(exp_avg, g, one_minus_beta1, neg_beta1, lerp_small)
+    exp_avg_sq = beta2 * exp_avg_sq + one_minus_beta2 * g * g
+    corrected = exp_avg / bias_correction1 * lr
+    update = corrected * (sqrt_bias_correction2 / (sqrt(exp_avg_sq) + eps)) * rect \
+        if rectified > zero else corrected
+    param = param - update
+    return param, exp_avg, exp_avg_sq
+
+
+@rule(readonly=("grad",))
+def adadelta(param, grad, square_avg, acc_delta, /, neg_lr, grad_sign, weight_decay, rho,
+             one_minus_rho, eps, *, l2):
+    """torch.optim.Adadelta: ``s = rho*s + (1-rho)*g*g``; ``d = sqrt(a + eps)/sqrt(s + eps)*g``;
+    ``a = rho*a + (1-rho)*d*d``; ``param += neg_lr*d``."""
+    g = grad_sign * grad
+    if l2:
+        g = g + weight_decay * param
+    square_avg = rho * square_avg + one_minus_rho * g * g
+    delta = sqrt(acc_delta + eps) / sqrt(square_avg + eps) * g
+    acc_delta = rho * acc_delta + one_minus_rho * delta * delta
+    param = param + neg_lr * delta
+    return param, square_avg, acc_delta
+
+
+@rule(readonly=("grad",))
+def asgd(param, grad, ax, /, grad_sign, weight_decay, decay, neg_eta, mu, averaging, zero, *,
+         l2):
+    """torch.optim.ASGD: ``param *= 1 - lambd*eta_t``; ``param += -eta_t*g``; ``ax += (param -
+    ax)*mu_t`` once averaging has begun (``averaging > 0``: torch's ``mu != 1``), else ``ax =
+    param``.  ``eta_t`` and ``mu_t`` are per-step scalars (torch keeps them as 0-d state)."""
+    g = grad_sign * grad
+    if l2:
+        g = g + weight_decay * param
+    param = param * decay
+    param = param + neg_eta * g
+    ax = ax + (param - ax) * mu if averaging > zero else param
+    return param, ax
+
+
+@rule(readonly=("grad",))
+def rprop(param, grad, prev, step_size, /, grad_sign, etaminus, etaplus, step_size_min,
+          step_size_max, one, zero):
+    """torch.optim.Rprop: the sign of ``g*prev`` picks the step-size factor (``etaplus``,
+    ``etaminus``, else 1: torch's sign of NaN is 0); ``step_size = clamp(step_size*factor, min,
+    max)``; where the sign flipped the gradient counts as 0; ``param -= sign(g)*step_size``;
+    ``prev = g``."""
+    g = grad_sign * grad
+    prod = g * prev
+    factor = etaplus if prod > zero else one
+    factor = etaminus if prod < zero else factor
+    step_size = clamp(step_size * factor, step_size_min, step_size_max)
+    g = zero if prod < zero else g
+    param = param - sign(g, one, zero) * step_size
+    return param, g, step_size
+
+
+@rule(readonly=("grad",))
+def lion(param, grad, exp_avg, /, neg_lr, grad_sign, weight_decay, beta1, one_minus_beta1, beta2,
+         one_minus_beta2, one, zero, *, decay):
+    """Lion (Chen et al. 2023, Algorithm 2): ``u = sign(beta1*m + (1-beta1)*g)``; ``param +=
+    neg_lr*(u + weight_decay*param)`` (the decay term only when ``weight_decay != 0``); ``m =
+    beta2*m + (1-beta2)*g``."""
+    g = grad_sign * grad
+    u = sign(beta1 * exp_avg + one_minus_beta1 * g, one, zero)
+    if decay:
+        u = u + weight_decay * param
+    param = param + neg_lr * u
+    exp_avg = beta2 * exp_avg + one_minus_beta2 * g
+    return param, exp_avg
+
+
+@rule(readonly=("grad",))
+def adamw_schedulefree(param, grad, z, exp_avg_sq, /, grad_sign, beta2, one_minus_beta2,
+                       inv_bias_correction2, eps, weight_decay, ckp1, ckp1_minus_one, small,
+                       zero, y_coef, neg_lr, *, decay):
+    """Schedule-Free AdamW (``schedulefree.AdamWScheduleFree``, its train-mode step): ``v =
+    beta2*v + (1-beta2)*g*g``; ``u = g/(sqrt(v/bc2) + eps) (+ weight_decay*y)``; ``y =
+    lerp(y, z, ckp1)``; ``y += lr*(beta1*(1-ckp1) - 1)*u``; ``z -= lr*u``.  ``ckp1`` changes
+    every step (1, 1/2, ...), so lerp's branch (``small``: ``|ckp1| < 0.5``) is a per-step scalar
+    here, not a flag."""
+    g = grad_sign * grad
+    exp_avg_sq = beta2 * exp_avg_sq + one_minus_beta2 * g * g
+    u = g / (sqrt(exp_avg_sq * inv_bias_correction2) + eps)
+    if decay:
+        u = u + weight_decay * param
+    diff = z - param
+    param = param + ckp1 * diff if small > zero else z + ckp1_minus_one * diff
+    param = param + y_coef * u
+    z = z + neg_lr * u
+    return param, z, exp_avg_sq
+
+
+@rule(readonly=("z",))
+def lerp_to(param, z, /, weight, weight_minus_one, small, zero):
+    """``param = lerp(param, z, weight)`` as torch's ``lerp_`` (Schedule-Free's ``train()`` and
+    ``eval()``: ``weight = 1 - beta1`` and ``1 - 1/beta1``)."""
+    diff = z - param
+    param = param + weight * diff if small > zero else z + weight_minus_one * diff
+    return (param,)
 
 
 # -- parameter averaging (fastopt.WeightEMA) -------------------------------------------------

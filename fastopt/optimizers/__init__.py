@@ -2,7 +2,8 @@
 
 Each class is made by :func:`make_class`: a subclass of :class:`Optimizer` with the spec's
 hyperparameters as its constructor's arguments (in the spec's order, the keyword-only ones after
-``*``, then ``backend``, ``nonfinite``, ``state_dtype``, ``rounding``, ``seed`` and ``min_8bit_size``) and the docstring the spec writes.  No class holds
+``*``, then ``backend``, ``nonfinite``, ``state_dtype``, ``rounding``, ``seed``,
+``min_8bit_size`` and ``max_grad_norm``) and the docstring the spec writes.  No class holds
 math: :class:`Optimizer` steps whatever its spec describes.
 """
 from __future__ import annotations
@@ -20,13 +21,28 @@ def make_class(spec, base=Optimizer, module=__name__):
     init = make_init(f"{spec.name}.__init__", module,
                      [(h.name, h.default, h.kw_only) for h in spec.hypers],
                      [("backend", None), ("nonfinite", "propagate"), ("state_dtype", None),
-                      ("rounding", "nearest"), ("seed", 0), ("min_8bit_size", 4096)],
+                      ("rounding", "nearest"), ("seed", 0), ("min_8bit_size", 4096),
+                      ("max_grad_norm", None)],
                      ({"_base": base}, "_base.__init__(self, params, dict({hyper}), "
                                        "backend=backend, nonfinite=nonfinite, "
                                        "state_dtype=state_dtype, rounding=rounding, seed=seed, "
-                                       "min_8bit_size=min_8bit_size)"))
-    return type(spec.name, (base,), {"__init__": init, "spec": spec, "__module__": module,
-                                     "__doc__": spec.docstring()})
+                                       "min_8bit_size=min_8bit_size, "
+                                       "max_grad_norm=max_grad_norm)"))
+    ns = {"__init__": init, "spec": spec, "__module__": module, "__doc__": spec.docstring()}
+    for method, (_, _, mode) in spec.switch.items():     # Schedule-Free's train() / eval()
+        ns[method] = _switch_method(method, mode)
+    return type(spec.name, (base,), ns)
+
+
+def _switch_method(method, mode):
+    def switch(self):
+        self._switch(method)
+    switch.__name__ = method
+    switch.__doc__ = (f"Put the parameters at the {'training point y' if mode else 'averaged '}"
+                      f"{'' if mode else 'point x'} (one fused pass; a no-op when already "
+                      f"there).  Call {'before training steps' if mode else 'before evaluating'}"
+                      f"{'' if mode else ' or saving a checkpoint'}.")
+    return switch
 
 
 for _spec in _specs.SPECS:

@@ -17,6 +17,7 @@ state, scalars and flags; the backend's compiled rule does the arithmetic.
 """
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Mapping
 
@@ -29,6 +30,16 @@ from ._params import Group, grad_label, grads_list, label, parse_params
 __all__ = ["Optimizer"]
 
 _NONFINITE = ("propagate", "skip", "raise")
+
+
+def check_max_grad_norm(name, value):
+    """None, or a finite number > 0."""
+    if value is None:
+        return None
+    _checks.nonneg(name, value)
+    if value == 0:
+        raise ValueError(f"Invalid {name}: 0 (must be > 0, or None for no clipping)")
+    return float(value)
 
 
 class _Segment:
@@ -109,13 +120,22 @@ class Optimizer:
     min_8bit_size : int
         With ``state_dtype="int8"``: parameters with fewer elements keep float32 state (4096,
         as bitsandbytes).
+    max_grad_norm : float or None
+        Clip the global L2 norm of all the step's gradients to this value, as
+        ``torch.nn.utils.clip_grad_norm_`` before the step: the norm is one read of the
+        gradients, and the factor ``min(1, max_grad_norm/(norm + 1e-6))`` is applied inside the
+        fused update (the gradients are never written).  The norm is kept in
+        :attr:`last_grad_norm`.  A non-finite norm follows ``nonfinite`` (with "propagate" the
+        factor is torch's: NaN for a NaN norm, 0 for an infinite one).
     """
 
     #: the family's spec (set on each generated class)
     spec = None
 
     def __init__(self, params, hyper, *, backend=None, nonfinite="propagate", state_dtype=None,
-                 rounding="nearest", seed=0, min_8bit_size=4096):
+                 rounding="nearest", seed=0, min_8bit_size=4096, max_grad_norm=None):
+        self._max_grad_norm = check_max_grad_norm("max_grad_norm", max_grad_norm)
+        self.last_grad_norm = None
         if nonfinite not in _NONFINITE:
             raise ValueError(f"nonfinite must be one of {_NONFINITE}, got {nonfinite!r}")
         self._state_dtype = F.check_state_dtype("state_dtype", state_dtype)
@@ -124,6 +144,10 @@ class Optimizer:
         self._min_8bit_size = F.check_min_8bit_size("min_8bit_size", min_8bit_size)
         if self._state_dtype == "int8" and not self.spec.state:
             raise ValueError(f"state_dtype='int8': {type(self).__name__} keeps no state")
+        if self._state_dtype == "int8" and self.spec.from_param:
+            raise ValueError(f"state_dtype='int8': {type(self).__name__}'s "
+                             f"{', '.join(self.spec.from_param)} is a copy of the parameters "
+                             f"(use 'bfloat16' or 'float32')")
         if backend is not None and backend not in _kernels.BACKENDS:
             raise ValueError(f"backend: unknown backend {backend!r}; choose one of "
                              f"{', '.join(repr(b) for b in _kernels.BACKENDS)} or None")
@@ -258,6 +282,15 @@ class Optimizer:
             raise ValueError(f"nonfinite must be one of {_NONFINITE}, got {value!r}")
         self._nonfinite = value
         self._check_finite = value != "propagate"
+
+    @property
+    def max_grad_norm(self):
+        """The clipping threshold (None: no clipping); settable."""
+        return self._max_grad_norm
+
+    @max_grad_norm.setter
+    def max_grad_norm(self, value):
+        self._max_grad_norm = check_max_grad_norm("max_grad_norm", value)
 
     @property
     def backend(self):
@@ -421,6 +454,9 @@ class Optimizer:
         for gi, group in enumerate(groups):
             if group.dirty:
                 self._revalidate(gi, group)
+        if self.spec.switch and not all(g["train_mode"] for g in groups):
+            raise RuntimeError(f"{type(self).__name__}: call train() before step() (and eval() "
+                               f"before evaluating or saving); nothing was changed")
         plan = self._plan
         if plan is None or not plan.same(grads):
             plan = self._resolve(grads)
@@ -439,7 +475,23 @@ class Optimizer:
                 lr = group["lr"]
                 sc.append(scalars(group, t, _checks.lr_value(lr, t) if callable(lr) else lr))
                 ts.append(t)
-        if self._check_finite:
+        if self._max_grad_norm is not None:
+            # one read of the gradients; the norm is finite exactly when every gradient is
+            # (unless the sum of squares overflows, which is skipped/raised the same way)
+            norm = math.sqrt(sum(map(self._backend.sumsq, plan.check)))
+            if self._check_finite and not math.isfinite(norm):
+                if self.nonfinite == "raise":
+                    raise FloatingPointError(f"non-finite gradient norm ({norm}); nothing was "
+                                             f"changed")
+                self.skipped_steps += 1
+                self.last_grad_norm = norm
+                return False
+            factor = F.clip_coefficient(norm, self._max_grad_norm)
+            self.last_grad_norm = norm
+            if factor != 1.0:
+                scale = self.spec.scale_grad
+                sc = [scale(s, factor) for s in sc]
+        elif self._check_finite:
             all_finite = self._backend.all_finite
             if not all(map(all_finite, plan.check)):
                 if self.nonfinite == "raise":
@@ -447,13 +499,60 @@ class Optimizer:
                                              "changed")
                 self.skipped_steps += 1
                 return False
+        spec = self.spec
+        if spec.from_param:       # Schedule-Free's z: the parameter itself at the first step
+            for gi, segs in enumerate(self._segments):
+                if steps[gi] == 0:
+                    for seg in segs:
+                        for name in spec.from_param:
+                            self._copy_param_into(seg, name)
         # The kernels: one bound call per (group, dtype, state format); the step count feeds
         # stochastic rounding's bits.
         for gi, call in plan.calls:
             call(sc[gi], ts[gi])
         for gi in range(len(steps)):
             steps[gi] += 1
+        if spec.after_step is not None:   # running values kept in the group (not "dirty")
+            for gi, group in enumerate(groups):
+                lr = group["lr"]
+                spec.advance(group, ts[gi], _checks.lr_value(lr, ts[gi]) if callable(lr) else lr)
         return True
+
+    def _copy_param_into(self, seg, name):
+        """State ``name`` := the segment's parameters (converted, rounding to nearest, when the
+        state is stored in another format)."""
+        be, state = self._backend, seg.state[name]
+        if state.dtype == seg.param.dtype:
+            be.copy(state, seg.param)
+            return
+        host = np.asarray(be.to_numpy(seg.param))
+        if host.dtype.kind == "V":          # 16-bit floats seen as raw 2-byte values (simulator)
+            host = host.view(F.storage_dtype(seg.fmt))
+        sdtype = F.storage_dtype(seg.state_fmt[name])
+        if host.dtype != sdtype:
+            host = F.convert(host, sdtype)
+        be.copy_from_numpy(state, host.view(state.dtype))
+
+    def _switch(self, method):
+        """Schedule-Free's ``train()``/``eval()``: each parameter moved towards its ``z`` with
+        the spec's weight, one fused pass per segment, in groups not yet in that mode."""
+        rule, weight_of, mode = self.spec.switch[method]
+        be = self._backend
+        for gi, group in enumerate(self.param_groups):
+            if group.dirty:
+                self._revalidate(gi, group)
+            if bool(group["train_mode"]) == mode:
+                continue
+            if self._steps[gi]:      # before the first step z does not exist yet (no-op)
+                w = weight_of(group)
+                for seg in self._segments[gi]:
+                    (name,) = self.spec.from_param
+                    state = seg.state[name]
+                    kernel = be.kernel(rule, seg.compute, (), (seg.fmt, seg.state_fmt[name]),
+                                       self._rounding)
+                    be.bind(kernel, [(seg.param, state)], seed=self._seed)(
+                        (w, w - 1.0, 1.0 if abs(w) < 0.5 else 0.0, 0.0), self._steps[gi])
+            dict.__setitem__(group, "train_mode", mode)
 
     # -- checkpoints (fastopt.optimizers._state_io) --------------------------------------------
     def state_dict(self):

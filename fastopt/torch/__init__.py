@@ -98,18 +98,30 @@ def make_class(spec, module=__name__):
     """The torch class of ``spec``: torch.optim's constructor signature, the spec's rule."""
     init = make_init(f"{spec.name}.__init__", module, torch_signature(spec),
                      [("backend", None), ("flatten", False), ("state_dtype", None),
-                      ("rounding", "nearest"), ("seed", 0), ("min_8bit_size", 4096)],
-                     ({"_base": FusedOptimizer, "_fixed": dict(spec.fixed)},
+                      ("rounding", "nearest"), ("seed", 0), ("min_8bit_size", 4096),
+                      ("max_grad_norm", None)],
+                     ({"_base": FusedOptimizer, "_fixed": dict(spec.fixed) | dict(spec.group_state)},
                       "_base.__init__(self, params, dict({hyper}, **_fixed), backend=backend, "
                       "flatten=flatten, state_dtype=state_dtype, rounding=rounding, seed=seed, "
-                      "min_8bit_size=min_8bit_size)"))
+                      "min_8bit_size=min_8bit_size, max_grad_norm=max_grad_norm)"))
     equivalent = f"as ``{spec.torch}``" if spec.torch else "no torch.optim equivalent"
     doc = (f"{spec.summary}  ({equivalent}; the rule is :class:`fastopt.{spec.name}`'s.)\n\n"
            f"{spec.math.strip()}\n\nTakes torch.optim's arguments; extra keyword arguments: "
            f"``backend``, ``flatten`` (see :mod:`fastopt.torch`), ``state_dtype``, ``rounding``, "
-           f"``seed``, ``min_8bit_size`` (see :class:`fastopt.Optimizer`).\n")
-    return type(spec.name, (FusedOptimizer,), {"__init__": init, "spec": spec,
-                                               "__module__": module, "__doc__": doc})
+           f"``seed``, ``min_8bit_size``, ``max_grad_norm`` (see :class:`fastopt.Optimizer`).\n")
+    ns = {"__init__": init, "spec": spec, "__module__": module, "__doc__": doc}
+    for method in spec.switch:            # Schedule-Free's train() / eval()
+        ns[method] = _switch_method(method)
+    return type(spec.name, (FusedOptimizer,), ns)
+
+
+def _switch_method(method):
+    def switch(self):
+        self._switch(method)
+    switch.__name__ = method
+    switch.__doc__ = (f"As ``schedulefree``'s ``{method}()``: one pass per parameter towards its "
+                      f"``z`` (see :class:`fastopt.AdamWScheduleFree`).")
+    return switch
 
 
 for _spec in _specs.SPECS:

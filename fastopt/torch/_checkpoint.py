@@ -165,6 +165,13 @@ def rehome_state(opt, aside):
                 continue
             for k in [k for k, v in st.items() if isinstance(v, torch.Tensor) and k != "step"]:
                 del st[k]                         # whatever torch's loader kept
+            if opt.spec.torch_scalar_state:      # NAdam's mu_product, ASGD's eta: from the step
+                t = opt._steps_taken(st)
+                lr = group["lr"]
+                lr = float(lr.item() if isinstance(lr, torch.Tensor) else
+                           (lr(max(t - 1, 0)) if callable(lr) else lr))
+                for name, value in opt.spec.torch_scalar_state.items():
+                    st[name] = torch.tensor(value(group, t, lr), dtype=T.scalar_dtype())
             values = _saved_values(opt, group, entry)
             q8 = opt._quantized(p)
             for name, v in values.items():

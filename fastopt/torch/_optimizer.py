@@ -82,13 +82,21 @@ class FusedOptimizer(_TorchOptimizer):
     spec = None
 
     def __init__(self, params, defaults, *, backend=None, flatten=False, state_dtype=None,
-                 rounding="nearest", seed=0, min_8bit_size=4096):
+                 rounding="nearest", seed=0, min_8bit_size=4096, max_grad_norm=None):
+        from ..optimizers.core import check_max_grad_norm
+        self.max_grad_norm = check_max_grad_norm("max_grad_norm", max_grad_norm)
+        self.last_grad_norm = None
+        self._clip = 1.0          # this step's clip factor (max_grad_norm), folded into the rule
         if backend is not None:
             get_backend(backend)  # unknown -> ValueError, unavailable -> RuntimeError
         self._state_dtype = F.check_state_dtype("state_dtype", state_dtype)
         self._rounding = F.check_rounding("rounding", rounding)
         self._seed = F.check_seed("seed", seed)
         self._min_8bit_size = F.check_min_8bit_size("min_8bit_size", min_8bit_size)
+        if self._state_dtype == "int8" and self.spec.from_param:
+            raise ValueError(f"state_dtype='int8': {type(self).__name__}'s "
+                             f"{', '.join(self.spec.from_param)} is a copy of the parameters "
+                             f"(use 'bfloat16' or 'float32')")
         # stochastic rounding draws per step: SGD (no torch "step") keeps one then
         self._needs_step = self.spec.torch_step or rounding == "stochastic"
         self._offsets = None      # id(param) -> first element among params of its dtype
@@ -242,12 +250,22 @@ class FusedOptimizer(_TorchOptimizer):
         state = self.state[p]
         if self._needs_step and "step" not in state:
             state["step"] = torch.tensor(0.0, dtype=T.scalar_dtype())
+        for name, value in spec.torch_scalar_state.items():   # NAdam's mu_product, ASGD's eta
+            if name not in state:
+                lr = group["lr"]
+                lr = _checks.lr_value(lr.item() if isinstance(lr, torch.Tensor) else lr, 1)
+                state[name] = torch.tensor(value(group, 0, lr), dtype=T.scalar_dtype())
         keys = self._state_keys(needed)
         q8 = self._quantized(p)
         for name, need in needed.items():
             key = keys[name]
             if need and state.get(key) is None:
                 init = spec.initial(name, group)
+                if name in spec.from_param:     # Schedule-Free's z: a copy of the parameter
+                    buf = self._new_buffer(p, name, 0.0)
+                    buf.copy_(p.detach())
+                    state[key] = buf
+                    continue
                 if q8:
                     self._new_codes(p, state, key, name, init)
                 else:
@@ -301,12 +319,17 @@ class FusedOptimizer(_TorchOptimizer):
                 T.check_param(label, p)
                 g = T.check_grad(label, p, g)
                 self._odd = self._odd or T.is_dtensor(p) or not p.is_contiguous()
-            t = self._count(p) + 1
-            r = t if self.spec.torch_step else self._steps_taken(self.state.get(p)) + 1
+            if self.spec.group_step:     # Schedule-Free: the group counts the steps
+                t = r = group[self.spec.group_step] + 1
+            else:
+                t = self._count(p) + 1
+                r = t if self.spec.torch_step else self._steps_taken(self.state.get(p)) + 1
             by_t.setdefault((t, r), []).append((p, g))
         buckets = {}
         for (t, r), pairs in by_t.items():
             sc = scalars(group, t, _checks.lr_value(lr, t))
+            if self._clip != 1.0:
+                sc = self.spec.scale_grad(sc, self._clip)
             for p, g in pairs:
                 buckets.setdefault((p.device, p.dtype, g.dtype, sc, r, self._quantized(p)),
                                    []).append((p, g))
@@ -321,11 +344,55 @@ class FusedOptimizer(_TorchOptimizer):
             with torch.enable_grad():
                 loss = closure()
         self._odd = False   # set by _plan_group: a DTensor or non-contiguous parameter
+        spec = self.spec
+        if spec.switch and not all(g["train_mode"] for g in self.param_groups):
+            raise RuntimeError(f"{type(self).__name__}: call train() before step() (and eval() "
+                               f"before evaluating or saving); nothing was changed")
+        self._clip = self._clip_factor() if self.max_grad_norm is not None else 1.0
         plans = [self._plan_group(gi, g) for gi, g in enumerate(self.param_groups)]
         for gi, (group, buckets) in enumerate(zip(self.param_groups, plans)):
             if buckets:
                 self._run_group(gi, group, buckets)
+            if spec.after_step is not None:     # Schedule-Free's k, weight_sum, lr_max
+                t = group[spec.group_step] + 1
+                lr = group["lr"]
+                lr = lr.item() if isinstance(lr, torch.Tensor) else lr
+                group.update(spec.after_step(group, t, _checks.lr_value(lr, t)))
         return loss
+
+    def _clip_factor(self):
+        """``max_grad_norm``: the global L2 norm of every gradient of the step (torch's
+        ``get_total_norm``, one read; kept in :attr:`last_grad_norm`) and torch's clip factor
+        ``min(1, max_grad_norm/(norm + 1e-6))``, applied inside the fused update."""
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if not grads:
+            return 1.0
+        norm = torch.nn.utils.get_total_norm(grads, 2.0)
+        if hasattr(norm, "full_tensor"):   # DTensor gradients (FSDP2): the global norm
+            norm = norm.full_tensor()
+        norm = float(norm)
+        self.last_grad_norm = norm
+        return F.clip_coefficient(norm, self.max_grad_norm)
+
+    @torch.no_grad()
+    def _switch(self, method):
+        """Schedule-Free's ``train()``/``eval()``: ``p.lerp_(z, weight)`` per parameter (one
+        pass each), in groups not yet in that mode."""
+        _, weight_of, mode = self.spec.switch[method]
+        (name,) = self.spec.from_param
+        for group in self.param_groups:
+            if bool(group["train_mode"]) == mode:
+                continue
+            w = weight_of(group)
+            for p in group["params"]:
+                z = self.state.get(p, {}).get(name)
+                if z is None:
+                    continue
+                if z.dtype == p.dtype:
+                    p.lerp_(z, w)
+                else:           # state_dtype differs: interpolate in the state's precision
+                    p.copy_(p.to(z.dtype).lerp_(z, w))
+            group["train_mode"] = mode
 
     def _bound(self, key, columns, device, kernel, offsets, owners=None):
         """The bound kernel call over ``columns`` (parameters, gradients, each state buffer):
@@ -415,6 +482,13 @@ class FusedOptimizer(_TorchOptimizer):
                 dst.copy_(src)
             if self._needs_step:
                 steps.extend(s["step"] for s in states)
+            if spec.torch_scalar_state:    # torch's 0-d state after this step, from the step count
+                lr = group["lr"]
+                lr = _checks.lr_value(lr.item() if isinstance(lr, torch.Tensor) else lr, t)
+                for name, value in spec.torch_scalar_state.items():
+                    v = value(group, t, lr)
+                    for st in states:
+                        st[name].fill_(v)
         if steps:
             torch._foreach_add_(steps, 1.0)
 

@@ -362,3 +362,45 @@ def test_weight_ema_on_a_device_arena(small_grid):
                                    rtol=1e-6, atol=1e-7)
     sd = ema.state_dict()
     assert isinstance(sd["averages"]["w"], np.ndarray)
+
+
+def test_max_grad_norm_and_clip_grad_norm_on_device(small_grid):
+    """The norm's device reduction and the folded clip factor, against the host reference."""
+    params, grads = make_problem(SIZES, np.float32, seed=5)
+    grads = [{k: v * 10 for k, v in g.items()} for g in grads]
+    ref = {k: v.copy() for k, v in params.items()}
+    dparams = to_dev(params)
+    opt = fastopt.AdamW(dparams, backend="cuda", max_grad_norm=1.0)
+    ref_opt = fastopt.AdamW(ref, backend="numpy", max_grad_norm=1.0)
+    for g in grads:
+        opt.step(to_dev(g))
+        ref_opt.step(g)
+        assert opt.last_grad_norm == pytest.approx(ref_opt.last_grad_norm, rel=1e-5)
+        assert opt.last_grad_norm > 1.0
+    for k, d in dparams.items():
+        np.testing.assert_allclose(d.copy_to_host(), ref[k], **TOL[np.float32], err_msg=k)
+    host = [v.copy() for v in grads[0].values()]
+    dev = [cuda.to_device(v) for v in grads[0].values()]
+    want = fastopt.clip_grad_norm(host, 1.0, backend="numpy")
+    assert fastopt.clip_grad_norm(dev, 1.0) == pytest.approx(want, rel=1e-5)
+    for d, h in zip(dev, host):
+        np.testing.assert_allclose(d.copy_to_host(), h, rtol=1e-6)
+
+
+def test_schedule_free_train_eval_on_device(small_grid):
+    params, grads = make_problem([7, 1000], np.float32, seed=6)
+    ref = {k: v.copy() for k, v in params.items()}
+    dparams = to_dev(params)
+    opt = fastopt.AdamWScheduleFree(dparams, backend="cuda", lr=0.01, warmup_steps=2)
+    ref_opt = fastopt.AdamWScheduleFree(ref, backend="numpy", lr=0.01, warmup_steps=2)
+    for g in grads:
+        opt.step(to_dev(g))
+        ref_opt.step(g)
+    opt.eval()
+    ref_opt.eval()
+    for k, d in dparams.items():
+        np.testing.assert_allclose(d.copy_to_host(), ref[k], **TOL[np.float32], err_msg=k)
+    opt.train()
+    ref_opt.train()
+    for k, d in dparams.items():
+        np.testing.assert_allclose(d.copy_to_host(), ref[k], **TOL[np.float32], err_msg=k)

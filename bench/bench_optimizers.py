@@ -1,0 +1,187 @@
+"""The optimizers beyond Adam, and clipping folded into the step: fastopt.torch against torch's
+own implementations (and schedulefree's), at 2^24 float32 elements, in one process, interleaved.
+
+    python bench/bench_optimizers.py [--n 16777216] [--rounds 9] [--out bench/results]
+
+Each case is one optimizer over one parameter of ``n`` elements with its gradient set once; a
+round times one ``step()`` of every case in turn (the VM's bandwidth drift hits all alike), each
+figure is the median over rounds.  The floor is an in-place triad (torch's ``a.add_(b, alpha=s)``
+over 2^26 float32, 12 bytes per element) measured before and after the rounds; a case's floor
+time is its bytes per element (every array the rule reads, every one it writes: ``Spec.
+bytes_per_element``) times ``n`` over that bandwidth, and "of floor" is floor time / measured.
+
+Peers per optimizer: torch's single-tensor for-loop (``foreach=False``) and ``foreach=True``
+(torch fuses none of these on the CPU); Schedule-Free against ``schedulefree``'s two paths;
+Lion and fastopt's own extras have no torch peer.  The clipped step: fastopt ``AdamW(...,
+max_grad_norm=1.0)`` (the norm is one read of the gradient, the factor is applied inside the
+fused update: 28 + 4 bytes per element) against ``clip_grad_norm_`` + ``AdamW(fused=True)`` (a
+norm read, a scaling pass that writes the gradient back, then the step: 28 + 12).
+
+Writes ``optimizers-<machine>.md`` and ``.json`` into ``--out``.  Needs torch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+
+warnings.filterwarnings("ignore")
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+from bench_formats import floor_gbps  # noqa: E402
+
+#: torch.optim classes that have a fused CPU step (the issue's ">= 1.0x where torch fuses it")
+TORCH_FUSED = {"Adam", "AdamW", "SGD", "Adagrad"}
+#: the new optimizers of issue 14 (the first six are in bench_kernels.py / bench_models.py)
+NEW = ("Adamax", "NAdam", "RAdam", "Adadelta", "ASGD", "Rprop", "Lion", "AdamWScheduleFree")
+
+
+def _machine():
+    machine = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            machine = next(line.split(":", 1)[1].strip() for line in fh
+                           if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return machine
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=1 << 24)
+    ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--out", default=os.path.join(HERE, "results"))
+    args = ap.parse_args(argv)
+
+    import torch
+
+    import fastopt.torch as ft
+    from fastopt.kernels import backend_status
+    from fastopt.specs import spec
+    torch.manual_seed(0)
+    n = args.n
+    base = torch.randn(n)
+    grad = torch.randn(n) * 1e-2
+    cases = {}       # name -> (step function, bytes per element, optimizer, peer of)
+
+    def add(name, make, bpe, peer_of=None, clip=False):
+        p = base.clone().requires_grad_()
+        p.grad = grad.clone()
+        try:
+            opt = make([p])
+        except Exception as exc:  # noqa: BLE001 - a peer that does not install or run here
+            cases[name] = (None, bpe, f"not run: {type(exc).__name__}: {exc}", peer_of)
+            return
+        if hasattr(opt, "train"):
+            opt.train()
+        if clip:
+            def step():
+                torch.nn.utils.clip_grad_norm_([p], 1.0)
+                opt.step()
+        else:
+            step = opt.step
+        step()       # allocate state, compile
+        cases[name] = (step, bpe, "", peer_of)
+
+    for name in NEW:
+        s = spec(name)
+        kw = dict(s.bench[next(iter(s.bench))])
+        bpe = s.bytes_per_element(s.defaults() | kw)
+        add(f"fastopt {name}", lambda ps, s=s, kw=kw: getattr(ft, s.name)(ps, **kw), bpe)
+        if not s.torch:
+            continue
+        module, _, cls = s.torch.rpartition(".")
+        peer = getattr(__import__(module, fromlist=[cls]), cls)
+        for label, extra in (("for-loop", dict(foreach=False)), ("foreach", dict(foreach=True))):
+            add(f"{s.torch} ({label})", lambda ps, peer=peer, kw=kw, extra=extra:
+                peer(ps, **kw, **extra), bpe, peer_of=f"fastopt {name}")
+    add("fastopt AdamW, max_grad_norm=1.0", lambda ps: ft.AdamW(ps, lr=1e-3, max_grad_norm=1.0),
+        28 + 4)
+    add("torch clip_grad_norm_ + AdamW(fused=True)",
+        lambda ps: torch.optim.AdamW(ps, lr=1e-3, fused=True), 28 + 12,
+        peer_of="fastopt AdamW, max_grad_norm=1.0", clip=True)
+    add("fastopt AdamW (no clipping)", lambda ps: ft.AdamW(ps, lr=1e-3), 28)
+    add("torch AdamW(fused=True) (no clipping)",
+        lambda ps: torch.optim.AdamW(ps, lr=1e-3, fused=True), 28,
+        peer_of="fastopt AdamW (no clipping)")
+
+    floors = [floor_gbps(torch)]
+    times = {k: [] for k, v in cases.items() if v[0] is not None}
+    for _ in range(args.rounds):
+        for name in times:
+            step = cases[name][0]
+            t0 = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - t0)
+    floors.append(floor_gbps(torch))
+    gbps = statistics.median(floors)
+
+    rows = []
+    for name, (step, bpe, note, peer_of) in cases.items():
+        row = dict(case=name, bytes_per_element=bpe, peer_of=peer_of, note=note)
+        if step is not None:
+            t = statistics.median(times[name])
+            row.update(ms=t * 1e3, gbps=bpe * n / t / 1e9, of_floor=bpe * n / (gbps * 1e9) / t)
+        rows.append(row)
+    by = {r["case"]: r for r in rows}
+    for r in rows:
+        ours = by.get(r["peer_of"]) if r["peer_of"] else None
+        if ours is not None and "ms" in r and "ms" in ours:
+            r["fastopt_speedup"] = r["ms"] / ours["ms"]
+
+    info = dict(n=n, rounds=args.rounds, floor_gbps=gbps, floors=floors, machine=_machine(),
+                cores=os.cpu_count(), torch=torch.__version__,
+                fastopt_backend="cython" if backend_status()["cython"][0] else "numba",
+                date=time.strftime("%Y-%m-%d"))
+    try:
+        import schedulefree
+        info["schedulefree"] = getattr(schedulefree, "__version__", "installed")
+    except ImportError:
+        info["schedulefree"] = None
+    os.makedirs(args.out, exist_ok=True)
+    tag = "cpu-" + "-".join(info["machine"].lower().replace("(r)", "").split()[:3]) + \
+        f"-{os.cpu_count()}c"
+    with open(os.path.join(args.out, f"optimizers-{tag}.json"), "w") as fh:
+        json.dump(dict(info=info, rows=rows), fh, indent=1)
+    text = render(info, rows)
+    with open(os.path.join(args.out, f"optimizers-{tag}.md"), "w") as fh:
+        fh.write(text)
+    print(text)
+    return info, rows
+
+
+def render(info, rows):
+    n = info["n"]
+    lines = [f"# More optimizers, fused: one step at 2^{n.bit_length() - 1} float32 elements", "",
+             f"{info['machine']}, {info['cores']} cores; torch {info['torch']}, schedulefree "
+             f"{info['schedulefree']}; fastopt.torch on the {info['fastopt_backend']} backend; "
+             f"{info['date']}.  `python bench/bench_optimizers.py` (one process, "
+             f"{info['rounds']} interleaved rounds, medians).  Floor: in-place triad "
+             f"{info['floor_gbps']:.1f} GB/s (before/after: "
+             f"{', '.join(f'{x:.1f}' for x in info['floors'])}).", "",
+             "| case | bytes/elem | ms/step | GB/s | of floor | fastopt × faster |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        if "ms" not in r:
+            lines.append(f"| {r['case']} | {r['bytes_per_element']} | – | – | – | "
+                         f"({r['note']}) |")
+            continue
+        sp = f"{r['fastopt_speedup']:.2f}" if "fastopt_speedup" in r else ""
+        lines.append(f"| {r['case']} | {r['bytes_per_element']} | {r['ms']:.2f} | "
+                     f"{r['gbps']:.1f} | {r['of_floor']:.2f} | {sp} |")
+    lines += ["", "\"fastopt × faster\": the peer's time over the fastopt case it is listed "
+              "under (its `peer_of`).", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
