@@ -3,6 +3,7 @@
 Run::
 
     .venv/bin/python bench/torch_overhead.py [--rounds 15] [--sets course_mlp,resnet18,gpt2_small]
+                                             [--fresh-grads]
 
 Parameter sets: the course MLP (6 tensors, 2,762 values), a ResNet-18-shaped set (62 tensors:
 convolutions, batch norms, the classifier; 11.7M values) and the GPT-2-small-shaped set
@@ -14,6 +15,12 @@ a warm-up step each, every round times each implementation once (``steps`` steps
 chosen so one timing lasts about 20 ms, at least 1), in a rotating order, so drifts of the
 machine hit every implementation alike.  Printed: the median per-step time over the rounds, its
 ratio to torch fused (< 1: faster), and the spread (min-max over rounds).
+
+``--fresh-grads``: as a training loop with ``zero_grad()`` (``set_to_none=True``) and
+``backward()``, every step sees new gradient tensors at new addresses: before each step (not
+timed) each ``.grad`` becomes a fresh copy of its gradient; ``flatten=True`` keeps its gradient
+views (there ``zero_grad()`` keeps them and ``backward()`` writes into them).  Only the
+``step()`` calls are timed.
 """
 from __future__ import annotations
 
@@ -59,7 +66,7 @@ def make(impl, params):
     return ft.Adam(params, lr=1e-3, flatten=impl == "fastopt-flatten")
 
 
-def build(shapes):
+def build(shapes, fresh=False):
     gen = torch.Generator().manual_seed(0)
     values = [torch.randn(s, generator=gen) * 0.02 for s in shapes]
     grads = [torch.randn(s, generator=gen) * 1e-3 for s in shapes]
@@ -70,19 +77,33 @@ def build(shapes):
             p.grad = g            # shared, read only (flatten copies them into its buffer)
         opts[impl] = make(impl, params)
         opts[impl].step()         # state allocated, kernels compiled
+        # --fresh-grads: (parameter, gradient) pairs whose .grad is renewed before each step
+        opts[impl].fresh = list(zip(params, grads)) if fresh and impl != "fastopt-flatten" \
+            else None
     return opts
 
 
 def time_steps(opt, steps):
-    t0 = time.perf_counter()
+    if opt.fresh is None:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            opt.step()
+        return (time.perf_counter() - t0) / steps
+    total = 0.0
     for _ in range(steps):
+        for p, g in opt.fresh:
+            p.grad = None
+        for p, g in opt.fresh:
+            p.grad = g.clone()
+        t0 = time.perf_counter()
         opt.step()
-    return (time.perf_counter() - t0) / steps
+        total += time.perf_counter() - t0
+    return total / steps
 
 
-def run_set(name, rounds):
+def run_set(name, rounds, fresh=False):
     shapes = SETS[name]()
-    opts = build(shapes)
+    opts = build(shapes, fresh)
     steps = {}
     for impl, opt in opts.items():          # calibrate: ~20 ms per timing
         one = time_steps(opt, 1)
@@ -106,17 +127,20 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--sets", default=",".join(SETS))
+    ap.add_argument("--fresh-grads", action="store_true",
+                    help="new gradient tensors before every step (not timed)")
     args = ap.parse_args(argv)
     print(f"fastopt {fastopt.__version__}, torch {torch.__version__}, "
           f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch "
           f"threads, fastopt host backend {resolve_backend([], None).name}; "
-          f"{args.rounds} interleaved rounds, median per step (min-max)")
+          f"{args.rounds} interleaved rounds, median per step (min-max)"
+          f"{'; fresh gradient tensors every step' if args.fresh_grads else ''}")
     head = f"{'set':<28}" + "".join(f"{i:>26}" for i in IMPLS)
     print(head)
     print("-" * len(head))
     medians = {}
     for name in args.sets.split(","):
-        n_tensors, n_values, times = run_set(name, args.rounds)
+        n_tensors, n_values, times = run_set(name, args.rounds, args.fresh_grads)
         medians[name] = {impl: statistics.median(t) for impl, t in times.items()}
         fused = statistics.median(times["torch-fused"])
         row = f"{name + f' ({n_tensors} t, {n_values / 1e6:.2f}M)':<28}"

@@ -54,6 +54,21 @@ Kernel calls
     the same size (checked each step: a moved ``.data`` or a new ``.grad`` rebinds it); it holds
     no reference to any tensor.
 
+The step's plan (CPU, Cython backend)
+    After a step, each param group keeps what that step checked and built
+    (:mod:`fastopt.torch._plan`): its parameters, gradients (weak references), state tensors,
+    flags, ``step`` counters and bound calls.  The next step re-checks all of it against the live
+    objects in a few C-level loops (same objects, addresses, dtypes, shapes and contiguity; the
+    flags; one step count for the group) and then computes the step scalars once per group,
+    calls the kernels and advances ``step`` in place.  A new gradient tensor (``zero_grad()``
+    then ``backward()``) passes the generic path's checks and, where its address changed, the
+    call is rebound.  Any other change (``p.data`` re-assigned to another dtype or layout, a flag
+    such as ``amsgrad``, ``group["params"]`` edited, a state tensor or ``step`` replaced,
+    ``load_state_dict``, ``add_param_group``, parameters whose step counts differ) sends that
+    group through the generic path, which raises the errors before anything is changed, and
+    the plan is rebuilt after it.  The learning rate and the other hyperparameters are read
+    from the group every step.
+
 ``flatten=True``
     At construction, each param group's parameters are moved, per (device, dtype), into one
     contiguous buffer: ``p.data`` becomes a view into it and ``p.grad`` a view into a flat

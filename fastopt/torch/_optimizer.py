@@ -5,7 +5,8 @@ step scalars) -- the scalars come from the family's spec with each parameter's o
 then, within a group, tensors laid end to end (a ``flatten=True`` buffer, or any such layout)
 are joined by :func:`fastopt._layout.joint_runs` into one kernel row, and each (device, dtype,
 scalars) group is one bound kernel call over its rows.  Everything is checked before any
-kernel runs.
+kernel runs.  After such a generic step a group keeps a plan (:mod:`fastopt.torch._plan`): while
+the plan's checks pass, the next steps skip the grouping, the state lookups and the binding.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from ..kernels import formats as F, get_backend, resolve_backend
 from ..specs import TORCH_ONLY
 from . import _checkpoint, _tensors as T
 from ._flat import Flat
+from ._plan import GroupPlan
 
 __all__ = ["FusedOptimizer"]
 
@@ -108,6 +110,7 @@ class FusedOptimizer(_TorchOptimizer):
         self._slot = {}           # id(param) -> (Flat, index)
         self._backends = {}
         self._calls = {}          # (group, device, dtype, flags, n) -> (tensor identities, call)
+        self._plans = {}          # group index -> GroupPlan: the step's fast path (._plan)
         self._odd = False         # this step has DTensor or non-contiguous parameters
         super().__init__(params, defaults)
 
@@ -195,6 +198,7 @@ class FusedOptimizer(_TorchOptimizer):
 
     def add_param_group(self, param_group):
         self._offsets = None
+        self._plans.clear()
         n_before = len(self.param_groups)
         super().add_param_group(param_group)
         group = self.param_groups[-1]
@@ -300,6 +304,13 @@ class FusedOptimizer(_TorchOptimizer):
         return 0 if s is None else int(s.item() if isinstance(s, torch.Tensor) else s)
 
     # -- the step ---------------------------------------------------------------------------------
+    def _params_edited(self):
+        """A group's ``params`` list changed: stochastic rounding's element offsets of the
+        later groups too; every plan and bound call is rebuilt."""
+        self._offsets = None
+        self._plans.clear()
+        self._calls.clear()
+
     def _plan_group(self, gi, group):
         """-> {(device, dtype, grad dtype, scalars, step): [(p, grad)]}; validates, mutates
         nothing.  ``step`` (1-based) feeds stochastic rounding's bits."""
@@ -337,30 +348,50 @@ class FusedOptimizer(_TorchOptimizer):
                                    []).append((p, g))
         return buckets
 
-    @torch.no_grad()
     def step(self, closure=None):
         """Perform one optimization step; returns ``closure()``'s loss (evaluated with grad
         enabled) or None."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        self._odd = False   # set by _plan_group: a DTensor or non-contiguous parameter
+        # torch.no_grad() as a decorator costs ~3 us a call: the same switch, by hand
+        enabled = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(False)
+        try:
+            loss = None
+            if closure is not None:
+                with torch.enable_grad():
+                    loss = closure()
+            self._step()
+            return loss
+        finally:
+            torch._C._set_grad_enabled(enabled)
+
+    def _step(self):
         spec = self.spec
         if spec.switch and not all(g["train_mode"] for g in self.param_groups):
             raise RuntimeError(f"{type(self).__name__}: call train() before step() (and eval() "
                                f"before evaluating or saving); nothing was changed")
         self._clip = self._clip_factor() if self.max_grad_norm is not None else 1.0
-        plans = [self._plan_group(gi, g) for gi, g in enumerate(self.param_groups)]
-        for gi, (group, buckets) in enumerate(zip(self.param_groups, plans)):
-            if buckets:
-                self._run_group(gi, group, buckets)
+        # every group checked before any is stepped: its kept plan where nothing changed
+        # (._plan), else the generic path's buckets (and whether it has odd tensors)
+        work = []
+        for gi, group in enumerate(self.param_groups):
+            plan = self._plans.get(gi)
+            if plan is not None and plan.group is group and plan.ready(self, group):
+                work.append((plan, False))
+            else:
+                self._odd = False   # set by _plan_group: a DTensor or non-contiguous parameter
+                work.append((self._plan_group(gi, group), self._odd))
+        for gi, (group, (todo, odd)) in enumerate(zip(self.param_groups, work)):
+            if isinstance(todo, GroupPlan):
+                todo.run(self, group)
+            elif todo:
+                self._odd = odd
+                built = self._run_group(gi, group, todo)
+                self._plans[gi] = GroupPlan.build(self, gi, group, built)
             if spec.after_step is not None:     # Schedule-Free's k, weight_sum, lr_max
                 t = group[spec.group_step] + 1
                 lr = group["lr"]
                 lr = lr.item() if isinstance(lr, torch.Tensor) else lr
                 group.update(spec.after_step(group, t, _checks.lr_value(lr, t)))
-        return loss
 
     def _clip_factor(self):
         """``max_grad_norm``: the global L2 norm of every gradient of the step (torch's
@@ -443,7 +474,9 @@ class FusedOptimizer(_TorchOptimizer):
                 rows.append((n, [0 if col[run[0]] is None else col[run[0]].data_ptr()
                                  for col in columns]))
             call = be.bind_addresses(kernel, rows, bases=bases, seed=self._seed)
-            self._calls[key] = (ident, call)
+            # the runs and their bases: what a step plan (._plan) needs to rebind the call to
+            # new addresses of the same tensors
+            self._calls[key] = (ident, call, runs, bases)
             return call
         rows = []
         for run in runs:
@@ -453,7 +486,11 @@ class FusedOptimizer(_TorchOptimizer):
         return be.bind(kernel, rows, bases=bases, seed=self._seed)
 
     def _run_group(self, gi, group, buckets):
+        """Step one group's buckets (from :meth:`_plan_group`); returns, per bucket, what
+        :meth:`_plan.GroupPlan.build` keeps: ``(call key, kernel, parameters, state keys of
+        columns[2:], step r, gradients)``."""
         spec = self.spec
+        built = []
         needed = spec.needed(group)
         names = spec.state_names
         flags = spec.flags(group)
@@ -474,8 +511,10 @@ class FusedOptimizer(_TorchOptimizer):
                 columns[2:] = [[T.local(t) for t in col] for col in columns[2:]]
             be = self._backend_for("parameter", device.type)
             pfmt = F.tag(T.NP_DTYPE[dtype])
+            col_keys = [keys[n] if needed[n] else None for n in names]
             if q8:   # 8-bit codes; then each one's absmax
                 sfmt = {n: F.Q8U if n in spec.nonneg else F.Q8S for n in names}
+                col_keys += ["absmax" + keys[n][len("state"):] for n in names if needed[n]]
                 columns += [[st["absmax" + keys[n][len("state"):]] for st in states]
                             for n in names if needed[n]]
             else:
@@ -484,8 +523,9 @@ class FusedOptimizer(_TorchOptimizer):
             formats = (pfmt, F.tag(T.NP_DTYPE[gdtype]),
                        *[sfmt[n] if needed[n] else None for n in names])
             kernel = be.kernel(spec.rule, F.compute_dtype(pfmt), flags, formats, self._rounding)
-            call = self._bound((gi, device, dtype, gdtype, flags, len(pairs), q8), columns,
-                               device, kernel, offsets, owners)
+            ckey = (gi, device, dtype, gdtype, flags, len(pairs), q8)
+            call = self._bound(ckey, columns, device, kernel, offsets, owners)
+            built.append((ckey, kernel, owners, col_keys, t, columns[1]))
             self._launch(device, call, sc, t)
             for dst, src in back:
                 dst.copy_(src)
@@ -500,6 +540,7 @@ class FusedOptimizer(_TorchOptimizer):
                         st[name].fill_(v)
         if steps:
             torch._foreach_add_(steps, 1.0)
+        return built
 
     def _launch(self, device, call, sc, t):
         if device.type == "cpu":
@@ -537,6 +578,7 @@ class FusedOptimizer(_TorchOptimizer):
     # -- checkpoints (fastopt.torch._checkpoint) ------------------------------------------------
     def __setstate__(self, state):
         super().__setstate__(state)
+        self._plans = {}
         _checkpoint.after_setstate(self)
 
     @torch.no_grad()
@@ -552,6 +594,7 @@ class FusedOptimizer(_TorchOptimizer):
         super().load_state_dict(for_torch)
         _checkpoint.rehome_state(self, aside)
         self._calls.clear()
+        self._plans.clear()
 
     def state_dict(self):
         """As torch.  With ``state_dtype="int8"`` the state is bitsandbytes' layout and each

@@ -14,6 +14,7 @@ __all__ = ["NP_DTYPE", "HALF", "check_param", "check_grad", "host", "device", "l
 
 #: the types of plain tensors (anything else may be a DTensor)
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
+_STRIDED = torch.strided
 
 NP_DTYPE = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64),
             torch.bfloat16: np.dtype(ml_dtypes.bfloat16), torch.float16: np.dtype(np.float16)}
@@ -109,10 +110,11 @@ def fast_ok(p, g):
     an error label); False sends them through :func:`check_param` / :func:`check_grad`
     (non-contiguous tensors and DTensors always take that path)."""
     return (type(p) in _PLAIN and type(g) in _PLAIN
-            and p.dtype in NP_DTYPE and grad_dtype_ok(g, p) and p.layout is torch.strided
-            and g.layout is torch.strided and p.is_contiguous() and g.is_contiguous()
-            and g.shape == p.shape and g.device == p.device
-            and p.device.type in ("cpu", "cuda"))
+            and p.layout is _STRIDED and g.layout is _STRIDED
+            and p.dtype in NP_DTYPE and grad_dtype_ok(g, p)
+            and p.is_contiguous() and g.is_contiguous() and g.shape == p.shape
+            # the same device, CPU or CUDA (is_cpu: no torch.device objects built)
+            and ((p.is_cpu and g.is_cpu) or (p.is_cuda and g.device == p.device)))
 
 
 def check_grad(label_, p, g):
