@@ -12,10 +12,11 @@ bytes_per_element``) times ``n`` over that bandwidth, and "of floor" is floor ti
 
 Peers per optimizer: torch's single-tensor for-loop (``foreach=False``) and ``foreach=True``
 (torch fuses none of these on the CPU); Schedule-Free against ``schedulefree``'s two paths;
-Lion and fastopt's own extras have no torch peer.  The clipped step: fastopt ``AdamW(...,
-max_grad_norm=1.0)`` (the norm is one read of the gradient, the factor is applied inside the
-fused update: 28 + 4 bytes per element) against ``clip_grad_norm_`` + ``AdamW(fused=True)`` (a
-norm read, a scaling pass that writes the gradient back, then the step: 28 + 12).
+Lion, LAMB (two passes: 40 bytes per element) and fastopt's own extras have no torch peer.
+The clipped step: fastopt ``AdamW(..., max_grad_norm=1.0)`` (the norm is one read of the
+gradient, the factor is applied inside the fused update: 28 + 4 bytes per element) against
+``clip_grad_norm_`` + ``AdamW(fused=True)`` (a norm read, a scaling pass that writes the
+gradient back, then the step: 28 + 12).
 
 Writes ``optimizers-<machine>.md`` and ``.json`` into ``--out``.  Needs torch.
 """
@@ -41,7 +42,8 @@ from bench_formats import floor_gbps  # noqa: E402
 #: torch.optim classes that have a fused CPU step (the issue's ">= 1.0x where torch fuses it")
 TORCH_FUSED = {"Adam", "AdamW", "SGD", "Adagrad"}
 #: the new optimizers of issue 14 (the first six are in bench_kernels.py / bench_models.py)
-NEW = ("Adamax", "NAdam", "RAdam", "Adadelta", "ASGD", "Rprop", "Lion", "AdamWScheduleFree")
+NEW = ("Adamax", "NAdam", "RAdam", "Adadelta", "ASGD", "Rprop", "Lion",
+       "AdamWScheduleFree")
 
 
 def _machine():

@@ -20,11 +20,15 @@ from __future__ import annotations
 
 import os
 
-#: fastmath flags for the CPU kernels: not ``nnan``/``ninf``, so ``isfinite`` checks survive and
-#: NaN/Inf propagate exactly as in NumPy; not ``reassoc`` either, which lets LLVM factor
-#: ``p*a + c*(g + d*p)`` into ``p*(a + c*d) + ...`` and turn torch's ``inf - inf = NaN`` into
-#: ``inf`` (ASGD's decay and L2 term; the element-wise loops vectorize without it).
-FASTMATH_FLAGS = frozenset({"nsz", "arcp", "contract", "afn"})
+#: fastmath flags for the CPU kernels: only ``nsz``.  Not ``nnan``/``ninf``, so ``isfinite``
+#: checks survive and NaN/Inf propagate exactly as in NumPy; not ``reassoc``, which lets LLVM
+#: factor ``p*a + c*(g + d*p)`` into ``p*(a + c*d) + ...`` and turn torch's ``inf - inf = NaN``
+#: into ``inf`` (ASGD); and not ``contract``/``arcp``/``afn`` either: with them LLVM rounded the
+#: vectorized loop body differently from its scalar remainder (one element of an Adadelta step
+#: differed by an ulp between an Arena and separate arrays, where it falls in the other part of
+#: the loop), so a result depended on the element's position.  IEEE operations vectorize the
+#: same (packed ``vdivps``/``vsqrtps``) and round the same everywhere.
+FASTMATH_FLAGS = frozenset({"nsz"})
 
 PARALLEL_THRESHOLD = 65536
 CUDA_THREADS_PER_BLOCK = 256

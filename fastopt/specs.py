@@ -80,6 +80,11 @@ class Spec:
     #: ``{method: (rule, weight(group), train_mode after)}``: Schedule-Free's ``train()`` and
     #: ``eval()``, one fused ``lerp_to`` pass of each parameter towards its ``z``
     switch: dict = field(default_factory=dict)
+    #: a second pass per parameter tensor (LAMB): ``rule`` is then a reduction whose sums
+    #: (one tuple per tensor) feed ``apply_scalars(group, t, lr, sums) -> tuple``, the scalars
+    #: of ``apply_rule`` over that tensor; each parameter is its own kernel row
+    apply_rule: str = ""
+    apply_scalars: object = None
     references: str = ""
     notes: str = ""
 
@@ -135,10 +140,17 @@ class Spec:
 
     def bytes_per_element(self, group, itemsize=4):
         """Bytes one step moves per parameter element: every used array read, every used
-        written array written (SPEC.md's table)."""
-        sig = self.signature
-        used = sig.used(self.flags(group))
-        return itemsize * (len(used) + sum(1 for a in sig.written if a in used))
+        written array written (SPEC.md's table), in each pass."""
+        flags = self.flags(group)
+        sigs = [self.signature]
+        if self.apply_rule:
+            from .kernels import rule_signature
+            sigs.append(rule_signature(self.apply_rule))
+        total = 0
+        for sig in sigs:
+            used = sig.used(flags)
+            total += len(used) + sum(1 for a in sig.written if a in used)
+        return itemsize * total
 
     def docstring(self):
         """The class docstring (numpydoc), built from the spec."""
@@ -909,6 +921,78 @@ array([-0.1,  0.1,  0. ])""",
 )
 
 
+# -- LAMB ----------------------------------------------------------------------------------------
+
+def _lamb_bias(g, t):
+    beta1, beta2 = g["betas"]
+    return 1.0 / (1.0 - beta1 ** t), 1.0 / math.sqrt(1.0 - beta2 ** t)
+
+
+def _lamb_scalars(g, t, lr):
+    beta1, beta2 = g["betas"]
+    inv_bc1, inv_bc2_sqrt = _lamb_bias(g, t)
+    return (_sign(g), beta1, 1.0 - beta1, beta2, 1.0 - beta2, inv_bc1, inv_bc2_sqrt, g["eps"],
+            g["weight_decay"])
+
+
+def _lamb_trust(param_sq, update_sq):
+    """``||p|| / ||u||``, 1 where either norm is 0 (or NaN: the comparisons are False)."""
+    if param_sq > 0 and update_sq > 0:
+        return math.sqrt(param_sq) / math.sqrt(update_sq)
+    return 1.0
+
+
+def _lamb_apply_scalars(g, t, lr, sums):
+    inv_bc1, inv_bc2_sqrt = _lamb_bias(g, t)
+    return (-lr * _lamb_trust(*sums), inv_bc1, inv_bc2_sqrt, g["eps"], g["weight_decay"])
+
+
+LAMB = Spec(
+    name="LAMB", rule="lamb", apply_rule="lamb_apply", apply_scalars=_lamb_apply_scalars,
+    summary="LAMB: Adam's direction scaled per tensor by the trust ratio ||p||/||u||.",
+    math=r"""
+.. math::
+
+    m_t &= \beta_1 m_{t-1} + (1-\beta_1) g_t, \quad v_t = \beta_2 v_{t-1} + (1-\beta_2) g_t^2 \\
+    u_t &= \frac{m_t/(1-\beta_1^t)}{\sqrt{v_t/(1-\beta_2^t)} + \epsilon} + \lambda p_{t-1} \\
+    p_t &= p_{t-1} - \eta\, r_t u_t, \quad r_t = \frac{\lVert p_{t-1} \rVert}{\lVert u_t \rVert}
+    \text{ per tensor (1 where either norm is 0)}
+
+(You et al. 2019, Algorithm 2 with :math:`\phi(z) = z`; bias correction on) with ``g = -grad``
+if ``maximize``.  The norms are per parameter tensor, so the step is two fused passes over each:
+the first updates the moments and sums ``p*p`` and ``u*u`` (reads p, g, m, v; writes m, v), the
+second recomputes ``u`` from the new moments and writes p (reads p, m, v): 40 bytes per float32
+element, against 48 for a pass that stores ``u`` and a third that applies it.""",
+    hypers=(Hyper("lr", 1e-3, C.lr, _LR),
+            Hyper("betas", (0.9, 0.999), C.betas, "``(beta1, beta2)``, each in [0, 1)."),
+            Hyper("eps", 1e-6, C.nonneg, "Added to the denominator."),
+            Hyper("weight_decay", 0.0, C.nonneg,
+                  "``lambda``: ``weight_decay*p`` is added to the direction ``u`` (inside the "
+                  "trust ratio)."),
+            Hyper("maximize", False, C.boolean, _MAX, kw_only=True)),
+    state={"exp_avg": 0.0, "exp_avg_sq": 0.0},
+    nonneg=("exp_avg_sq",),
+    scalars=_lamb_scalars,
+    flags=lambda g: (g["weight_decay"] != 0,),
+    example="""
+>>> import numpy as np, fastopt
+>>> w = np.array([3.0, 4.0])
+>>> opt = fastopt.LAMB([w], lr=0.1)
+>>> _ = opt.step([np.array([1.0, -1.0])])
+>>> np.round(w, 4)   # u = (1, -1) (to eps); ||w|| = 5, ||u|| = sqrt(2): r = 3.5355
+array([2.6464, 4.3536])""",
+    cases={"": dict(lr=0.01), "wd-max-betas": dict(lr=0.01, weight_decay=0.1, maximize=True,
+                                                    betas=(0.8, 0.95), eps=1e-8)},
+    bench={"lamb": dict(lr=1e-3, weight_decay=0.01)},
+    references="You et al., \"Large Batch Optimization for Deep Learning: Training BERT in 76 "
+               "minutes\", ICLR 2020 (arXiv:1904.00962, 2019).",
+    notes="No torch.optim equivalent.  Bias correction is always on; the trust ratio uses "
+          "the norms themselves (the paper's scaling function ``phi`` is the identity).  "
+          "Parameters and state in float32 or float64 (the per-tensor reduction is compiled "
+          "for those only).",
+)
+
+
 # -- Schedule-Free AdamW ---------------------------------------------------------------------------
 
 def _sf_values(g, t, lr):
@@ -1011,4 +1095,4 @@ array([-0.1,  0.1])""",
 
 #: Every optimizer, in the order the docs list them.
 SPECS = (SGD, MOMENTUM, RMSPROP, ADAGRAD, ADAM, ADAMW, ADAMAX, NADAM, RADAM, ADADELTA, ASGD, RPROP,
-         LION, SCHEDULE_FREE_ADAMW)
+         LION, LAMB, SCHEDULE_FREE_ADAMW)

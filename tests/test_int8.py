@@ -209,9 +209,18 @@ def _assert_same_bits(a, pa, b, pb):
                                               err_msg=f"{k}.{name}")
 
 
-@pytest.mark.parametrize("backend", COMPILED)
-@pytest.mark.parametrize("layout", ["bf16-stochastic", "bf16-f32grad", "f16"])
-@pytest.mark.parametrize("cls, kwargs", STATEFUL)
+# Cython (compiled at install) runs every case in the three half-precision layouts; Numba
+# compiles a module per (rule, flags, layout) on first use (10-40 s each with 8-bit state: most
+# of this file's CI time), so it runs each case in one of them, in turn: every layout still meets
+# several families and every family one layout (float32 parameters: the test below).
+_LAYOUTS8 = ["bf16-stochastic", "bf16-f32grad", "f16"]
+_BITS_CASES = [pytest.param(case.values[0], case.values[1], layout, backend,
+                            id=f"{case.id}-{layout}-{backend}")
+               for k, case in enumerate(STATEFUL) for backend in COMPILED
+               for j, layout in enumerate(_LAYOUTS8) if backend != "numba" or j == k % 3]
+
+
+@pytest.mark.parametrize("cls, kwargs, layout, backend", _BITS_CASES)
 def test_compiled_backends_give_the_numpy_backends_bits(cls, kwargs, layout, backend):
     pdtype, gdtype, rounding = {"bf16-stochastic": (BF16, BF16, "stochastic"),
                                 "bf16-f32grad": (BF16, np.float32, "nearest"),

@@ -1,4 +1,4 @@
-"""The optimizers beyond the first six: bad input, Lion against its paper, Schedule-Free's
+"""The optimizers beyond the first six: bad input, Lion and LAMB against their papers, Schedule-Free's
 train()/eval() against ``schedulefree``, and ``max_grad_norm`` / ``clip_grad_norm`` against
 torch's ``clip_grad_norm_`` (their trajectories against torch.optim and schedulefree are in
 tests/test_torch_conformance.py; against the float64 reference, NaN/Inf included, in
@@ -40,6 +40,11 @@ W = lambda: [np.zeros(3)]  # noqa: E731
      "Invalid weight_lr_power"),
     (fastopt.AdamWScheduleFree, dict(betas=(0.0, 0.999)), ValueError, "betas\\[0\\] > 0"),
     (fastopt.AdamWScheduleFree, dict(state_dtype="int8"), ValueError, "copy of the parameters"),
+    (fastopt.LAMB, dict(betas=(0.9, 1.0)), ValueError, r"Invalid betas\[1\]"),
+    (fastopt.LAMB, dict(eps=-1e-6), ValueError, "Invalid eps"),
+    (fastopt.LAMB, dict(weight_decay=float("nan")), ValueError, "Invalid weight_decay"),
+    (fastopt.LAMB, dict(state_dtype="int8"), ValueError, "state_dtype='int8'"),
+    (fastopt.LAMB, dict(state_dtype="bfloat16"), ValueError, "state_dtype='bfloat16'"),
     (fastopt.Adam, dict(max_grad_norm=0.0), ValueError, "Invalid max_grad_norm: 0"),
     (fastopt.Adam, dict(max_grad_norm=-1.0), ValueError, "Invalid max_grad_norm"),
     (fastopt.Lion, dict(max_grad_norm=float("nan")), ValueError, "Invalid max_grad_norm"),
@@ -100,6 +105,76 @@ def test_lion_update_is_a_sign():
     opt = fastopt.Lion([p], lr=0.5)
     opt.step([np.array([1e-9, -3.0, 0.0, 1e6, -1e-30])])
     np.testing.assert_array_equal(p, [-0.5, 0.5, 0.0, -0.5, 0.5])
+
+
+# -- LAMB: the paper's Algorithm 2 (phi = identity, bias correction on), written out here ----------
+def _lamb_paper(params, grads, lr, beta1, beta2, eps, wd, maximize=False):
+    params = [p.astype(np.float64) for p in params]
+    ms = [np.zeros_like(p) for p in params]
+    vs = [np.zeros_like(p) for p in params]
+    for t, gs in enumerate(grads, 1):
+        for k, (p, g) in enumerate(zip(params, gs)):
+            g = -g.astype(np.float64) if maximize else g.astype(np.float64)
+            ms[k] = beta1 * ms[k] + (1 - beta1) * g
+            vs[k] = beta2 * vs[k] + (1 - beta2) * g * g
+            m_hat, v_hat = ms[k] / (1 - beta1 ** t), vs[k] / (1 - beta2 ** t)
+            u = m_hat / (np.sqrt(v_hat) + eps) + wd * p
+            pn, un = np.linalg.norm(p), np.linalg.norm(u)
+            r = pn / un if pn > 0 and un > 0 else 1.0
+            params[k] = p - lr * r * u
+    return params, ms, vs
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+@pytest.mark.parametrize("kw", [dict(), dict(weight_decay=0.1, maximize=True, betas=(0.8, 0.95))],
+                         ids=["defaults", "wd-max-betas"])
+def test_lamb_matches_the_paper(backend, dtype, kw, small_threshold):
+    """Per-tensor trust ratios: tensors of very different scales (and a zero one, whose ratio is
+    1), on the threaded path (small_threshold) and in an Arena (one row per tensor)."""
+    rng = np.random.default_rng(11)
+    sizes, scales = [5, 4097, 300, 0, 64], [1.0, 0.01, 30.0, 1.0, 0.0]
+    p0 = [(s * rng.standard_normal(n)).astype(dtype) for n, s in zip(sizes, scales)]
+    grads = [[rng.standard_normal(n).astype(dtype) for n in sizes] for _ in range(20)]
+    want, ms, vs = _lamb_paper(p0, grads, 0.02, *kw.get("betas", (0.9, 0.999)), 1e-6,
+                               kw.get("weight_decay", 0.0), kw.get("maximize", False))
+    for arena in (False, True):
+        ps = [p.copy() for p in p0]
+        if arena:
+            ar = fastopt.Arena({str(k): p for k, p in enumerate(ps)})
+            ps = [ar.params[str(k)] for k in range(len(sizes))]
+        opt = fastopt.LAMB(ps, lr=0.02, backend=backend, **kw)
+        for gs in grads:
+            assert opt.step(gs) is True
+        assert opt.kernel_rows == [[n for n in sizes if n]]
+        for k, (p, w) in enumerate(zip(ps, want)):
+            np.testing.assert_allclose(p, w, **TOL[dtype], err_msg=f"param {k} arena={arena}")
+            np.testing.assert_allclose(opt.state[k]["exp_avg"], ms[k], **TOL[dtype])
+            np.testing.assert_allclose(opt.state[k]["exp_avg_sq"], vs[k], **TOL[dtype])
+    # the trust ratio really acted: the 30x tensor moved ~30x as far as the unit one
+    moved = [np.abs(w - p.astype(np.float64)).mean() if p.size else 0.0
+             for w, p in zip(want, p0)]
+    assert moved[2] > 10 * moved[0] > 100 * moved[1]
+    assert moved[4] > 0      # zero tensor: ratio 1, it moves by lr*u
+
+
+def test_lamb_two_passes_bytes():
+    """40 bytes per float32 element: pass 1 reads p, g, m, v and writes m, v; pass 2 reads p, m,
+    v and writes p."""
+    spec = fastopt.LAMB.spec
+    assert spec.bytes_per_element(spec.defaults()) == 40
+
+
+@pytest.mark.parametrize("dtype, kw, exc, match", [
+    ("bfloat16", {}, TypeError, "float32 or float64 only"),
+    (np.float16, {}, TypeError, "float32 or float64 only"),
+    (np.float64, dict(state_dtype="float32"), ValueError, "parameters' dtype"),
+])
+def test_lamb_rejects_other_storage_formats(dtype, kw, exc, match):
+    import ml_dtypes
+    dtype = ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype
+    with pytest.raises(exc, match=match):
+        fastopt.LAMB([np.zeros(8, dtype=dtype)], **kw)
 
 
 # -- Schedule-Free AdamW: train()/eval() and checkpoints, against schedulefree --------------------

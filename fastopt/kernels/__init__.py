@@ -15,7 +15,9 @@ for an optional array the flags leave unused), and ``scalars`` is the tuple of t
 per-step scalars as Python floats.  ``bind`` checks the rows once; the returned call does
 nothing but run the loops, so an optimizer binds when its buffers change and calls every step.
 ``backend.run(rule, dtype, flags, arrays, scalars)`` does all three for one row (tests,
-benchmarks).  ``backend.all_finite(array)`` is the one reduction.
+benchmarks).  A rule with ``sums`` (a reduction, :mod:`fastopt.kernels.rules`) also returns,
+from ``call``, one tuple of float totals per row (every row, empty ones included), and ``run``
+returns the row's tuple; such rules run on arrays of the compute dtype only.
 
 Storage formats (:mod:`fastopt.kernels.formats`): ``kernel(..., formats=..., rounding=...)``
 names each array's format (``"bf16"``, ``"f16"``, ``"f32"``, ``"f64"``; ``None`` for an unused
@@ -91,6 +93,9 @@ class Kernel:
         for a in self.quantized:
             if a not in sig.written or a == sig.arrays[0]:
                 raise ValueError(f"{sig.name}: {a} cannot be 8-bit (only written state can)")
+        if sig.sums and not self.native:
+            raise TypeError(f"{sig.name}: a reduction runs on arrays of its compute dtype "
+                            f"({self.dtype}) only, got formats {self.formats}")
         self.name = variant_name(sig, self.dtype.name, self.flags)
         if not self.native:
             self.name += "_L_" + F.layout_name(self.formats, self.rounding).replace(".", "_")
@@ -150,7 +155,8 @@ class Backend:
             base=0, seed=0, step=0):
         """Compile, bind one row and run it once (for tests and benchmarks)."""
         k = self.kernel(rule, dtype, flags, formats, rounding)
-        self.bind(k, [tuple(arrays)], bases=[base], seed=seed)(tuple(scalars), step)
+        out = self.bind(k, [tuple(arrays)], bases=[base], seed=seed)(tuple(scalars), step)
+        return out[0] if k.sig.sums else None
 
     # -- layout: which buffers lie end to end (each backend says how to locate and join) -----
     @classmethod

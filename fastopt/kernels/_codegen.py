@@ -264,6 +264,7 @@ class Signature:
         self.flags = tuple(p.name for p in params if p.kind == kinds.KEYWORD_ONLY)
         self.readonly = meta["readonly"]
         self.optional = meta["optional"]
+        self.sums = meta.get("sums", ())
         self.written = tuple(a for a in self.arrays if a not in self.readonly)
         for name in self.readonly:
             if name not in self.arrays:
@@ -338,10 +339,11 @@ def _check_body(sig):
         if isinstance(sub, ast.Return) and sub is not body[-1]:
             raise ValueError(f"rule {sig.name}: the only return must be the last statement")
     last = body[-1] if body else None
+    n = len(sig.written) + len(sig.sums)
     if not (isinstance(last, ast.Return) and isinstance(last.value, ast.Tuple)
-            and len(last.value.elts) == len(sig.written)):
-        raise ValueError(f"rule {sig.name}: must end with `return <{len(sig.written)} values>` "
-                         f"(the new {', '.join(sig.written)})")
+            and len(last.value.elts) == n):
+        raise ValueError(f"rule {sig.name}: must end with `return <{n} values>` "
+                         f"(the new {', '.join(sig.written + sig.sums)})")
 
 
 def _python_def(fn):
@@ -369,14 +371,19 @@ import numpy as np
 from numba import njit, prange
 
 SOURCE_HASH = "{hash}"
-# fastmath without nnan/ninf/reassoc (fastopt.config.FASTMATH_FLAGS): NaN and Inf propagate
-# as in NumPy, isfinite checks stay.
-_FM = {{"nsz", "arcp", "contract", "afn"}}
+# fastmath "nsz" only (fastopt.config.FASTMATH_FLAGS): NaN and Inf propagate as in NumPy,
+# isfinite checks stay, and every element rounds the same wherever it falls in the loop.
+_FM = {{"nsz"}}
 sqrt = np.sqrt
+#: reductions (rules with ``sums``) add up blocks of this many elements, then the blocks in order
+SUM_BLOCK = {sum_block}
 _inline = njit(inline="always", fastmath=_FM, error_model="numpy", nogil=True)
 _par = njit(parallel=True, fastmath=_FM, error_model="numpy", nogil=True, cache=True)
 _ser = njit(fastmath=_FM, error_model="numpy", nogil=True, cache=True)
 '''
+
+#: The block of a reduction's sums (every backend: the sums do not depend on the threads).
+SUM_BLOCK = 4096
 
 
 def _call(sig, flags, load):
@@ -403,7 +410,7 @@ def _loop_args(sig):
 def numba_source(mod=None):
     """The Numba module (text) for every rule, dtype and flag combination."""
     mod = mod or load_rules()
-    out = [_NUMBA_HEAD.format(hash=source_hash())]
+    out = [_NUMBA_HEAD.format(hash=source_hash(), sum_block=SUM_BLOCK)]
     for fn in helpers(mod):
         out.append("\n@_inline\n" + _python_def(fn) + "\n")
     sigs = signatures(mod)
@@ -413,13 +420,35 @@ def numba_source(mod=None):
         for tag, (np_name, _, _) in DTYPES.items():
             for flags in flag_variants(sig):
                 name = variant_name(sig, tag, flags)
+                nw, ns = len(sig.written), len(sig.sums)
                 for kind, rng in (("par", "prange"), ("ser", "range")):
                     lines = [f"\n@_{kind}", f"def {name}_{kind}({', '.join(_loop_args(sig))}):"]
                     lines += [f"    {s} = np.{np_name}(s_{s})" for s in sig.scalars]
-                    lines.append(f"    for i in {rng}(a_{sig.arrays[0]}.size):")
-                    lines.append(f"        r = {_call(sig, flags, lambda a: f'a_{a}[i]')}")
-                    lines += ["        " + s for s in _stores(sig, flags,
-                                                              lambda a, v: f"a_{a}[i] = {v}")]
+                    call = f"        r = {_call(sig, flags, lambda a: f'a_{a}[i]')}"
+                    stores = ["        " + s for s in _stores(sig, flags,
+                                                             lambda a, v: f"a_{a}[i] = {v}")]
+                    if not ns:
+                        lines.append(f"    for i in {rng}(a_{sig.arrays[0]}.size):")
+                        lines += [call] + stores
+                        out.append("\n".join(lines) + "\n")
+                        continue
+                    # a reduction: float64 sums per block of SUM_BLOCK elements (the blocks
+                    # split over threads), then the blocks' sums in order: the same bits on
+                    # any thread count, serial or parallel
+                    lines += [f"    n = a_{sig.arrays[0]}.size",
+                              "    nb = (n + SUM_BLOCK - 1) // SUM_BLOCK",
+                              f"    part = np.zeros((nb, {ns}))",
+                              f"    for b in {rng}(nb):"]
+                    lines += [f"        acc{j} = 0.0" for j in range(ns)]
+                    lines.append("        for i in range(b * SUM_BLOCK, "
+                                 "min(n, (b + 1) * SUM_BLOCK)):")
+                    lines += ["    " + x for x in [call] + stores]
+                    lines += [f"            acc{j} += np.float64(r[{nw + j}])" for j in range(ns)]
+                    lines += [f"        part[b, {j}] = acc{j}" for j in range(ns)]
+                    lines += [f"    tot{j} = 0.0" for j in range(ns)]
+                    lines.append("    for b in range(nb):")
+                    lines += [f"        tot{j} += part[b, {j}]" for j in range(ns)]
+                    lines.append(f"    return ({''.join(f'tot{j}, ' for j in range(ns))})")
                     out.append("\n".join(lines) + "\n")
     return "".join(out)
 
@@ -459,13 +488,20 @@ def cuda_source(mod=None):
         for tag, (np_name, _, _) in DTYPES.items():
             for flags in flag_variants(sig):
                 name = variant_name(sig, tag, flags)
-                lines = ["\n@cuda.jit", f"def {name}({', '.join(_loop_args(sig))}):"]
+                nw, ns = len(sig.written), len(sig.sums)
+                # a reduction: each thread sums its elements in float64, then adds its totals
+                # to `out` (float64, one entry per sum) atomically
+                args = _loop_args(sig) + (["out"] if ns else [])
+                lines = ["\n@cuda.jit", f"def {name}({', '.join(args)}):"]
                 lines += [f"    {s} = np.{np_name}(s_{s})" for s in sig.scalars]
+                lines += [f"    acc{j} = np.float64(0.0)" for j in range(ns)]
                 lines += ["    start = cuda.grid(1)", "    stride = cuda.gridsize(1)",
                           f"    for i in range(start, a_{sig.arrays[0]}.shape[0], stride):",
                           f"        r = {_call(sig, flags, lambda a: f'a_{a}[i]')}"]
                 lines += ["        " + s for s in _stores(sig, flags,
                                                           lambda a, v: f"a_{a}[i] = {v}")]
+                lines += [f"        acc{j} += np.float64(r[{nw + j}])" for j in range(ns)]
+                lines += [f"    cuda.atomic.add(out, {j}, acc{j})" for j in range(ns)]
                 out.append("\n".join(lines) + "\n")
     return "".join(out)
 
@@ -902,7 +938,10 @@ def _cython_rule_body(sig, tag, flags, helper_names):
     stmts = [ast.unparse(st) for st in body]
     stores = [f"a_{a}[i] = {ast.unparse(v)}"
               for a, v in zip(sig.written, ret.value.elts) if a in used]
-    return locals_, loads + stmts + stores
+    # a reduction: double totals (an in-place operator makes them reductions of the prange)
+    sums = [f"acc{j} += <double>({ast.unparse(v)})"
+            for j, v in enumerate(ret.value.elts[len(sig.written):])]
+    return locals_, loads + stmts + stores + sums
 
 
 _C_TYPES = {"u32": "uint32_t", "u64": "uint64_t", "f32": "float", "bool": "bint"}
@@ -1218,8 +1257,38 @@ def cython_source(mod=None):
         for tag, (_, ctype, _) in DTYPES.items():
             for flags in flag_variants(sig):
                 out.append("\n\n" + _cython_variant(sig, tag, ctype, flags, names))
-                out.append("\n\n" + _cython_layout_variant(sig, tag, ctype, flags, names))
+                if not sig.sums:    # reductions: the compute dtype's own storage only
+                    out.append("\n\n" + _cython_layout_variant(sig, tag, ctype, flags, names))
     return "".join(out)
+
+
+def _cython_reduction(name, ptrs, scal, ctype, locals_, body, sig, used, ns):
+    """A reduction's loops: ``_<name>_block`` sums one block of ``SUM_BLOCK`` elements in double;
+    ``_<name>`` runs the blocks (serially, or split over threads), then adds the blocks' sums in
+    order: the same bits on any thread count."""
+    args = [a.split()[-1] for a in ptrs] + [x.split()[-1] for x in scal]
+    lines = [f"cdef void _{name}_block(Py_ssize_t lo, Py_ssize_t hi, {', '.join(ptrs + scal)}, "
+             f"double* part) noexcept nogil:", "    cdef Py_ssize_t i",
+             f"    cdef {ctype} {', '.join(locals_)}",
+             f"    cdef double {', '.join(f'acc{j} = 0' for j in range(ns))}",
+             "    for i in range(lo, hi):"]
+    lines += [textwrap.indent(b, " " * 8) for b in body]
+    lines += [f"    part[{j}] = acc{j}" for j in range(ns)]
+    call = f"_{name}_block(b * {SUM_BLOCK}, hi, {', '.join(args)}, part + b * {ns})"
+    lines += ["", "", f"cdef void _{name}(Py_ssize_t n, {', '.join(ptrs + scal)}, "
+              f"Py_ssize_t threshold, double* out) noexcept nogil:",
+              f"    cdef Py_ssize_t b, hi, nb = (n + {SUM_BLOCK - 1}) // {SUM_BLOCK}",
+              f"    cdef double* part = <double*>malloc((nb if nb else 1) * {ns} * sizeof(double))",
+              f"    cdef double {', '.join(f'tot{j} = 0' for j in range(ns))}",
+              "    if n < threshold:", "        for b in range(nb):",
+              f"            hi = min(n, (b + 1) * {SUM_BLOCK})", f"            {call}",
+              "    else:", "        for b in prange(nb, schedule='static'):",
+              f"            hi = min(n, (b + 1) * {SUM_BLOCK})", f"            {call}",
+              "    for b in range(nb):"]
+    lines += [f"        tot{j} += part[b * {ns} + {j}]" for j in range(ns)]
+    lines += [f"    out[{j}] = tot{j}" for j in range(ns)]
+    lines.append("    free(part)")
+    return lines
 
 
 def _cython_variant(sig, tag, ctype, flags, helper_names):
@@ -1228,20 +1297,27 @@ def _cython_variant(sig, tag, ctype, flags, helper_names):
     ptrs = [f"{tag}_{'cp' if a in sig.readonly else 'p'} a_{a}" for a in sig.arrays if a in used]
     scal = [f"{ctype} {s}" for s in sig.scalars]
     locals_, body = _cython_rule_body(sig, tag, flags, helper_names)
-    lines = [f"cdef void _{name}(Py_ssize_t n, {', '.join(ptrs + scal)}, Py_ssize_t threshold) "
-             f"noexcept nogil:", "    cdef Py_ssize_t i", f"    cdef {ctype} {', '.join(locals_)}"]
-    lines += ["    if n < threshold:", "        for i in range(n):"]
-    lines += [textwrap.indent(b, " " * 12) for b in body]
-    lines += ["    else:", "        for i in prange(n, schedule='static'):"]
-    lines += [textwrap.indent(b, " " * 12) for b in body]
+    ns = len(sig.sums)
+    if ns:
+        lines = _cython_reduction(name, ptrs, scal, ctype, locals_, body, sig, used, ns)
+    else:
+        lines = [f"cdef void _{name}(Py_ssize_t n, {', '.join(ptrs + scal)}, "
+                 f"Py_ssize_t threshold) noexcept nogil:", "    cdef Py_ssize_t i",
+                 f"    cdef {ctype} {', '.join(locals_)}"]
+        lines += ["    if n < threshold:", "        for i in range(n):"]
+        lines += [textwrap.indent(b, " " * 12) for b in body]
+        lines += ["    else:", "        for i in prange(n, schedule='static'):"]
+        lines += [textwrap.indent(b, " " * 12) for b in body]
     # the entry point
     width = 1 + len(sig.arrays)
     nsc = len(sig.scalars)
     lines += ["", "", f"def {name}(uintptr_t table, Py_ssize_t count, tuple scalars, "
-              "uint32_t step=0):",
+              f"uint32_t step=0{', uintptr_t out=0' if ns else ''}):",
               f'    """{sig.name} ({tag}, flags {dict(zip(sig.flags, flags))}) over `count` '
               f'table rows; `scalars`: the {nsc} step scalars ({", ".join(sig.scalars)}); '
-              f'`step` is unused (every array is in the compute dtype)."""',
+              f'`step` is unused (every array is in the compute dtype)'
+              + (f'; `out`: the address of count x {ns} doubles, the sums '
+                 f'({", ".join(sig.sums)}) of each row' if ns else '') + '."""',
               "    cdef const uintptr_t* t = <const uintptr_t*>table",
               "    cdef Py_ssize_t k",
               "    cdef Py_ssize_t threshold = _config.PARALLEL_THRESHOLD",
@@ -1255,6 +1331,10 @@ def _cython_variant(sig, tag, ctype, flags, helper_names):
             const = "const " if a in sig.readonly else ""
             cargs.append(f"<{const}{ctype}*>t[k * {width} + {j + 1}]")
     cargs += list(sig.scalars) + ["threshold"]
+    if ns:
+        cargs.append(f"(<double*>out) + k * {ns}")
+        lines += ["    if count and not out:",
+                  f"        raise ValueError('{name}: a reduction needs `out`')"]
     lines += ["    with nogil:", "        for k in range(count):",
               f"            _{name}({', '.join(cargs)})"]
     return "\n".join(lines) + "\n"

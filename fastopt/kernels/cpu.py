@@ -112,7 +112,7 @@ class NumbaBackend(HostBackend):
         checked = self._check_rows(kernel, rows)
         bases = list(bases) if bases is not None else [0] * len(checked)
         calls = []
-        for (n, row), base in zip(checked, bases):
+        for k, ((n, row), base) in enumerate(zip(checked, bases)):
             if not n:
                 continue
             A = len(kernel.sig.arrays)
@@ -123,13 +123,25 @@ class NumbaBackend(HostBackend):
             if not kernel.native:
                 types += (numba.int64,) * 3
                 extra = (int(base),)
-            calls.append((n, _entry(par, types), _entry(ser, types), args, extra))
+            calls.append((n, _entry(par, types), _entry(ser, types), args, extra, k))
         layout = not kernel.native
         seed = int(seed)
+        if kernel.sig.sums:      # a reduction (native arrays only): the totals of every row
+            zero = (0.0,) * len(kernel.sig.sums)
+            nrows = len(checked)
+
+            def reduce(scalars, step=0):
+                threshold = config.PARALLEL_THRESHOLD
+                out = [zero] * nrows
+                for n, p, s, args, _, k in calls:
+                    out[k] = tuple((p if n >= threshold else s)(*args, *scalars))
+                return out
+            reduce.rows = [c[0] for c in calls]
+            return reduce
 
         def call(scalars, step=0):
             threshold = config.PARALLEL_THRESHOLD
-            for n, p, s, args, extra in calls:
+            for n, p, s, args, extra, _ in calls:
                 if layout:
                     (p if n >= threshold else s)(*args, *scalars, *extra, int(step), seed)
                 else:

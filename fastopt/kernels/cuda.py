@@ -282,22 +282,34 @@ class CudaBackend(Backend):
         bases = list(bases) if bases is not None else [0] * len(checked)
         calls = []
         A = len(kernel.sig.arrays)
-        for (n, row), base in zip(checked, bases):
+        for k, ((n, row), base) in enumerate(zip(checked, bases)):
             if n:
                 args = tuple(empty if a is None else _view(a, f)
                              for a, f in zip(row, kernel.formats)) + tuple(row[A:])
-                calls.append((n, args, () if kernel.native else (int(base),)))
+                calls.append((n, args, () if kernel.native else (int(base),), k))
         layout, seed = not kernel.native, int(seed)
+        ns = len(kernel.sig.sums)
+        if ns:   # a reduction (native arrays only): per row, float64 totals added atomically
+            out = cuda.device_array((len(checked), ns), dtype=np.float64)
+            zeros = np.zeros((len(checked), ns), dtype=np.float64)
+
+            def reduce(scalars, step=0):
+                out.copy_to_device(zeros)
+                for n, args, _, k in calls:
+                    kern[launch_config(n)](*args, *scalars, out[k])
+                return [tuple(r) for r in out.copy_to_host().tolist()]
+            reduce.rows = [c[0] for c in calls]
+            return reduce
         # 8-bit state: one thread block of 256 per block of 256 elements (its absmax reduction)
         grid = _q8_launch if kernel.quantized else launch_config
 
         def call(scalars, step=0):
-            for n, args, extra in calls:
+            for n, args, extra, _ in calls:
                 if layout:
                     kern[grid(n)](*args, *scalars, *extra, int(step), seed)
                 else:
                     kern[grid(n)](*args, *scalars)
-        call.rows = [n for n, _, _ in calls]
+        call.rows = [c[0] for c in calls]
         return call
 
     def all_finite(self, array):

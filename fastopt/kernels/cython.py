@@ -98,6 +98,21 @@ def _address(a):
     return a.__array_interface__["data"][0]
 
 
+def _reduction(fn, table, nrows, kept, ns):
+    """The call of a reduction entry point: its totals of every row (zeros for empty ones)."""
+    out = np.zeros((len(kept), ns), dtype=np.float64)
+    zero = (0.0,) * ns
+    address, count = _address(table), len(kept)
+
+    def call(scalars, step=0):
+        fn(address, count, scalars, step, _address(out))
+        sums = [zero] * nrows
+        for j, k in enumerate(kept):
+            sums[k] = tuple(out[j].tolist())
+        return sums
+    return call
+
+
 class CythonBackend(HostBackend):
     name = "cython"
 
@@ -135,6 +150,9 @@ class CythonBackend(HostBackend):
                 table[k, 1:] = addresses
             # call(scalars, step) is the entry point with the table bound: no Python frame
             call = functools.partial(fn, _address(table), len(keep))
+            if kernel.sig.sums:   # a reduction: each kept row's totals land in `out`
+                call = _reduction(fn, table, len(rows), [k for k, r in enumerate(rows) if r[0]],
+                                  len(kernel.sig.sums))
         else:
             fn = getattr(extension, kernel.impl)
             codes = [F.CODES[f] if f is not None else 0 for f in kernel.formats]

@@ -22,8 +22,8 @@ from . import HostBackend
 from . import formats as F
 
 __all__ = ["NumpyBackend", "sgd", "momentum", "rmsprop", "adagrad", "adam", "adamax", "nadam",
-           "radam", "adadelta", "asgd", "rprop", "lion", "adamw_schedulefree", "lerp_to", "ema",
-           "swap"]
+           "radam", "adadelta", "asgd", "rprop", "lion", "lamb", "lamb_apply",
+           "adamw_schedulefree", "lerp_to", "ema", "swap"]
 
 
 def _effective_grad(param, grad, grad_sign, weight_decay, l2):
@@ -197,6 +197,34 @@ def lion(param, grad, exp_avg, neg_lr, grad_sign, weight_decay, beta1, one_minus
     exp_avg[...] = exp_avg * beta2 + one_minus_beta2 * g
 
 
+def _lamb_update(param, exp_avg, exp_avg_sq, inv_bias_correction1, inv_bias_correction2_sqrt,
+                 eps, weight_decay, decay):
+    """Adam's bias-corrected direction ``m_hat/(sqrt(v_hat) + eps)`` (+ ``weight_decay*p``)."""
+    u = (exp_avg * inv_bias_correction1) / (np.sqrt(exp_avg_sq) * inv_bias_correction2_sqrt
+                                            + eps)
+    return u + weight_decay * param if decay else u
+
+
+def lamb(param, grad, exp_avg, exp_avg_sq, grad_sign, beta1, one_minus_beta1, beta2,
+         one_minus_beta2, inv_bias_correction1, inv_bias_correction2_sqrt, eps, weight_decay, *,
+         decay):
+    """LAMB's first pass: the moments, then ``(sum(p*p), sum(u*u))`` in float64."""
+    g = grad_sign * grad
+    exp_avg[...] = beta1 * exp_avg + one_minus_beta1 * g
+    exp_avg_sq[...] = beta2 * exp_avg_sq + one_minus_beta2 * (g * g)
+    u = _lamb_update(param, exp_avg, exp_avg_sq, inv_bias_correction1,
+                     inv_bias_correction2_sqrt, eps, weight_decay, decay)
+    return (float(np.sum((param * param).astype(np.float64))),
+            float(np.sum((u * u).astype(np.float64))))
+
+
+def lamb_apply(param, exp_avg, exp_avg_sq, neg_step, inv_bias_correction1,
+               inv_bias_correction2_sqrt, eps, weight_decay, *, decay):
+    """LAMB's second pass: ``p += neg_step*u`` (``neg_step = -lr*trust_ratio``)."""
+    param += neg_step * _lamb_update(param, exp_avg, exp_avg_sq, inv_bias_correction1,
+                                     inv_bias_correction2_sqrt, eps, weight_decay, decay)
+
+
 def _lerp_select(start, end, weight, weight_minus_one, small, zero):
     return _lerp(start, end, weight, weight_minus_one, small > zero)
 
@@ -279,6 +307,16 @@ class NumpyBackend(HostBackend):
                                                  step, seed, k)
                         F.encode(f, v, a, kernel.rounding, bits)
         call.rows = [row[0].shape[0] for row, _ in calls]
+        if kernel.sig.sums:      # a reduction (native arrays only): the totals of every row
+            zero = (0.0,) * len(kernel.sig.sums)
+
+            def reduce(scalars, step=0):
+                cast = [dtype.type(s) for s in scalars]
+                with np.errstate(all="ignore"):
+                    return [tuple(fn(*row, *cast, **flags)) if n else zero
+                            for n, row in checked]
+            reduce.rows = call.rows
+            return reduce
         return call
 
     def all_finite(self, array):

@@ -27,6 +27,10 @@ How a rule is written (checked by ``_codegen.signature`` when the loops are gene
   those named in ``@rule(readonly=...)``), in order, as a tuple.
 * ``@rule(optional={array: flag})``: the array exists only when that flag is set; otherwise the
   loop never reads or writes it (the rule receives a placeholder value and must not use it).
+* ``@rule(sums=(name, ...))``: a *reduction*: the return tuple ends with one value per name,
+  and the loop adds them up over each row (in float64) and returns the totals, one tuple per
+  row (LAMB's per-tensor norms).  Reductions are compiled for the compute dtype's own storage
+  only (no 16-bit or 8-bit layouts).
 * No numeric literals (``1.0`` would promote float32 arithmetic to float64 in Numba): constants
   arrive as scalars.  Only arithmetic, comparisons, conditional expressions, ``sqrt`` and the
   ``@helper`` functions below are used.
@@ -40,13 +44,14 @@ from math import sqrt
 
 __all__ = ["rule", "helper", "nan_max", "nan_min", "clamp", "fabs", "sign", "lerp", "sgd", "momentum",
            "rmsprop", "adagrad", "adam", "adamax", "nadam", "radam", "adadelta", "asgd", "rprop",
-           "lion", "adamw_schedulefree", "lerp_to", "ema", "swap"]
+           "lion", "lamb", "lamb_apply", "adamw_schedulefree", "lerp_to", "ema", "swap"]
 
 
-def rule(*, readonly=(), optional=None):
+def rule(*, readonly=(), optional=None, sums=()):
     """Mark a function as an update rule (see the module docstring for the conventions)."""
     def mark(fn):
-        fn.fastopt_rule = {"readonly": tuple(readonly), "optional": dict(optional or {})}
+        fn.fastopt_rule = {"readonly": tuple(readonly), "optional": dict(optional or {}),
+                           "sums": tuple(sums)}
         return fn
     return mark
 
@@ -328,6 +333,35 @@ def lion(param, grad, exp_avg, /, neg_lr, grad_sign, weight_decay, beta1, one_mi
     param = param + neg_lr * u
     exp_avg = beta2 * exp_avg + one_minus_beta2 * g
     return param, exp_avg
+
+
+@rule(readonly=("param", "grad"), sums=("param_sq", "update_sq"))
+def lamb(param, grad, exp_avg, exp_avg_sq, /, grad_sign, beta1, one_minus_beta1, beta2,
+         one_minus_beta2, inv_bias_correction1, inv_bias_correction2_sqrt, eps, weight_decay, *,
+         decay):
+    """LAMB (You et al. 2019), pass 1 of 2: the moments ``m = beta1*m + (1-beta1)*g``, ``v =
+    beta2*v + (1-beta2)*g*g`` are updated and the sums of ``param**2`` and ``u**2`` are taken
+    for the trust ratio, with Adam's bias-corrected direction ``u = (m/bc1)/(sqrt(v)/sqrt(bc2)
+    + eps) (+ weight_decay*param)``.  The parameter is only read: pass 2 (:func:`lamb_apply`)
+    recomputes ``u`` from the new moments and writes it."""
+    g = grad_sign * grad
+    exp_avg = beta1 * exp_avg + one_minus_beta1 * g
+    exp_avg_sq = beta2 * exp_avg_sq + one_minus_beta2 * g * g
+    u = (exp_avg * inv_bias_correction1) / (sqrt(exp_avg_sq) * inv_bias_correction2_sqrt + eps)
+    if decay:
+        u = u + weight_decay * param
+    return exp_avg, exp_avg_sq, param * param, u * u
+
+
+@rule(readonly=("exp_avg", "exp_avg_sq"))
+def lamb_apply(param, exp_avg, exp_avg_sq, /, neg_step, inv_bias_correction1,
+               inv_bias_correction2_sqrt, eps, weight_decay, *, decay):
+    """LAMB, pass 2 of 2: ``param += neg_step*u`` with ``u`` as in :func:`lamb` (from the moments
+    it wrote) and ``neg_step = -lr*trust_ratio`` of this tensor."""
+    u = (exp_avg * inv_bias_correction1) / (sqrt(exp_avg_sq) * inv_bias_correction2_sqrt + eps)
+    if decay:
+        u = u + weight_decay * param
+    return (param + neg_step * u,)
 
 
 @rule(readonly=("grad",))

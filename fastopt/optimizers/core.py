@@ -63,15 +63,16 @@ class _Segment:
 class _Plan:
     """The bound kernel calls of one step, for one set of gradient arrays."""
 
-    __slots__ = ("glist", "keys", "values", "calls", "check")
+    __slots__ = ("glist", "keys", "values", "calls", "check", "apply")
 
-    def __init__(self, grads, glist, calls, check):
+    def __init__(self, grads, glist, calls, check, apply=None):
         self.glist = glist      # the gradient objects, in parameter order
         # a dict of gradients: its keys and values in its own order, for a cheap identity check
         self.keys = tuple(grads) if isinstance(grads, Mapping) else None
         self.values = list(grads.values()) if self.keys is not None else None
         self.calls = calls      # [(group index, bound call)]
         self.check = check      # 1-D gradient views, for the non-finite check
+        self.apply = apply      # per call, the second pass's bound call of each row (LAMB)
 
     def same(self, grads):
         """True when ``grads`` holds exactly the gradient objects this plan was built for."""
@@ -190,6 +191,8 @@ class Optimizer:
         self._steps = [0] * len(self.param_groups)
         self._flags = [spec.flags(g) for g in self.param_groups]
         self._segments = [self._make_segments(g) for g in self.param_groups]
+        if spec.apply_rule:
+            self._check_native()
         self._plan = None
         for g in self.param_groups:
             g.dirty = False
@@ -203,6 +206,21 @@ class Optimizer:
             if b0 < a0 + an:
                 raise ValueError(f"{label(self._names[j])} shares memory with "
                                  f"{label(self._names[i])}: the same array given twice")
+
+    def _check_native(self):
+        """A family with a per-tensor reduction (LAMB) keeps parameters and state in float32 or
+        float64, the state in the parameters' dtype."""
+        for segs in self._segments:
+            for seg in segs:
+                if seg.fmt not in (F.F32, F.F64):
+                    raise TypeError(f"{type(self).__name__}: parameters of dtype {seg.dtype} "
+                                    f"are not supported (float32 or float64 only: its "
+                                    f"per-tensor norms are compiled for those)")
+                for name, fmt in seg.state_fmt.items():
+                    if fmt != seg.fmt:
+                        raise ValueError(f"state_dtype={self._state_dtype!r}: "
+                                         f"{type(self).__name__} keeps its state in the "
+                                         f"parameters' dtype ({seg.dtype}) only")
 
     def _state_formats(self, dtype, size):
         """``{state name: format}`` of a segment of ``size`` elements of ``dtype``."""
@@ -229,7 +247,9 @@ class Optimizer:
             arrays = [self._params[i] for i in idx]
             for run in be.runs(arrays):
                 parts = [run]
-                if self._state_dtype == "int8":
+                if self.spec.apply_rule:    # per-tensor sums (LAMB): one parameter per row
+                    parts = [[k] for k in run]
+                elif self._state_dtype == "int8":
                     parts, small = [], []
                     for k in run:
                         if arrays[k].size >= self._min_8bit_size:
@@ -376,7 +396,7 @@ class Optimizer:
             return plan
         glist = grads_list(grads, self._names, self._index, self._named)
         if plan is not None and all(map(operator.is_, plan.glist, glist)):
-            self._plan = plan = _Plan(grads, glist, plan.calls, plan.check)
+            self._plan = plan = _Plan(grads, glist, plan.calls, plan.check, plan.apply)
             return plan
         be = self._backend
         checked = [be.check_grad(grad_label(name), g, p)
@@ -410,7 +430,7 @@ class Optimizer:
     def _build_plan(self, grads, glist, checked):
         """One bound call per (group, parameter dtype, gradient dtype, state format)."""
         be, rule = self._backend, self.spec.rule
-        calls, check = [], []
+        calls, check, apply = [], [], []
         for gi, segs in enumerate(self._segments):
             needed = self.spec.needed(self.param_groups[gi])
             used = tuple(needed.values())
@@ -425,7 +445,12 @@ class Optimizer:
                 calls.append((gi, be.bind(kernel, [r for r, _ in rows],
                                           bases=[b for _, b in rows], seed=self._seed)))
                 check.extend(r[1] for r, _ in rows if r[1].size)
-        return _Plan(grads, glist, calls, check)
+                if self.spec.apply_rule:     # the second pass: one call per row (its scalars)
+                    second = be.kernel(self.spec.apply_rule, compute, self._flags[gi],
+                                       (formats[0], *formats[2:]), self._rounding)
+                    apply.append([be.bind(second, [(r[0], *r[2:])], bases=[b],
+                                          seed=self._seed) for r, b in rows])
+        return _Plan(grads, glist, calls, check, apply if self.spec.apply_rule else None)
 
     def _revalidate(self, gi, group):
         """A group was changed since the last step: check it, (re)allocate state it now needs."""
@@ -508,8 +533,17 @@ class Optimizer:
                             self._copy_param_into(seg, name)
         # The kernels: one bound call per (group, dtype, state format); the step count feeds
         # stochastic rounding's bits.
-        for gi, call in plan.calls:
-            call(sc[gi], ts[gi])
+        if plan.apply is None:
+            for gi, call in plan.calls:
+                call(sc[gi], ts[gi])
+        else:   # two passes per tensor (LAMB): sums, then the update with the tensor's scalars
+            second = spec.apply_scalars
+            for (gi, call), applies in zip(plan.calls, plan.apply):
+                group, t = groups[gi], ts[gi]
+                lr = group["lr"]
+                lr = _checks.lr_value(lr, t) if callable(lr) else lr
+                for sums, apply in zip(call(sc[gi], t), applies):
+                    apply(second(group, t, lr, sums), t)
         for gi in range(len(steps)):
             steps[gi] += 1
         if spec.after_step is not None:   # running values kept in the group (not "dirty")
