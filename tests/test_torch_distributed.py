@@ -274,6 +274,38 @@ def scenario_dtensor_stochastic_rounding(rank, tmp):
         assert torch.equal(q.detach().full_tensor(), p.detach()), k
 
 
+def scenario_lamb(rank, tmp):
+    """LAMB under DDP: the same trajectory as one process stepping the ranks' mean gradient (its
+    per-tensor trust ratios on the all-reduced gradients); FSDP2's DTensors are refused (their
+    norms would need an all-reduce, which fastopt.torch does not do)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    got, ref = DDP(_model()), _model()
+    opt = ft.LAMB(got.parameters(), lr=LR, weight_decay=WD)
+    ref_opt = ft.LAMB(ref.parameters(), lr=LR, weight_decay=WD)
+    for i in range(5):
+        opt.zero_grad()
+        x, y = _batch(rank, i)
+        torch.nn.functional.mse_loss(got(x), y).backward()
+        opt.step()
+        ref_opt.zero_grad()
+        loss = sum(torch.nn.functional.mse_loss(ref(x), y) for x, y in
+                   (_batch(r, i) for r in range(WORLD))) / WORLD
+        loss.backward()
+        ref_opt.step()
+    for k, (a, b) in enumerate(zip(ref.parameters(), got.module.parameters())):
+        _close(a.detach(), b.detach(), f"LAMB under DDP: parameter {k}")
+    mesh = init_device_mesh("cpu", (WORLD,))
+    shard = torch.nn.Parameter(distribute_tensor(torch.ones(6, 2), mesh, [Shard(0)]))
+    try:
+        ft.LAMB([shard])
+    except ValueError as e:
+        assert "DTensor" in str(e) and "norms of the whole tensor" in str(e), e
+    else:
+        raise AssertionError("fastopt.torch.LAMB accepted a DTensor")
+
+
 SCENARIOS = {name[len("scenario_"):]: fn for name, fn in dict(globals()).items()
              if name.startswith("scenario_")}
 

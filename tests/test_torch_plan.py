@@ -289,8 +289,8 @@ def test_flag_that_changes_the_state(cls, kw, mutate, fresh):
     assert_same(train(mk, mutate, fresh=fresh), train(mk, mutate, fresh=fresh, plans=False))
 
 
-@pytest.mark.parametrize("spec", [s for s in fastopt.specs.SPECS if not s.apply_rule],
-                         ids=lambda s: s.name)   # (fastopt.torch has no LAMB yet)
+@pytest.mark.parametrize("spec", fastopt.specs.SPECS,
+                         ids=lambda s: s.name)
 def test_every_optimizer(spec):
     """Each family through its plan: fresh gradients (rebinds), a re-homed ``.data``, an lr
     change and a reload, bit for bit the generic step."""

@@ -42,14 +42,16 @@ How tensors reach the kernels
       (``to_local()``; an empty shard is fine) and their state is kept as DTensors with the
       parameter's placements, as torch.optim keeps it, so ``get_optimizer_state_dict`` /
       ``set_optimizer_state_dict`` and ``torch.distributed.checkpoint`` save and restore every
-      shard.  ``flatten=True`` and ``state_dtype="int8"`` reject DTensors (``ValueError``);
+      shard.  ``flatten=True``, ``state_dtype="int8"`` and :class:`LAMB` (whose trust ratio
+      needs each whole tensor's norms) reject DTensors (``ValueError``);
       stochastic rounding draws the bits the unsharded parameter would (shards along dim 0).
 
 Kernel calls
     Parameters of one (device, dtype) whose step scalars agree (the bias corrections use each
     parameter's own ``step``) are one kernel call; within it, tensors laid end to end in one
     storage (parameters, gradients and every state buffer alike) are one row, others one row
-    each.  On the CPU with the Cython backend the call is built from the tensors' addresses
+    each.  :class:`LAMB` is two passes per tensor: the first call (one row per tensor) returns
+    each tensor's sums, and the second pass is one call per tensor with its trust ratio.  On the CPU with the Cython backend the call is built from the tensors' addresses
     and kept for the next step while every tensor is the same object at the same address with
     the same size (checked each step: a moved ``.data`` or a new ``.grad`` rebinds it); it holds
     no reference to any tensor.
@@ -106,8 +108,7 @@ from .._classgen import make_init
 from ._optimizer import FusedOptimizer, torch_signature
 from ._tensors import host as _host  # noqa: F401 - zero-copy view helper (tests, users)
 
-#: LAMB's two passes per tensor are not wired into the adapter yet (fastopt.LAMB is)
-_TORCH_SPECS = [s for s in _specs.SPECS if not s.apply_rule]
+_TORCH_SPECS = list(_specs.SPECS)
 __all__ = ["FusedOptimizer", "make_class"] + [s.name for s in _TORCH_SPECS]
 
 

@@ -78,6 +78,7 @@ def _check_addresses(columns, kernel):
 
 _COLUMN = ("parameter", "gradient", "state tensor")
 _NP_OTHER = {torch.uint8: np.dtype(np.uint8)}
+_NATIVE = (torch.float32, torch.float64)   # what a reduction (LAMB's first pass) compiles for
 
 
 class FusedOptimizer(_TorchOptimizer):
@@ -101,6 +102,9 @@ class FusedOptimizer(_TorchOptimizer):
             raise ValueError(f"state_dtype='int8': {type(self).__name__}'s "
                              f"{', '.join(self.spec.from_param)} is a copy of the parameters "
                              f"(use 'bfloat16' or 'float32')")
+        if self.spec.apply_rule and self._state_dtype not in (None, "float32", "float64"):
+            raise ValueError(f"state_dtype={self._state_dtype!r}: {type(self).__name__} keeps "
+                             f"its state in the parameters' dtype (float32 or float64)")
         # stochastic rounding draws per step: SGD (no torch "step") keeps one then
         self._needs_step = self.spec.torch_step or rounding == "stochastic"
         self._offsets = None      # id(param) -> first element among params of its dtype
@@ -127,6 +131,21 @@ class FusedOptimizer(_TorchOptimizer):
         if betas is not None and any(isinstance(b, torch.Tensor) for b in betas):
             group["betas"] = tuple(float(b) for b in betas)
         self.spec.validate(group)
+
+    def _check_two_pass(self, label, p):
+        """LAMB (a spec with a per-tensor reduction): float32/float64 parameters with state of
+        their own dtype, and whole tensors (a DTensor shard holds only part of the norms)."""
+        name = type(self).__name__
+        if T.is_dtensor(p):
+            raise ValueError(f"{label} is a DTensor (FSDP2): {name}'s trust ratio needs the "
+                             f"norms of the whole tensor, and fastopt.torch does not all-reduce "
+                             f"them (step a plain or DDP model)")
+        if p.dtype not in _NATIVE:
+            raise TypeError(f"{label} has dtype {p.dtype}: {name} steps float32 or float64 "
+                            f"only (its per-tensor reduction is compiled for those)")
+        if self._state_torch_dtype(p) != p.dtype:
+            raise ValueError(f"{label}: {name} keeps its state in the parameters' dtype "
+                             f"({p.dtype}); state_dtype={self._state_dtype!r} is not supported")
 
     def _backend_for(self, label, device_type):
         be = self._backends.get(device_type)
@@ -212,6 +231,8 @@ class FusedOptimizer(_TorchOptimizer):
                 if T.is_dtensor(p) and (self._flatten or self._state_dtype == "int8"):
                     raise ValueError(f"{label} is a DTensor (FSDP2); flatten=True and "
                                      f"state_dtype='int8' step plain tensors only")
+                if self.spec.apply_rule:
+                    self._check_two_pass(label, p)
         except Exception:
             self.param_groups.pop()  # leave the optimizer as it was
             raise
@@ -332,6 +353,8 @@ class FusedOptimizer(_TorchOptimizer):
                 T.check_param(label, p)
                 g = T.check_grad(label, p, g)
                 self._odd = self._odd or T.is_dtensor(p) or not p.is_contiguous()
+            if self.spec.apply_rule and p.dtype not in _NATIVE:   # LAMB: p.data re-typed
+                self._check_two_pass(T.label(group, gi, i, p), p)
             if self.spec.group_step:     # Schedule-Free: the group counts the steps
                 t = r = group[self.spec.group_step] + 1
             else:
@@ -434,7 +457,7 @@ class FusedOptimizer(_TorchOptimizer):
                     p.copy_(p.to(z.dtype).lerp_(z, w))
             group["train_mode"] = mode
 
-    def _bound(self, key, columns, device, kernel, offsets, owners=None):
+    def _bound(self, key, columns, device, kernel, offsets, owners=None, per_tensor=False):
         """The bound kernel call over ``columns`` (parameters, gradients, each state buffer):
         tensors laid end to end in one storage, in every column at once, are one row
         (:func:`fastopt._layout.joint_runs`).
@@ -443,7 +466,8 @@ class FusedOptimizer(_TorchOptimizer):
         (``data_ptr()``, no NumPy views) and the call is kept for the next step: it is reused
         while every tensor is the same object at the same address with the same size (checked
         each step, so a re-homed ``.data`` or a new ``.grad`` rebinds), and it holds no
-        reference to any tensor.  Elsewhere (Numba, NumPy, CUDA) the rows are views, rebuilt each step."""
+        reference to any tensor.  Elsewhere (Numba, NumPy, CUDA) the rows are views, rebuilt each step.
+        ``per_tensor``: one row per tensor, never joined (LAMB's per-tensor sums)."""
         ident = tuple((id(t), t.data_ptr(), t.numel()) if t is not None else None
                       for col in columns for t in col)
         hit = self._calls.get(key)
@@ -458,7 +482,8 @@ class FusedOptimizer(_TorchOptimizer):
             offsets = self._element_offsets()
         start = [offsets[id(p)] + T.shard_start(p) for p in params]
         runs = []
-        for run in _layout.joint_runs(columns, _locate):
+        for run in ([[k] for k in range(len(params))] if per_tensor else
+                    _layout.joint_runs(columns, _locate)):
             # a run is one row only where its elements are consecutive in the element index
             # of stochastic rounding too
             cut = [0] + [j for j in range(1, len(run)) if start[run[j]] !=
@@ -524,9 +549,13 @@ class FusedOptimizer(_TorchOptimizer):
                        *[sfmt[n] if needed[n] else None for n in names])
             kernel = be.kernel(spec.rule, F.compute_dtype(pfmt), flags, formats, self._rounding)
             ckey = (gi, device, dtype, gdtype, flags, len(pairs), q8)
-            call = self._bound(ckey, columns, device, kernel, offsets, owners)
+            call = self._bound(ckey, columns, device, kernel, offsets, owners,
+                               per_tensor=bool(spec.apply_rule))
             built.append((ckey, kernel, owners, col_keys, t, columns[1]))
-            self._launch(device, call, sc, t)
+            sums = self._launch(device, call, sc, t)
+            if spec.apply_rule:    # LAMB: the second pass, per tensor, with its own scalars
+                self._apply_pass(group, device, columns, formats, flags, sums, t, ckey,
+                                 offsets, owners)
             for dst, src in back:
                 dst.copy_(src)
             if self._needs_step:
@@ -542,19 +571,37 @@ class FusedOptimizer(_TorchOptimizer):
             torch._foreach_add_(steps, 1.0)
         return built
 
+    def _apply_pass(self, group, device, columns, formats, flags, sums, t, ckey, offsets,
+                    owners):
+        """A two-pass spec's second pass (LAMB): per tensor, ``spec.apply_rule`` over the
+        parameter and the state its first pass wrote, with the scalars of that tensor's sums
+        (``spec.apply_scalars``; LAMB's trust ratio)."""
+        spec = self.spec
+        be = self._backend_for("parameter", device.type)
+        kernel = be.kernel(spec.apply_rule, F.compute_dtype(formats[0]), flags,
+                           (formats[0], *formats[2:]), self._rounding)
+        lr = group["lr"]
+        lr = _checks.lr_value(lr.item() if isinstance(lr, torch.Tensor) else lr, t)
+        cols = [columns[0], *columns[2:]]
+        for k, tensor_sums in enumerate(sums):
+            call = self._bound(ckey + ("apply", k), [[c[k]] for c in cols], device, kernel,
+                               offsets, [owners[k]])
+            self._launch(device, call, spec.apply_scalars(group, t, lr, tensor_sums), t)
+
     def _launch(self, device, call, sc, t):
+        """``call(sc, t)``; returns what it returns (a reduction's per-row sums)."""
         if device.type == "cpu":
-            call(sc, t)
-            return
+            return call(sc, t)
         # CUDA (never run on a GPU): numba launches on its default stream
         stream = torch.cuda.current_stream(device)
         foreign = stream.cuda_stream != 0
         if foreign:
             stream.synchronize()
-        call(sc, t)
+        out = call(sc, t)
         if foreign:
             from numba import cuda
             cuda.synchronize()
+        return out
 
     def _array(self, t, device):
         """The kernel array of a tensor: a numba device array (CUDA), else a 1-D NumPy view."""

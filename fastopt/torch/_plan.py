@@ -79,7 +79,8 @@ class GroupPlan:
         """The plan of group ``gi`` right after a generic step of it (``built``: what
         ``_run_group`` returned), or None where the group does not qualify."""
         spec = opt.spec
-        if opt._odd or not built or len({b[4] for b in built}) != 1:
+        if opt._odd or not built or len({b[4] for b in built}) != 1 or spec.apply_rule:
+            # (LAMB's second pass takes per-tensor scalars from the first: the generic path)
             return None
         be = opt._backends.get("cpu")
         if be is None or not hasattr(be, "bind_addresses"):

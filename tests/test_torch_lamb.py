@@ -1,0 +1,186 @@
+"""fastopt.torch.LAMB: the NumPy API's LAMB bit for bit (same kernels, one row per tensor),
+the paper's Algorithm 2 with non-contiguous and gradient-less parameters, checkpoints that
+resume bit for bit, ``max_grad_norm`` against ``clip_grad_norm_``, and the formats it refuses
+before changing anything (its DTensor refusal is in tests/test_torch_distributed.py)."""
+import io
+
+import numpy as np
+import pytest
+
+from _support import HOST_BACKENDS, TOL
+from test_new_optimizers import _lamb_paper
+
+torch = pytest.importorskip("torch")
+import fastopt  # noqa: E402
+import fastopt.torch as ft  # noqa: E402
+
+SHAPES = [(5,), (70, 60), (3,), (0,), (64,)]
+SCALES = [1.0, 0.01, 30.0, 1.0, 0.0]   # very different norms; the last tensor is zero
+STEPS = 12
+
+
+def _problem(dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    p0 = [(s * rng.standard_normal(shape)).astype(dtype) for shape, s in zip(SHAPES, SCALES)]
+    grads = [[rng.standard_normal(shape).astype(dtype) for shape in SHAPES]
+             for _ in range(STEPS)]
+    return p0, grads
+
+
+def _tensors(arrays):
+    return [torch.tensor(a, requires_grad=True) for a in arrays]
+
+
+def _set_grads(ps, gs):
+    for p, g in zip(ps, gs):
+        p.grad = torch.tensor(g)
+
+
+KW = [dict(lr=0.02), dict(lr=0.02, weight_decay=0.1, maximize=True, betas=(0.8, 0.95), eps=1e-8)]
+
+
+@pytest.mark.parametrize("flatten", [False, True], ids=["tensors", "flatten"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+@pytest.mark.parametrize("kw", KW, ids=["defaults", "wd-max-betas-eps"])
+def test_matches_numpy_api_bit_for_bit(kw, backend, dtype, flatten):
+    """Two param groups (the second with half the lr); the NumPy API's LAMB on the same arrays:
+    the same parameters and state, bit for bit (each tensor is its own row either way, even in
+    one flat buffer, so the sums are added in the same order)."""
+    p0, grads = _problem(dtype)
+    nps = [p.copy() for p in p0]
+    groups = lambda ps: [{"params": ps[:2]}, {"params": ps[2:], "lr": kw["lr"] / 2}]  # noqa
+    ref = fastopt.LAMB(groups(nps), backend=backend, **kw)
+    tps = _tensors(p0)
+    opt = ft.LAMB(groups(tps), backend=backend, flatten=flatten, **kw)
+    for gs in grads:
+        ref.step(gs)
+        _set_grads(tps, gs)
+        opt.step()
+    sd = opt.state_dict()["state"]
+    for k, (a, t) in enumerate(zip(nps, tps)):
+        np.testing.assert_array_equal(t.detach().numpy(), a, err_msg=f"param {k}")
+        for name in ("exp_avg", "exp_avg_sq"):
+            np.testing.assert_array_equal(sd[k][name].numpy().reshape(-1),
+                                          ref.state[k][name].reshape(-1), err_msg=name)
+        assert int(sd[k]["step"]) == STEPS
+    assert not np.array_equal(tps[1].detach().numpy(), p0[1])
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+def test_matches_the_paper_with_odd_tensors(backend):
+    """A transposed (non-contiguous) parameter, stepped in place; a parameter without a gradient
+    on some steps (skipped, its step count does not advance, so its bias corrections lag)."""
+    p0, grads = _problem(np.float64, seed=3)
+    tps = _tensors(p0)
+    t1 = torch.tensor(p0[1].T.copy()).t().requires_grad_()   # values of p0[1], transposed memory
+    assert not t1.is_contiguous()
+    tps[1] = t1
+    opt = ft.LAMB(tps, lr=0.05, weight_decay=0.01, backend=backend)
+    skip = {2, 5}          # steps where parameter 0 has no gradient
+    for i, gs in enumerate(grads):
+        _set_grads(tps, gs)
+        if i in skip:
+            tps[0].grad = None
+        opt.step()
+    for k in range(len(SHAPES)):
+        gk = [gs[k] for i, gs in enumerate(grads) if not (k == 0 and i in skip)]
+        want, ms, vs = _lamb_paper([p0[k]], [[g] for g in gk], 0.05, 0.9, 0.999, 1e-6, 0.01)
+        np.testing.assert_allclose(tps[k].detach().numpy(), want[0], **TOL[np.float64],
+                                   err_msg=f"param {k}")
+        np.testing.assert_allclose(opt.state[tps[k]]["exp_avg"].numpy(), ms[0],
+                                   **TOL[np.float64])
+    assert int(opt.state[tps[0]]["step"]) == STEPS - len(skip)
+    assert t1.stride() == (1, 70)          # still the caller's layout
+
+
+@pytest.mark.parametrize("flatten", [False, True], ids=["tensors", "flatten"])
+def test_checkpoint_resumes_bit_for_bit(flatten):
+    p0, grads = _problem(np.float32, seed=5)
+    a, b = _tensors(p0), _tensors(p0)
+    oa = ft.LAMB(a, lr=0.01, weight_decay=0.05, flatten=flatten)
+    for gs in grads[:5]:
+        _set_grads(a, gs)
+        oa.step()
+    buf = io.BytesIO()
+    torch.save({"params": [p.detach() for p in a], "optim": oa.state_dict()}, buf)
+    buf.seek(0)
+    ckpt = torch.load(buf, weights_only=True)
+    with torch.no_grad():
+        for p, q in zip(b, ckpt["params"]):
+            p.copy_(q)
+    ob = ft.LAMB(b, lr=0.01, weight_decay=0.05, flatten=flatten)
+    ob.load_state_dict(ckpt["optim"])
+    for gs in grads[5:]:
+        _set_grads(a, gs)
+        _set_grads(b, gs)
+        oa.step()
+        ob.step()
+    for p, q in zip(a, b):
+        assert torch.equal(p, q)
+    for p, q in zip(a, b):
+        for name in ("step", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(oa.state[p][name], ob.state[q][name]), name
+
+
+def test_max_grad_norm_matches_clip_grad_norm():
+    """The clip factor folded into the first pass: the same step as ``clip_grad_norm_`` then
+    LAMB, to rounding; the gradients are never written."""
+    p0, grads = _problem(np.float32, seed=7)
+    a, b = _tensors(p0), _tensors(p0)
+    oa = ft.LAMB(a, lr=0.01, max_grad_norm=5.0)
+    ob = ft.LAMB(b, lr=0.01)
+    clipped = 0
+    for gs in grads:
+        _set_grads(a, gs)
+        _set_grads(b, gs)
+        norm = float(torch.nn.utils.clip_grad_norm_(b, 5.0))
+        clipped += norm > 5.0
+        oa.step()
+        ob.step()
+        assert oa.last_grad_norm == pytest.approx(norm, rel=1e-5)
+        for p, g in zip(a, gs):
+            np.testing.assert_array_equal(p.grad.numpy(), g)
+    assert clipped == STEPS      # every step was clipped (the norm is ~75)
+    for p, q in zip(a, b):
+        np.testing.assert_allclose(p.detach().numpy(), q.detach().numpy(), **TOL[np.float32])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_parameters_are_refused(dtype):
+    with pytest.raises(TypeError, match=r"float32 or float64 only"):
+        ft.LAMB([torch.zeros(8, dtype=dtype, requires_grad=True)])
+
+
+@pytest.mark.parametrize("state_dtype", ["int8", "bfloat16"])
+def test_other_state_dtypes_are_refused(state_dtype):
+    with pytest.raises(ValueError, match=f"state_dtype='{state_dtype}'"):
+        ft.LAMB([torch.zeros(8, requires_grad=True)], state_dtype=state_dtype)
+
+
+def test_float32_state_of_float64_parameters_is_refused():
+    with pytest.raises(ValueError, match="parameters' dtype"):
+        ft.LAMB([torch.zeros(8, dtype=torch.float64, requires_grad=True)],
+                state_dtype="float32")
+
+
+def test_retyped_parameter_is_refused_before_anything_changes():
+    """``p.data`` turned bfloat16 after a step: the next step raises naming the parameter, and no
+    parameter or state (of any tensor, in any param group) has changed."""
+    p0, grads = _problem(np.float32, seed=9)
+    ps = _tensors(p0)
+    opt = ft.LAMB([{"params": ps[:3]}, {"params": ps[3:]}], lr=0.01)
+    _set_grads(ps, grads[0])
+    opt.step()
+    ps[4].grad = None
+    ps[4].data = ps[4].data.to(torch.bfloat16)
+    _set_grads(ps[:4], grads[1])
+    ps[4].grad = torch.tensor(grads[1][4]).to(torch.bfloat16)
+    before = [p.detach().clone() for p in ps]
+    state = {k: {n: v.clone() for n, v in opt.state[p].items()} for k, p in enumerate(ps)}
+    with pytest.raises(TypeError, match=r"param_groups\[1\].*bfloat16.*float32 or float64 only"):
+        opt.step()
+    for k, p in enumerate(ps):
+        assert torch.equal(p.detach(), before[k])
+        for n, v in state[k].items():
+            assert torch.equal(opt.state[p][n], v), (k, n)
