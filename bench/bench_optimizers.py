@@ -42,7 +42,7 @@ from bench_formats import floor_gbps  # noqa: E402
 #: torch.optim classes that have a fused CPU step (the issue's ">= 1.0x where torch fuses it")
 TORCH_FUSED = {"Adam", "AdamW", "SGD", "Adagrad"}
 #: the new optimizers of issue 14 (the first six are in bench_kernels.py / bench_models.py)
-NEW = ("Adamax", "NAdam", "RAdam", "Adadelta", "ASGD", "Rprop", "Lion",
+NEW = ("Adamax", "NAdam", "RAdam", "Adadelta", "ASGD", "Rprop", "Lion", "LAMB",
        "AdamWScheduleFree")
 
 

@@ -158,6 +158,50 @@ def test_lamb_matches_the_paper(backend, dtype, kw, small_threshold):
     assert moved[4] > 0      # zero tensor: ratio 1, it moves by lr*u
 
 
+def _lane_sum(terms):
+    """The host backends' order of a reduction (``_codegen.SUM_BLOCK``, ``SUM_LANES``): per block,
+    element i into float64 lane i % SUM_LANES, the lanes in order; then the blocks in order."""
+    from fastopt.kernels._codegen import SUM_BLOCK, SUM_LANES
+    total = 0.0
+    for b in range(0, terms.size, SUM_BLOCK):
+        block = terms[b:b + SUM_BLOCK].astype(np.float64)
+        lanes = [0.0] * SUM_LANES
+        for i, x in enumerate(block.tolist()):
+            lanes[i % SUM_LANES] += x
+        acc = 0.0
+        for x in lanes:
+            acc += x
+        total += acc
+    return total
+
+
+@pytest.mark.parametrize("threads", [False, True], ids=["serial", "threaded"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_lamb_sums_in_one_fixed_order(dtype, threads, request):
+    """LAMB's per-tensor sums on the compiled host backends: exactly the documented order
+    (``sum(p*p)`` against a Python loop in that order), and the same bits on Numba and Cython
+    (``sum(u*u)`` too), serial or threaded, on sizes with partial lanes and blocks."""
+    from fastopt.kernels import formats as F, get_backend
+    if threads:
+        request.getfixturevalue("small_threshold")
+    backends = [b for b in HOST_BACKENDS if b != "numpy"]
+    rng = np.random.default_rng(4)
+    f = F.tag(np.dtype(dtype))
+    sc = (1.0, 0.9, 0.1, 0.999, 0.001, 10.0, 1 / np.sqrt(0.001), 1e-6, 0.01)
+    for n in (1, 63, 64, 4096, 2 * 4096 + 77):
+        p = rng.standard_normal(n).astype(dtype)
+        g = rng.standard_normal(n).astype(dtype)
+        got = []
+        for name in backends:
+            be = get_backend(name)
+            m, v = np.zeros(n, dtype), np.zeros(n, dtype)
+            kernel = be.kernel("lamb", np.dtype(dtype), (True,), (f, f, f, f), "nearest")
+            (sums,) = be.bind(kernel, [(p, g, m, v)])(sc, 1)
+            got.append(sums)
+        assert got[0][0] == _lane_sum(p * p), n
+        assert len(set(got)) == 1, (n, dict(zip(backends, got)))
+
+
 def test_lamb_two_passes_bytes():
     """40 bytes per float32 element: pass 1 reads p, g, m, v and writes m, v; pass 2 reads p, m,
     v and writes p."""

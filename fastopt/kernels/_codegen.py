@@ -384,6 +384,14 @@ _ser = njit(fastmath=_FM, error_model="numpy", nogil=True, cache=True)
 
 #: The block of a reduction's sums (every backend: the sums do not depend on the threads).
 SUM_BLOCK = 4096
+#: Within a block, the element loop stores each element's terms in a buffer (that loop has no
+#: reduction in it, so it vectorizes like every other loop); then element ``i`` (counted from
+#: the block's start) is added to float64 lane ``i % SUM_LANES``, and the lanes in order.  A
+#: fixed order, so the same bits on every host backend and thread count.  A single running sum
+#: is a serial chain of float64 additions that no compiler may reorder, and it kept the whole
+#: element loop scalar (LAMB's first pass ran at 8 GB/s so); 64 lanes are 64 independent chains
+#: (tests/test_codegen.py checks what each compiler makes of them).
+SUM_LANES = 64
 
 
 def _call(sig, flags, load):
@@ -435,15 +443,40 @@ def numba_source(mod=None):
                     # a reduction: float64 sums per block of SUM_BLOCK elements (the blocks
                     # split over threads), then the blocks' sums in order: the same bits on
                     # any thread count, serial or parallel
+                    # (within a block: each element's terms into a buffer, then added in
+                    # SUM_LANES float64 lanes, the lanes in order: as the Cython loops)
+                    L = SUM_LANES
                     lines += [f"    n = a_{sig.arrays[0]}.size",
                               "    nb = (n + SUM_BLOCK - 1) // SUM_BLOCK",
                               f"    part = np.zeros((nb, {ns}))",
-                              f"    for b in {rng}(nb):"]
+                              f"    for b in {rng}(nb):",
+                              "        lo = b * SUM_BLOCK",
+                              "        hi = min(n, lo + SUM_BLOCK)",
+                              f"        m = hi - lo",
+                              f"        m{L} = m - m % {L}",
+                              ]
+                    lines += [f"        t{j} = np.empty(SUM_BLOCK, dtype=np.{np_name})"
+                              for j in range(ns)]
+                    # the element loop on views of the block (LLVM vectorizes it only so)
+                    lines += [f"        v_{a} = a_{a}[lo:hi]" for a in sig.arrays
+                              if a in sig.used(flags)]
+                    lines.append("        for i in range(m):")
+                    vcall = f"            r = {_call(sig, flags, lambda a: f'v_{a}[i]')}"
+                    vstores = ["            " + x for x in _stores(
+                        sig, flags, lambda a, v: f"v_{a}[i] = {v}")]
+                    lines += [vcall] + vstores
+                    lines += [f"            t{j}[i] = r[{nw + j}]" for j in range(ns)]
+                    lines += [f"        lane{j} = np.zeros({L})" for j in range(ns)]
+                    lines.append(f"        for c in range(0, m{L}, {L}):")
+                    for j in range(ns):
+                        lines += [f"            for l in range({L}):",
+                                  f"                lane{j}[l] += np.float64(t{j}[c + l])"]
+                    lines += [f"        for i in range(m{L}, m):"]
+                    lines += [f"            lane{j}[i - m{L}] += np.float64(t{j}[i])"
+                              for j in range(ns)]
                     lines += [f"        acc{j} = 0.0" for j in range(ns)]
-                    lines.append("        for i in range(b * SUM_BLOCK, "
-                                 "min(n, (b + 1) * SUM_BLOCK)):")
-                    lines += ["    " + x for x in [call] + stores]
-                    lines += [f"            acc{j} += np.float64(r[{nw + j}])" for j in range(ns)]
+                    lines += [f"        for l in range({L}):"]
+                    lines += [f"            acc{j} += lane{j}[l]" for j in range(ns)]
                     lines += [f"        part[b, {j}] = acc{j}" for j in range(ns)]
                     lines += [f"    tot{j} = 0.0" for j in range(ns)]
                     lines.append("    for b in range(nb):")
@@ -938,8 +971,9 @@ def _cython_rule_body(sig, tag, flags, helper_names):
     stmts = [ast.unparse(st) for st in body]
     stores = [f"a_{a}[i] = {ast.unparse(v)}"
               for a, v in zip(sig.written, ret.value.elts) if a in used]
-    # a reduction: double totals (an in-place operator makes them reductions of the prange)
-    sums = [f"acc{j} += <double>({ast.unparse(v)})"
+    # a reduction: each element's terms into the block's buffers (in the compute dtype; the
+    # block loop then adds them up in float64 lanes, _cython_reduction)
+    sums = [f"t{j}[i - lo] = {ast.unparse(v)}"
             for j, v in enumerate(ret.value.elts[len(sig.written):])]
     return locals_, loads + stmts + stores + sums
 
@@ -1267,12 +1301,24 @@ def _cython_reduction(name, ptrs, scal, ctype, locals_, body, sig, used, ns):
     ``_<name>`` runs the blocks (serially, or split over threads), then adds the blocks' sums in
     order: the same bits on any thread count."""
     args = [a.split()[-1] for a in ptrs] + [x.split()[-1] for x in scal]
+    L = SUM_LANES
     lines = [f"cdef void _{name}_block(Py_ssize_t lo, Py_ssize_t hi, {', '.join(ptrs + scal)}, "
-             f"double* part) noexcept nogil:", "    cdef Py_ssize_t i",
+             f"double* part) noexcept nogil:",
+             f"    cdef Py_ssize_t i, c, l, m = hi - lo, m{L} = m - m % {L}",
              f"    cdef {ctype} {', '.join(locals_)}",
+             f"    cdef {ctype} {', '.join(f't{j}[{SUM_BLOCK}]' for j in range(ns))}",
+             f"    cdef double {', '.join(f'lane{j}[{L}]' for j in range(ns))}",
              f"    cdef double {', '.join(f'acc{j} = 0' for j in range(ns))}",
+             # the element loop (no reduction in it: vectorized like every other loop)
              "    for i in range(lo, hi):"]
     lines += [textwrap.indent(b, " " * 8) for b in body]
+    lines += [f"    for l in range({L}):"] + [f"        lane{j}[l] = 0" for j in range(ns)]
+    lines += [f"    for c in range(0, m{L}, {L}):"]
+    for j in range(ns):
+        lines += [f"        for l in range({L}):", f"            lane{j}[l] += <double>t{j}[c + l]"]
+    lines += [f"    for i in range(m{L}, m):"]
+    lines += [f"        lane{j}[i - m{L}] += <double>t{j}[i]" for j in range(ns)]
+    lines += [f"    for l in range({L}):"] + [f"        acc{j} += lane{j}[l]" for j in range(ns)]
     lines += [f"    part[{j}] = acc{j}" for j in range(ns)]
     call = f"_{name}_block(b * {SUM_BLOCK}, hi, {', '.join(args)}, part + b * {ns})"
     lines += ["", "", f"cdef void _{name}(Py_ssize_t n, {', '.join(ptrs + scal)}, "
