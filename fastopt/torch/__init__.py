@@ -100,6 +100,14 @@ State dicts
     ``load_state_dict()`` validates shapes before changing anything and then **copies** the
     loaded values into this optimizer's own buffers (torch would alias them), so the loaded dict
     can keep being used elsewhere.
+
+Copies
+    ``copy.deepcopy``, ``pickle`` and ``torch.save`` of a whole optimizer keep its options
+    (``max_grad_norm``, ``state_dtype``, ``flatten``, ...; torch's ``__getstate__`` alone keeps
+    only defaults, state and param groups) and none of its bound calls, which hold addresses:
+    the copy steps its own tensors and continues bit for bit as the original.  In flatten mode
+    the copy's parameters, gradients and state are views into its own flat buffers again (a
+    plain pickle makes each tensor its own copy: the values are copied back in).
 """
 from __future__ import annotations
 

@@ -44,6 +44,27 @@ class Flat:
         for p, g in zip(self.params, self.grads):
             p.grad = g
 
+    def rehome(self):
+        """After a deep copy or an unpickling: every parameter (and every gradient shaped like
+        it) a view into the flat buffers again -- values copied in where the copy made it a
+        tensor of its own -- and the addresses recorded anew.  A gradient that is None stays
+        None (the step skips that parameter, as before the copy)."""
+        self.grads = []
+        for p, a, b in zip(self.params, self.offsets, self.offsets[1:]):
+            view = self.param[a:b].view_as(p)
+            if p.data_ptr() != view.data_ptr():
+                view.copy_(p.detach())
+                p.data = view
+            gview = self.grad[a:b].view_as(p)
+            g = p.grad
+            if g is not None and not g.is_sparse and g.shape == p.shape and g.dtype == p.dtype:
+                if g.data_ptr() != gview.data_ptr():
+                    gview.copy_(g)
+                    p.grad = gview
+                gview = p.grad
+            self.grads.append(gview)
+        self.ptrs = [p.data_ptr() for p in self.params]
+
     def intact(self):
         """Every parameter still lives in the flat buffer and its ``.grad`` is still our view
         (so all of them are known valid, and the step need not check them one by one)."""

@@ -623,10 +623,54 @@ class FusedOptimizer(_TorchOptimizer):
                         flat.attach_grads()
 
     # -- checkpoints (fastopt.torch._checkpoint) ------------------------------------------------
+    #: what a deep copy or a pickle keeps besides torch's ``defaults``, ``state`` and
+    #: ``param_groups`` (torch's ``__getstate__`` keeps only those): the constructor's options
+    #: and the flat buffers; everything else is a cache of tensor addresses and identities,
+    #: rebuilt by the copy's first step (a bound call copied over would write into the
+    #: original's memory)
+    _PICKLED = {"max_grad_norm": None, "last_grad_norm": None, "_state_dtype": None,
+                "_rounding": "nearest", "_seed": 0, "_min_8bit_size": 4096,
+                "_needs_step": None, "_requested_backend": None, "_flatten": False,
+                "_flats": None}
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.update({k: self.__dict__[k] for k in self._PICKLED if k in self.__dict__})
+        return state
+
     def __setstate__(self, state):
         super().__setstate__(state)
-        self._plans = {}
+        for k, v in self._PICKLED.items():   # a pickle of torch's three keys only
+            self.__dict__.setdefault(k, v)
+        if self._needs_step is None:
+            self._needs_step = self.spec.torch_step or self._rounding == "stochastic"
+        if self._flats is None:
+            self._flats = [[] for _ in self.param_groups]
+        self._clip, self._offsets, self._odd = 1.0, None, False
+        self._backends, self._calls, self._plans, self._slot = {}, {}, {}, {}
+        self._rehome_flats()
         _checkpoint.after_setstate(self)
+
+    @torch.no_grad()
+    def _rehome_flats(self):
+        """After a deep copy or an unpickling (flatten mode): each parameter, gradient and state
+        tensor a view into its run's flat buffers again (a deep copy keeps views of one storage
+        as views; a plain pickle makes each tensor its own copy, whose values are copied in)."""
+        for gi, flats in enumerate(self._flats):
+            keys = self._state_keys(self.spec.needed(self.param_groups[gi]))
+            for flat in flats:
+                flat.rehome()
+                for i, p in enumerate(flat.params):
+                    self._slot[id(p)] = (flat, i)
+                    st = self.state.get(p, {})
+                    for name, buf in flat.state.items():
+                        t = st.get(keys.get(name))
+                        if not isinstance(t, torch.Tensor):
+                            continue
+                        view = flat.state_view(i, name, 0.0, buf.dtype)
+                        if t.data_ptr() != view.data_ptr():
+                            view.copy_(t)
+                            st[keys[name]] = view
 
     @torch.no_grad()
     def load_state_dict(self, state_dict):
