@@ -424,6 +424,28 @@ def test_flatten_steady_state_takes_the_plan(monkeypatch):
     assert generic == [0]
 
 
+def test_a_rebound_call_is_not_reused_for_the_old_gradient():
+    """A plan rebinds its calls to fresh gradients by writing their addresses into the bound
+    table in place; the generic path's cache held that same call under the first gradient's
+    identity and address.  Giving the parameter its first (still live) gradient back while the
+    plan cannot run (``opt.state`` replaced by an equal dict) must step with that gradient, as
+    torch does, not with the address the table was rewritten to."""
+    from collections import defaultdict
+    torch.manual_seed(0)
+    w = torch.randn(40, requires_grad=True)
+    ref_w = w.detach().clone().requires_grad_()
+    opt = ft.Adam([w], lr=0.1)
+    ref = torch.optim.Adam([ref_w], lr=0.1)
+    g1, g2 = torch.randn(40), torch.randn(40)
+    for grad, replace_state in ((g1, False), (g2.clone(), False), (g1, True)):
+        w.grad, ref_w.grad = grad, grad.clone()
+        if replace_state:
+            opt.state = defaultdict(dict, opt.state)
+        opt.step()
+        ref.step()
+        torch.testing.assert_close(w, ref_w, **TOL32)
+
+
 def test_plan_keeps_no_gradient_alive():
     model, opt = _stepped()
     refs = [weakref.ref(p.grad) for p in model.parameters()]

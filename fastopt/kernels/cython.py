@@ -170,6 +170,19 @@ class CythonBackend(HostBackend):
         call.rows = [r[0] for r, _ in keep]
         return call
 
+    @staticmethod
+    def rebind_columns(kernel, call, columns):
+        """A call made by :meth:`bind_addresses` whose arrays moved: ``columns`` maps an array's
+        index (in the rule's order) to its new address in each row the call kept (rows of
+        ``n > 0``, in order), written into the call's table in place; the rows, their sizes
+        and the other addresses stay as bound.  For a caller that checked the new memory as
+        it checked the old (the torch adapter's fresh gradients): a fresh table costs a
+        microsecond or more per row, this a few for all of them."""
+        table = call.keep
+        first = 1 if kernel.native else 2
+        for a, addresses in columns.items():
+            table[:, first + a] = addresses
+
     def all_finite(self, array):
         exponent = F.exponent_bits(array.dtype)
         if exponent is not None:

@@ -640,16 +640,22 @@ class FusedOptimizer(_TorchOptimizer):
 
     def __setstate__(self, state):
         super().__setstate__(state)
-        for k, v in self._PICKLED.items():   # a pickle of torch's three keys only
-            self.__dict__.setdefault(k, v)
-        if self._needs_step is None:
-            self._needs_step = self.spec.torch_step or self._rounding == "stochastic"
-        if self._flats is None:
-            self._flats = [[] for _ in self.param_groups]
-        self._clip, self._offsets, self._odd = 1.0, None, False
-        self._backends, self._calls, self._plans, self._slot = {}, {}, {}, {}
-        self._rehome_flats()
+        # unpickled or deep-copied (torch's load_state_dict calls this too, with the state and
+        # param groups only, on a live optimizer)
+        copied = "defaults" in state
+        if copied:
+            for k, v in self._PICKLED.items():   # a pickle of torch's three keys only
+                self.__dict__.setdefault(k, v)
+            if self._needs_step is None:
+                self._needs_step = self.spec.torch_step or self._rounding == "stochastic"
+            if self._flats is None:
+                self._flats = [[] for _ in self.param_groups]
+            self._clip, self._offsets, self._odd = 1.0, None, False
+            self._backends, self._calls, self._slot = {}, {}, {}
+        self._plans = {}
         _checkpoint.after_setstate(self)
+        if copied:
+            self._rehome_flats()
 
     @torch.no_grad()
     def _rehome_flats(self):

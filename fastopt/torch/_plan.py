@@ -64,7 +64,8 @@ _CSCALAR = {torch.float32: ctypes.c_float, torch.float64: ctypes.c_double}
 class _Bucket:
     """One bound kernel call of the group: its parameters ``P[a:b]`` of the plan."""
 
-    __slots__ = ("a", "b", "kernel", "call", "singles", "bases", "keys", "cols", "saddr", "n")
+    __slots__ = ("a", "b", "kernel", "call", "singles", "bases", "keys", "cols", "saddr", "n",
+                 "ckey")
 
 
 class GroupPlan:
@@ -118,7 +119,7 @@ class GroupPlan:
             bk = _Bucket()
             bk.a, bk.b = a, a + len(owners)
             a = bk.b
-            bk.kernel, bk.call = kernel, entry[1]
+            bk.kernel, bk.call, bk.ckey = kernel, entry[1], ckey
             runs, bk.bases = entry[2], entry[3]
             bk.singles = all(len(r) == 1 for r in runs)
             bk.keys = [k for k in col_keys if k is not None]
@@ -236,12 +237,17 @@ class GroupPlan:
 
     def _rebind(self, opt, pp, gp):
         """Every row one tensor: the same rows, bases and state addresses, the new parameter
-        and gradient addresses (their dtypes, shapes and contiguity are the bound ones)."""
+        and gradient addresses (their dtypes, shapes and contiguity are the bound ones),
+        written into the bound calls' tables in place (rows of empty tensors are not in
+        them; the generic path's cache of the call is dropped)."""
         for bk in self.buckets:
-            rows = [(bk.n[j], [pp[k], gp[k]] + bk.saddr[j])
-                    for j, k in enumerate(range(bk.a, bk.b))]
-            bk.call = self.backend.bind_addresses(bk.kernel, rows, bases=bk.bases,
-                                                  seed=opt._seed)
+            # the generic path's cache holds the same call under the old tensors' identities
+            # and addresses: no longer what its table says
+            opt._calls.pop(bk.ckey, None)
+            kept = [k for j, k in enumerate(range(bk.a, bk.b)) if bk.n[j]]
+            if kept:
+                self.backend.rebind_columns(bk.kernel, bk.call, {
+                    0: [pp[k] for k in kept], 1: [gp[k] for k in kept]})
         self.pptrs, self.gptrs = pp, gp
 
     def run(self, opt, group):
