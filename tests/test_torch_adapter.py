@@ -565,6 +565,33 @@ def test_import_fastopt_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_training_calls_do_not_import_dynamo():
+    """Construction, step, zero_grad, state_dict, load_state_dict and add_param_group do not
+    import ``torch._dynamo`` (torch.optim's methods do, on their first call: 1-2 s of a fresh
+    process's first step), and in a process that has imported it they are torch's decorated
+    methods (so dynamo never traces into them)."""
+    code = """
+import io, sys, torch, fastopt.torch as ft
+from fastopt.torch import _optimizer
+def loop():
+    m = torch.nn.Linear(8, 4)
+    for cls, kw in ((ft.AdamW, dict(state_dtype="int8", min_8bit_size=1)),
+                    (ft.SGD, dict(momentum=0.9, flatten=True)), (ft.Adam, {})):
+        o = cls(m.parameters(), lr=0.1, **kw)
+        m(torch.ones(2, 8)).sum().backward(); o.step(); o.zero_grad()
+        buf = io.BytesIO(); torch.save(o.state_dict(), buf); buf.seek(0)
+        o.load_state_dict(torch.load(buf))
+        o.add_param_group({"params": [torch.nn.Parameter(torch.ones(3))]})
+loop()
+assert "torch._dynamo" not in sys.modules, "torch._dynamo imported"
+import torch._dynamo
+fn = torch.optim.Optimizer.add_param_group
+assert _optimizer._torch("add_param_group") is fn and fn is not fn.__wrapped__
+loop()
+"""
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 # -- CUDA (needs a real GPU) --------------------------------------------------------------------
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -11,6 +11,7 @@ the plan's checks pass, the next steps skip the grouping, the state lookups and 
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 import torch
@@ -74,6 +75,17 @@ def _check_addresses(columns, kernel):
             if c < arrays and t.numel() != columns[0][k].numel():
                 raise ValueError(f"fastopt.torch: {_COLUMN[min(c, 2)]} {k} of a kernel call has "
                                  f"{t.numel()} elements, its parameter {columns[0][k].numel()}")
+
+
+def _torch(name):
+    """``torch.optim.Optimizer``'s method ``name`` -- undecorated while nothing has imported
+    ``torch._dynamo``: its ``_disable_dynamo`` decorator imports dynamo on the first call (1-2 s
+    in a fresh process: most of a first step's time) only to keep dynamo from tracing the call,
+    and nothing can be tracing while dynamo is not loaded."""
+    fn = getattr(_TorchOptimizer, name)
+    if "torch._dynamo" not in sys.modules:
+        fn = getattr(fn, "__wrapped__", fn)
+    return fn
 
 
 _COLUMN = ("parameter", "gradient", "state tensor")
@@ -219,7 +231,7 @@ class FusedOptimizer(_TorchOptimizer):
         self._offsets = None
         self._plans.clear()
         n_before = len(self.param_groups)
-        super().add_param_group(param_group)
+        _torch("add_param_group")(self, param_group)
         group = self.param_groups[-1]
         gi = n_before
         try:
@@ -614,7 +626,7 @@ class FusedOptimizer(_TorchOptimizer):
         """As torch; in flatten mode the flat gradient buffers are zeroed and the ``.grad``
         views re-attached instead of setting them to None (see :mod:`fastopt.torch`)."""
         if not self._flatten:
-            return super().zero_grad(set_to_none)
+            return _torch("zero_grad")(self, set_to_none)
         with torch.no_grad():
             for flats in self._flats:
                 for flat in flats:
@@ -688,7 +700,7 @@ class FusedOptimizer(_TorchOptimizer):
                                               state_dict["state"].items()}}
         _checkpoint.check_state_dict(self, state_dict)
         for_torch, aside = _checkpoint.split_state_dict(self, state_dict)
-        super().load_state_dict(for_torch)
+        _torch("load_state_dict")(self, for_torch)
         _checkpoint.rehome_state(self, aside)
         self._calls.clear()
         self._plans.clear()
@@ -696,7 +708,7 @@ class FusedOptimizer(_TorchOptimizer):
     def state_dict(self):
         """As torch.  With ``state_dtype="int8"`` the state is bitsandbytes' layout and each
         ``step`` an int, so ``bitsandbytes.optim.AdamW8bit(...).load_state_dict`` takes it."""
-        sd = super().state_dict()
+        sd = _torch("state_dict")(self)
         if self._state_dtype == "int8":
             sd["state"] = {k: {n: int(v.item()) if n == "step" and isinstance(v, torch.Tensor)
                                else v for n, v in e.items()} for k, e in sd["state"].items()}
