@@ -44,6 +44,7 @@ info: $(STAMP)
 # down when both run in one process on a small machine (bench/README.md).
 BENCH := $(PY) -m pytest -q -p no:cacheprovider bench/bench_kernels.py bench/bench_models.py --benchmark-only
 bench: $(STAMP)
+	$(PY) -c "import torchao" 2>/dev/null || $(PIP) install -q "torchao>=0.12"
 	$(BENCH) -k "not torch and not cython" --benchmark-json=bench/results/latest-numba.json
 	$(BENCH) -k "cython" --benchmark-json=bench/results/latest-cython.json
 	$(BENCH) -k "torch" --benchmark-json=bench/results/latest-torch.json
