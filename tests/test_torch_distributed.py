@@ -3,7 +3,8 @@ DDP (``gradient_as_bucket_view=True``), ZeroRedundancyOptimizer (with and withou
 ``parameters_as_bucket_view``, a rank with an empty param group, hyperparameters changed
 through ``param_groups``, ``consolidate_state_dict`` and a reload), FSDP2 (``fully_shard``:
 DTensor parameters, one with an empty local shard; DCP save -> fresh model -> load ->
-continue; full state dicts) and ``_apply_optimizer_in_backward``.
+continue; full state dicts), ``_apply_optimizer_in_backward``, and LAMB under DDP and FSDP2
+(against one process on the mean gradient: its trust ratios from the whole tensors' norms).
 
 The multi-process scenarios run in one pair of gloo processes on localhost
 (``torch.multiprocessing`` spawn, ``file://`` rendezvous in a temporary directory), started
@@ -274,12 +275,19 @@ def scenario_dtensor_stochastic_rounding(rank, tmp):
         assert torch.equal(q.detach().full_tensor(), p.detach()), k
 
 
+def _lamb_reference_step(ref, ref_opt, i):
+    """One step of one process on the ranks' mean gradient (the loss averaged over their
+    batches), as DDP and FSDP2 (which average the ranks' gradients) step."""
+    ref_opt.zero_grad()
+    loss = sum(torch.nn.functional.mse_loss(ref(x), y) for x, y in
+               (_batch(r, i) for r in range(WORLD))) / WORLD
+    loss.backward()
+    ref_opt.step()
+
+
 def scenario_lamb(rank, tmp):
     """LAMB under DDP: the same trajectory as one process stepping the ranks' mean gradient (its
-    per-tensor trust ratios on the all-reduced gradients); FSDP2's DTensors are refused (their
-    norms would need an all-reduce, which fastopt.torch does not do)."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.tensor import Shard, distribute_tensor
+    per-tensor trust ratios on the all-reduced gradients)."""
     from torch.nn.parallel import DistributedDataParallel as DDP
     got, ref = DDP(_model()), _model()
     opt = ft.LAMB(got.parameters(), lr=LR, weight_decay=WD)
@@ -289,21 +297,43 @@ def scenario_lamb(rank, tmp):
         x, y = _batch(rank, i)
         torch.nn.functional.mse_loss(got(x), y).backward()
         opt.step()
-        ref_opt.zero_grad()
-        loss = sum(torch.nn.functional.mse_loss(ref(x), y) for x, y in
-                   (_batch(r, i) for r in range(WORLD))) / WORLD
-        loss.backward()
-        ref_opt.step()
+        _lamb_reference_step(ref, ref_opt, i)
     for k, (a, b) in enumerate(zip(ref.parameters(), got.module.parameters())):
         _close(a.detach(), b.detach(), f"LAMB under DDP: parameter {k}")
+
+
+def scenario_lamb_fsdp2(rank, tmp):
+    """LAMB under FSDP2 (DTensor parameters, one local shard empty): each tensor's trust ratio
+    from the norms of the whole tensor (the shards' sums all-reduced), so the trajectory is one
+    process's on the mean gradient, to rounding (the sums are added in another order); the
+    state is DTensors placed as the parameters; a Partial DTensor is refused."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Partial
+    got, ref = _fsdp(), _model()
+    assert 0 in [p.to_local().numel() for p in got.parameters()] or rank == 0
+    opt = ft.LAMB(got.parameters(), lr=LR, weight_decay=WD)
+    ref_opt = ft.LAMB(ref.parameters(), lr=LR, weight_decay=WD)
+    for i in range(5):
+        opt.zero_grad()
+        x, y = _batch(rank, i)
+        torch.nn.functional.mse_loss(got(x), y).backward()
+        opt.step()
+        _lamb_reference_step(ref, ref_opt, i)
+    for k, (a, b) in enumerate(zip(_params(ref), _params(got))):
+        _close(a, b, f"LAMB under FSDP2: parameter {k}")
+    for p, q in zip(ref.parameters(), got.parameters()):
+        for name in ("exp_avg", "exp_avg_sq"):
+            st = opt.state[q][name]
+            assert isinstance(st, DTensor) and st.placements == q.placements, name
+            _close(ref_opt.state[p][name], st.full_tensor(), f"LAMB under FSDP2: {name}")
     mesh = init_device_mesh("cpu", (WORLD,))
-    shard = torch.nn.Parameter(distribute_tensor(torch.ones(6, 2), mesh, [Shard(0)]))
+    partial = torch.nn.Parameter(DTensor.from_local(torch.ones(3), mesh, [Partial()]))
     try:
-        ft.LAMB([shard])
+        ft.LAMB([partial])
     except ValueError as e:
-        assert "DTensor" in str(e) and "norms of the whole tensor" in str(e), e
+        assert "placements" in str(e) and "norms of the whole tensor" in str(e), e
     else:
-        raise AssertionError("fastopt.torch.LAMB accepted a DTensor")
+        raise AssertionError("fastopt.torch.LAMB accepted a Partial DTensor")
 
 
 SCENARIOS = {name[len("scenario_"):]: fn for name, fn in dict(globals()).items()

@@ -1,7 +1,7 @@
 """fastopt.torch.LAMB: the NumPy API's LAMB bit for bit (same kernels, one row per tensor),
 the paper's Algorithm 2 with non-contiguous and gradient-less parameters, checkpoints that
 resume bit for bit, ``max_grad_norm`` against ``clip_grad_norm_``, and the formats it refuses
-before changing anything (its DTensor refusal is in tests/test_torch_distributed.py)."""
+before changing anything (DDP and FSDP2: tests/test_torch_distributed.py)."""
 import io
 
 import numpy as np

@@ -42,8 +42,10 @@ How tensors reach the kernels
       (``to_local()``; an empty shard is fine) and their state is kept as DTensors with the
       parameter's placements, as torch.optim keeps it, so ``get_optimizer_state_dict`` /
       ``set_optimizer_state_dict`` and ``torch.distributed.checkpoint`` save and restore every
-      shard.  ``flatten=True``, ``state_dtype="int8"`` and :class:`LAMB` (whose trust ratio
-      needs each whole tensor's norms) reject DTensors (``ValueError``);
+      shard.  ``flatten=True`` and ``state_dtype="int8"`` reject DTensors (``ValueError``);
+      :class:`LAMB`'s trust ratio needs each whole tensor's norms: its shards' sums are
+      all-reduced (float64) over the mesh dimensions the tensor is sharded on, between the
+      two passes;
       stochastic rounding draws the bits the unsharded parameter would (shards along dim 0).
 
 Kernel calls

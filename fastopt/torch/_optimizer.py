@@ -146,12 +146,14 @@ class FusedOptimizer(_TorchOptimizer):
 
     def _check_two_pass(self, label, p):
         """LAMB (a spec with a per-tensor reduction): float32/float64 parameters with state of
-        their own dtype, and whole tensors (a DTensor shard holds only part of the norms)."""
+        their own dtype; a DTensor sharded or replicated on each mesh dimension (its shards'
+        sums are all-reduced over the sharded ones: :meth:`_global_sums`)."""
         name = type(self).__name__
-        if T.is_dtensor(p):
-            raise ValueError(f"{label} is a DTensor (FSDP2): {name}'s trust ratio needs the "
-                             f"norms of the whole tensor, and fastopt.torch does not all-reduce "
-                             f"them (step a plain or DDP model)")
+        if T.is_dtensor(p) and not all(pl.is_shard() or pl.is_replicate()
+                                       for pl in p.placements):
+            raise ValueError(f"{label} is a DTensor with placements {tuple(p.placements)}: "
+                             f"{name}'s trust ratio needs the norms of the whole tensor, from "
+                             f"shards (Shard) or copies (Replicate) of it only")
         if p.dtype not in _NATIVE:
             raise TypeError(f"{label} has dtype {p.dtype}: {name} steps float32 or float64 "
                             f"only (its per-tensor reduction is compiled for those)")
@@ -565,6 +567,8 @@ class FusedOptimizer(_TorchOptimizer):
                                per_tensor=bool(spec.apply_rule))
             built.append((ckey, kernel, owners, col_keys, t, columns[1]))
             sums = self._launch(device, call, sc, t)
+            if spec.apply_rule and self._odd:    # DTensors: the whole tensors' sums
+                sums = self._global_sums(owners, sums)
             if spec.apply_rule:    # LAMB: the second pass, per tensor, with its own scalars
                 self._apply_pass(group, device, columns, formats, flags, sums, t, ckey,
                                  offsets, owners)
@@ -582,6 +586,30 @@ class FusedOptimizer(_TorchOptimizer):
         if steps:
             torch._foreach_add_(steps, 1.0)
         return built
+
+    @staticmethod
+    def _global_sums(owners, sums):
+        """A two-pass spec on DTensors (LAMB under FSDP2): each tensor's sums over the whole
+        tensor -- its local shard's sums all-reduced (in float64) over every mesh dimension
+        it is sharded on; a replicated dimension holds the same values, and is not added.
+        One all-reduce per process group for all the tensors of the call, in the same order
+        on every rank (the buckets are built from the same parameters everywhere)."""
+        import torch.distributed as dist
+        sums = list(sums)
+        by_group = {}
+        for k, p in enumerate(owners):
+            if T.is_dtensor(p):
+                for dim, pl in enumerate(p.placements):
+                    if pl.is_shard():
+                        group = p.device_mesh.get_group(dim)
+                        by_group.setdefault(id(group), (group, []))[1].append(k)
+        for group, ks in by_group.values():
+            buf = torch.tensor([list(sums[k]) for k in ks], dtype=torch.float64,
+                               device=owners[ks[0]].device)
+            dist.all_reduce(buf, group=group)
+            for k, row in zip(ks, buf.tolist()):
+                sums[k] = tuple(row)
+        return sums
 
     def _apply_pass(self, group, device, columns, formats, flags, sums, t, ckey, offsets,
                     owners):
