@@ -971,9 +971,9 @@ def _cython_rule_body(sig, tag, flags, helper_names):
     stmts = [ast.unparse(st) for st in body]
     stores = [f"a_{a}[i] = {ast.unparse(v)}"
               for a, v in zip(sig.written, ret.value.elts) if a in used]
-    # a reduction: each element's terms into the block's buffers (in the compute dtype; the
-    # block loop then adds them up in float64 lanes, _cython_reduction)
-    sums = [f"t{j}[i - lo] = {ast.unparse(v)}"
+    # a reduction: each element's terms into the buffers of SUM_LANES elements from ``c`` (in
+    # the compute dtype; _cython_reduction adds them up in float64 lanes)
+    sums = [f"t{j}[i - c] = {ast.unparse(v)}"
             for j, v in enumerate(ret.value.elts[len(sig.written):])]
     return locals_, loads + stmts + stores + sums
 
@@ -1306,18 +1306,22 @@ def _cython_reduction(name, ptrs, scal, ctype, locals_, body, sig, used, ns):
              f"double* part) noexcept nogil:",
              f"    cdef Py_ssize_t i, c, l, m = hi - lo, m{L} = m - m % {L}",
              f"    cdef {ctype} {', '.join(locals_)}",
-             f"    cdef {ctype} {', '.join(f't{j}[{SUM_BLOCK}]' for j in range(ns))}",
+             f"    cdef {ctype} {', '.join(f't{j}[{L}]' for j in range(ns))}",
              f"    cdef double {', '.join(f'lane{j}[{L}]' for j in range(ns))}",
-             f"    cdef double {', '.join(f'acc{j} = 0' for j in range(ns))}",
-             # the element loop (no reduction in it: vectorized like every other loop)
-             "    for i in range(lo, hi):"]
-    lines += [textwrap.indent(b, " " * 8) for b in body]
+             f"    cdef double {', '.join(f'acc{j} = 0' for j in range(ns))}"]
     lines += [f"    for l in range({L}):"] + [f"        lane{j}[l] = 0" for j in range(ns)]
-    lines += [f"    for c in range(0, m{L}, {L}):"]
+    # SUM_LANES elements at a time: the element loop (no reduction in it: vectorized like
+    # every other loop) stores their terms, which are added into the lanes at once, so the
+    # memory streams never wait for a block's additions (the order is SUM_LANES's: the same
+    # bits as one element loop over the block, then the lanes row by row)
+    lines += [f"    for c in range(lo, lo + m{L}, {L}):", f"        for i in range(c, c + {L}):"]
+    lines += [textwrap.indent(b, " " * 12) for b in body]
     for j in range(ns):
-        lines += [f"        for l in range({L}):", f"            lane{j}[l] += <double>t{j}[c + l]"]
-    lines += [f"    for i in range(m{L}, m):"]
-    lines += [f"        lane{j}[i - m{L}] += <double>t{j}[i]" for j in range(ns)]
+        lines += [f"        for l in range({L}):", f"            lane{j}[l] += <double>t{j}[l]"]
+    lines += [f"    c = lo + m{L}", "    for i in range(c, hi):"]
+    lines += [textwrap.indent(b, " " * 8) for b in body]
+    lines += [f"    for l in range(m - m{L}):"]
+    lines += [f"        lane{j}[l] += <double>t{j}[l]" for j in range(ns)]
     lines += [f"    for l in range({L}):"] + [f"        acc{j} += lane{j}[l]" for j in range(ns)]
     lines += [f"    part[{j}] = acc{j}" for j in range(ns)]
     call = f"_{name}_block(b * {SUM_BLOCK}, hi, {', '.join(args)}, part + b * {ns})"
