@@ -29,6 +29,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from . import kernels as _kernels
+from .kernels import formats as F
 
 __all__ = ["ewa", "EWA", "WeightEMA"]
 
@@ -223,13 +224,17 @@ class WeightEMA:
     elements): the views of an :class:`fastopt.Arena` lie end to end in one buffer, so a whole
     model is one kernel call; separate arrays are one row each of the same call.  float32
     parameters are averaged in float32.  It reads 8 and writes 4 bytes per float32 element.
+    bfloat16 and float16 parameters are averaged in float32 (their averages are float32 arrays:
+    a 16-bit average would lose every update below half a unit in its last place), read in
+    their own format by the fused pass; :meth:`copy_to` and :meth:`swap` write the averages
+    into them rounded to nearest.
 
     Parameters
     ----------
     params : dict or list of arrays
-        The live parameters (float32/float64, C-contiguous; host NumPy arrays, or device arrays
-        with the ``cuda`` backend, e.g. a device Arena's views); kept by reference, never copied
-        or modified except by :meth:`copy_to` / :meth:`swap`.
+        The live parameters (float32, float64, bfloat16 or float16, C-contiguous; host NumPy
+        arrays, or device arrays with the ``cuda`` backend, e.g. a device Arena's views); kept
+        by reference, never copied or modified except by :meth:`copy_to` / :meth:`swap`.
     decay : float
         In [0, 1].  Typical 0.99-0.9999; averages over about ``1/(1-decay)`` updates.
     backend : {None, "cython", "numba", "numpy", "cuda"}
@@ -240,7 +245,7 @@ class WeightEMA:
     ----------
     averages : dict or list of arrays
         The averaged parameters, same structure, shapes and dtypes as ``params`` (on the same
-        device).
+        device), float32 for 16-bit parameters.
     num_updates : int
 
     Examples
@@ -278,24 +283,23 @@ class WeightEMA:
                              f"{', '.join(repr(b) for b in _kernels.BACKENDS)} or None")
         be = self._backend = _kernels.resolve_backend(arrays, backend)
         arrays = [be.check_param(lab, a) for lab, a in zip(labels, arrays)]
-        for lab, a in zip(labels, arrays):
-            if np.dtype(a.dtype).itemsize == 2:
-                raise TypeError(f"{lab} has dtype {a.dtype}; WeightEMA averages float32 and "
-                                f"float64 parameters (a 16-bit average would lose updates "
-                                f"below half a unit; not supported yet)")
         self._keys = keys
         self._labels = labels
         self._params = arrays
         self.num_updates = 0
         # Runs of consecutive same-dtype parameters laid end to end in one allocation: one
         # average buffer per run, every average a view into it.
+        # 16-bit parameters (bfloat16, float16) are averaged in float32 buffers: a 16-bit
+        # average would lose every update below half a unit in its last place.
         avg_views = [None] * len(arrays)
         by_dtype = {}
         for run in be.runs(arrays):
             members = [arrays[j] for j in run]
             pflat = be.join(members) if len(run) > 1 else be.flat(members[0])
-            buf = be.zeros(pflat.size, pflat.dtype)
-            be.copy(buf, pflat)
+            half = np.dtype(pflat.dtype).itemsize == 2
+            buf = be.zeros(pflat.size, np.float32 if half else pflat.dtype)
+            if not half:
+                be.copy(buf, pflat)
             off = 0
             for j in run:
                 a = arrays[j]
@@ -303,8 +307,20 @@ class WeightEMA:
                 avg_views[j] = view.reshape(a.shape) if tuple(a.shape) != (a.size,) else view
                 off += a.size
             by_dtype.setdefault(np.dtype(pflat.dtype), []).append((buf, pflat))
-        self._ema = [be.bind(be.kernel("ema", dt, ()), rows) for dt, rows in by_dtype.items()]
-        self._swap = [be.bind(be.kernel("swap", dt, ()), rows) for dt, rows in by_dtype.items()]
+        self._ema, self._swap, self._write, self._half = [], [], [], []
+        self._writers = {}     # 16-bit dtype -> the kernel writing float32 values into it
+        for dt, rows in by_dtype.items():
+            if dt.itemsize != 2:
+                self._ema.append(be.bind(be.kernel("ema", dt, ()), rows))
+                self._swap.append(be.bind(be.kernel("swap", dt, ()), rows))
+                continue
+            fmt = F.tag(dt)
+            be.bind(be.kernel("assign", np.float32, (), (F.F32, fmt)), rows)(())   # exact
+            self._ema.append(be.bind(be.kernel("ema", np.float32, (), (F.F32, fmt)), rows))
+            writer = self._writers[dt] = be.kernel("assign", np.float32, (), (fmt, F.F32))
+            self._write.append(be.bind(writer, [(p, b) for b, p in rows]))
+            self._half += [p for _, p in rows]
+        self._stash = None     # the 16-bit parameters' own values while swapped
         self._avg_list = avg_views
         self.averages = dict(zip(keys, avg_views)) if keys is not None else list(avg_views)
 
@@ -342,30 +358,54 @@ class WeightEMA:
                 raise ValueError(f"params must be a list of {len(self._params)} arrays")
             arrays = list(params)
         out = []
-        for lab, a, ref in zip(self._labels, arrays, self._avg_list):
+        for lab, a, ref, p in zip(self._labels, arrays, self._avg_list, self._params):
             if not (isinstance(a, np.ndarray) or _kernels.is_device_array(a)):
                 raise TypeError(f"{lab} must be a numpy.ndarray, got {type(a).__name__}")
-            if tuple(a.shape) != tuple(ref.shape) or np.dtype(a.dtype) != np.dtype(ref.dtype):
+            if tuple(a.shape) != tuple(ref.shape) or np.dtype(a.dtype) != np.dtype(p.dtype):
                 raise ValueError(f"{lab} has shape {tuple(a.shape)} and dtype {a.dtype}; the "
-                                 f"average has {tuple(ref.shape)} {ref.dtype}")
+                                 f"parameter has {tuple(p.shape)} {p.dtype}")
             out.append(self._backend.check_param(lab, a))
         return out
 
     def copy_to(self, params=None):
-        """Write the averages into ``params`` (default: the averaged parameters themselves).
+        """Write the averages into ``params`` (default: the averaged parameters themselves;
+        16-bit ones get the float32 averages rounded to nearest).
 
         All targets are checked before anything is written.
         """
+        be = self._backend
         for dst, src in zip(self._targets(params), self._avg_list):
-            self._backend.copy(dst, src)
+            writer = self._writers.get(np.dtype(dst.dtype))
+            if writer is None:
+                be.copy(dst, src)
+            elif dst.size:
+                be.bind(writer, [(be.flat(dst), be.flat(src))])(())
 
     def swap(self):
         """Exchange the parameters' values and the averages, in place (no temporaries).
 
         Call it twice to get back where you were; :meth:`swapped` does that for you.
+        16-bit parameters are not exchanged with their float32 averages (that would round the
+        averages): the first swap keeps a copy of them and writes the averages into them
+        (rounded to nearest), the second puts that copy back; their averages do not change.
         """
         for call in self._swap:
             call(())
+        if not self._half:
+            return
+        be = self._backend
+        if self._stash is None:
+            self._stash = []
+            for p in self._half:
+                keep = be.zeros(p.size, p.dtype)
+                be.copy(keep, p)
+                self._stash.append(keep)
+            for call in self._write:
+                call(())
+        else:
+            for p, keep in zip(self._half, self._stash):
+                be.copy(p, keep)
+            self._stash = None
 
     @contextlib.contextmanager
     def swapped(self):

@@ -272,8 +272,74 @@ def test_import_is_lazy():
     assert out.stdout.strip() == "False"
 
 
-def test_weight_ema_rejects_half_precision_parameters():
+def _half(name):
     import ml_dtypes
-    for dtype in (ml_dtypes.bfloat16, np.float16):
-        with pytest.raises(TypeError, match=r"WeightEMA averages float32 and float64"):
-            fastopt.WeightEMA([np.zeros(3, dtype)], decay=0.9)
+    return np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(np.float16)
+
+
+@pytest.mark.parametrize("threaded", [False, True])
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+@pytest.mark.parametrize("half", ["bfloat16", "float16"])
+def test_weight_ema_of_half_precision_parameters(half, backend, threaded, monkeypatch):
+    """16-bit parameters are averaged in float32 (their averages are float32 arrays, read from
+    the parameters exactly): a float32 EMA of their values; copy_to and swapped() write the
+    averages rounded to nearest (NumPy's / ml_dtypes' conversion), the second swap gives the
+    parameters back bit for bit and leaves the averages as they were; float32 parameters in
+    the same average work as before; state_dict round-trips."""
+    from fastopt import config
+    monkeypatch.setattr(config, "PARALLEL_THRESHOLD", 1 if threaded else 1 << 62)
+    dt = _half(half)
+    rng = np.random.default_rng(0)
+    params = {"w": rng.normal(size=(7, 5)).astype(dt), "b": rng.normal(size=4097).astype(dt),
+              "f": rng.normal(size=6).astype(np.float32)}
+    ema = WeightEMA(params, decay=0.9, backend=backend)
+    assert all(a.dtype == np.float32 for a in ema.averages.values())
+    ref = {k: v.astype(np.float32) for k, v in params.items()}     # exact
+    for k in params:
+        np.testing.assert_array_equal(ema.averages[k], ref[k])
+    for _ in range(5):
+        for k in params:
+            params[k][...] = (params[k].astype(np.float32) + rng.normal(
+                size=params[k].shape).astype(np.float32)).astype(params[k].dtype)
+        ema.update()
+        for k in ref:
+            ref[k] = np.float32(0.9) * ref[k] + np.float32(0.1) * params[k].astype(np.float32)
+    for k in params:    # (the compiled loops may fuse the multiply-add)
+        np.testing.assert_allclose(ema.averages[k], ref[k], rtol=1e-6, atol=1e-6)
+
+    orig = {k: v.copy() for k, v in params.items()}
+    before = {k: v.copy() for k, v in ema.averages.items()}
+    with ema.swapped():
+        for k in ("w", "b"):
+            np.testing.assert_array_equal(params[k], before[k].astype(dt))
+        np.testing.assert_array_equal(params["f"], before["f"])
+    for k in params:
+        np.testing.assert_array_equal(params[k], orig[k])
+        np.testing.assert_array_equal(ema.averages[k], before[k])
+
+    other = {k: np.zeros_like(v) for k, v in params.items()}
+    ema.copy_to(other)
+    for k in params:
+        np.testing.assert_array_equal(other[k], before[k].astype(params[k].dtype))
+    with pytest.raises(ValueError, match="dtype"):
+        ema.copy_to({**other, "w": np.zeros((7, 5), np.float32)})
+    twin = WeightEMA({k: v.copy() for k, v in params.items()}, backend=backend)
+    twin.load_state_dict(ema.state_dict())
+    for k in params:
+        np.testing.assert_array_equal(twin.averages[k], ema.averages[k])
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+def test_weight_ema_keeps_updates_below_half_a_bfloat16_unit(backend):
+    """A bfloat16 parameter one unit (2**-7) above its average, decay 0.999: each update moves
+    the average by 2**-7/1000, far below bfloat16's half unit (2**-8) -- a bfloat16 average would
+    stay at 1.0 forever; the float32 one follows the parameter."""
+    dt = _half("bfloat16")
+    w = np.ones(64, dt)
+    ema = WeightEMA([w], decay=0.999, backend=backend)
+    w[...] = np.float32(1 + 2 ** -7)
+    for _ in range(200):
+        ema.update()
+    expect = 1 + 2 ** -7 * (1 - 0.999 ** 200)
+    np.testing.assert_allclose(ema.averages[0], expect, rtol=1e-5)
+    assert ema.averages[0].min() > 1.001

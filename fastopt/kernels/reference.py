@@ -23,7 +23,7 @@ from . import formats as F
 
 __all__ = ["NumpyBackend", "sgd", "momentum", "rmsprop", "adagrad", "adam", "adamax", "nadam",
            "radam", "adadelta", "asgd", "rprop", "lion", "lamb", "lamb_apply",
-           "adamw_schedulefree", "lerp_to", "ema", "swap"]
+           "adamw_schedulefree", "lerp_to", "ema", "swap", "assign"]
 
 
 def _effective_grad(param, grad, grad_sign, weight_decay, l2):
@@ -259,6 +259,11 @@ def swap(a, b):
     tmp = a.copy()
     a[...] = b
     b[...] = tmp
+
+
+def assign(dst, src):
+    """``dst = src`` (the backend's layout machinery converts to and from storage formats)."""
+    dst[...] = src
 
 
 class NumpyBackend(HostBackend):

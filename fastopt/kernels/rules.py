@@ -44,7 +44,7 @@ from math import sqrt
 
 __all__ = ["rule", "helper", "nan_max", "nan_min", "clamp", "fabs", "sign", "lerp", "sgd", "momentum",
            "rmsprop", "adagrad", "adam", "adamax", "nadam", "radam", "adadelta", "asgd", "rprop",
-           "lion", "lamb", "lamb_apply", "adamw_schedulefree", "lerp_to", "ema", "swap"]
+           "lion", "lamb", "lamb_apply", "adamw_schedulefree", "lerp_to", "ema", "swap", "assign"]
 
 
 def rule(*, readonly=(), optional=None, sums=()):
@@ -407,3 +407,10 @@ def ema(average, param, /, decay, one_minus_decay):
 def swap(a, b, /):
     """Exchange two buffers' values in place (``WeightEMA.swap``)."""
     return b, a
+
+
+@rule(readonly=("src",))
+def assign(dst, src, /):
+    """``dst = src``, in the storage formats of each (WeightEMA's float32 averages of 16-bit
+    parameters: written into the parameters rounded to their format, read from them exactly)."""
+    return (src,)

@@ -106,6 +106,30 @@ def test_arena_of_bfloat16_and_a_checkpoint_that_converts():
                                   sd["state"][0]["exp_avg"].astype(BF16).view(np.uint16))
 
 
+def test_weight_ema_of_bfloat16_parameters():
+    """WeightEMA of a device Arena's bfloat16 views: float32 averages (the NumPy backend's
+    bits), swapped() writes them rounded and gives the parameters back, copy_to rounds."""
+    rng = np.random.default_rng(1)
+    model = {"w": rng.standard_normal(300).astype(BF16), "b": rng.standard_normal(10).astype(BF16)}
+    arena = fastopt.Arena(model, device="cuda")
+    host = {k: v.copy() for k, v in model.items()}
+    ema = fastopt.WeightEMA(arena.params, decay=0.75, backend="cuda")
+    ref = fastopt.WeightEMA(host, decay=0.75, backend="numpy")
+    for _ in range(3):
+        for k in model:
+            host[k][...] = (host[k].astype(np.float32) + np.float32(0.5)).astype(BF16)
+            arena.params[k].copy_to_device(host[k])
+        ema.update()
+        ref.update()
+    for k in model:
+        _compare(ema.averages[k].copy_to_host(), ref.averages[k], k)
+    with ema.swapped():
+        for k in model:
+            _compare(arena.params[k].copy_to_host(), ref.averages[k].astype(BF16), k)
+    for k in model:
+        _compare(arena.params[k].copy_to_host(), host[k], k)
+
+
 # (the simulator runs each of a block's 256 threads in Python: a few cases, small arrays)
 INT8 = [(s.name, kw) for s in SPECS for kw in s.cases.values()
         if any(s.needed(s.defaults() | kw).values()) and not s.from_param
