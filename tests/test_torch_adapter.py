@@ -565,6 +565,38 @@ def test_import_fastopt_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_grad_scaler_and_one_cycle_schedule_as_torch():
+    """Mixed precision as torch trains it: ``torch.amp.GradScaler`` (an overflowing step is
+    skipped, the scale backs off) and ``OneCycleLR``, which cycles the learning rate and
+    ``betas[0]`` in ``param_groups`` every step: the same parameters as torch.optim.AdamW."""
+    def run(cls):
+        torch.manual_seed(0)
+        m = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+        opt = cls(m.parameters(), lr=0.01, weight_decay=0.1)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.05, total_steps=20)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+        g = torch.Generator().manual_seed(1)
+        for i in range(12):
+            x, y = torch.randn(4, 8, generator=g), torch.randn(4, 2, generator=g)
+            opt.zero_grad()
+            with torch.autocast("cpu", dtype=torch.float16):
+                loss = torch.nn.functional.mse_loss(m(x), y)
+            if i == 3:
+                loss = loss * float("inf")      # overflow: the scaler skips this step
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+        return m, opt, scaler
+    ref, ref_opt, ref_scaler = run(torch.optim.AdamW)
+    got, opt, scaler = run(ft.AdamW)
+    assert scaler.get_scale() == ref_scaler.get_scale() < 2.0 ** 10
+    assert opt.param_groups[0]["betas"] == ref_opt.param_groups[0]["betas"]
+    for p, q in zip(ref.parameters(), got.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6)
+        assert opt.state[q]["step"].item() == ref_opt.state[p]["step"].item() == 11
+
+
 def test_training_calls_do_not_import_dynamo():
     """Construction, step, zero_grad, state_dict, load_state_dict and add_param_group do not
     import ``torch._dynamo`` (torch.optim's methods do, on their first call: 1-2 s of a fresh
