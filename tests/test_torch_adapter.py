@@ -597,6 +597,34 @@ def test_grad_scaler_and_one_cycle_schedule_as_torch():
         assert opt.state[q]["step"].item() == ref_opt.state[p]["step"].item() == 11
 
 
+def test_step_inside_torch_compile():
+    """A training step compiled whole with ``torch.compile`` (forward, backward and
+    ``opt.step()``): dynamo does not trace into fastopt's step (kernels called through raw
+    addresses; it failed in inductor before), which runs eagerly outside the graph; the
+    parameters are torch.optim.AdamW's."""
+    def run(cls):
+        torch.manual_seed(0)
+        m = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+        opt = cls(m.parameters(), lr=0.01, weight_decay=0.1)
+
+        def train_step(x, y):
+            opt.zero_grad()
+            loss = torch.nn.functional.mse_loss(m(x), y)
+            loss.backward()
+            opt.step()
+            return loss
+        step = torch.compile(train_step) if cls is ft.AdamW else train_step
+        g = torch.Generator().manual_seed(1)
+        for _ in range(4):
+            step(torch.randn(4, 8, generator=g), torch.randn(4, 2, generator=g))
+        return m, opt
+    ref, _ = run(torch.optim.AdamW)
+    got, opt = run(ft.AdamW)
+    for p, q in zip(ref.parameters(), got.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6)
+        assert opt.state[q]["step"].item() == 4
+
+
 def test_training_calls_do_not_import_dynamo():
     """Construction, step, zero_grad, state_dict, load_state_dict and add_param_group do not
     import ``torch._dynamo`` (torch.optim's methods do, on their first call: 1-2 s of a fresh

@@ -387,7 +387,14 @@ class FusedOptimizer(_TorchOptimizer):
 
     def step(self, closure=None):
         """Perform one optimization step; returns ``closure()``'s loss (evaluated with grad
-        enabled) or None."""
+        enabled) or None.  Inside a function compiled with ``torch.compile`` the step runs
+        eagerly, outside the graph (dynamo cannot trace kernels called through raw
+        addresses): a graph break, as for any function dynamo is told to skip."""
+        if "torch._dynamo" in sys.modules:   # torch.compile may be tracing or running a
+            return _step_outside_graph(self, closure)   # frame that calls this
+        return self._eager_step(closure)
+
+    def _eager_step(self, closure=None):
         # torch.no_grad() as a decorator costs ~3 us a call: the same switch, by hand
         enabled = torch.is_grad_enabled()
         torch._C._set_grad_enabled(False)
@@ -764,3 +771,8 @@ def torch_signature(spec):
         seen.add(name)
     out += [(h.name, h.default, True) for h in spec.hypers if h.name not in seen]
     return out
+
+
+#: the eager step with dynamo off for it and every frame it calls (torch's own lazy decorator;
+#: used only once something has imported dynamo, so it never imports it itself)
+_step_outside_graph = torch._disable_dynamo(FusedOptimizer._eager_step)
