@@ -597,6 +597,47 @@ def test_grad_scaler_and_one_cycle_schedule_as_torch():
         assert opt.state[q]["step"].item() == ref_opt.state[p]["step"].item() == 11
 
 
+def test_step_hooks_and_the_profiler_as_torch():
+    """torch.optim's step wrapper is skipped when it has nothing to do (it costs ~10 us a step);
+    with a hook registered -- the optimizer's pre/post hooks, the global ones -- or the profiler
+    on, it runs as torch's: hooks in torch's order with ``(optimizer, args, kwargs)``, a pre-hook
+    may replace the arguments, and the profiler records ``Optimizer.step#AdamW.step``."""
+    from torch.optim.optimizer import (register_optimizer_step_post_hook,
+                                       register_optimizer_step_pre_hook)
+    w = torch.nn.Parameter(torch.ones(3))
+    w.grad = torch.ones(3)
+    opt = ft.AdamW([w], lr=0.1)
+    calls = []
+    closure_ran = []
+
+    def closure():
+        closure_ran.append(1)
+        return torch.tensor(2.0)
+
+    def pre(o, args, kwargs):
+        calls.append(("pre", o))
+        return (o, closure), kwargs
+
+    handles = [
+        register_optimizer_step_pre_hook(lambda o, a, k: calls.append(("global pre", o, a))),
+        opt.register_step_pre_hook(pre),
+        opt.register_step_post_hook(lambda o, a, k: calls.append(("post", len(a)))),
+        register_optimizer_step_post_hook(lambda o, a, k: calls.append(("global post",)))]
+    loss = opt.step()
+    assert loss.item() == 2.0 and closure_ran == [1]     # the pre-hook's new arguments
+    assert [c[0] for c in calls] == ["global pre", "pre", "post", "global post"]
+    assert calls[0][1] is opt and calls[1][1] is opt and calls[2][1] == 2
+    for h in handles:
+        h.remove()
+    calls.clear()
+    before = w.detach().clone()
+    opt.step()
+    assert not calls and not torch.equal(w, before)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        opt.step()
+    assert "Optimizer.step#AdamW.step" in {e.key for e in prof.key_averages()}
+
+
 def test_step_inside_torch_compile():
     """A training step compiled whole with ``torch.compile`` (forward, backward and
     ``opt.step()``): dynamo does not trace into fastopt's step (kernels called through raw
