@@ -53,8 +53,8 @@ Kernel calls
     parameter's own ``step``) are one kernel call; within it, tensors laid end to end in one
     storage (parameters, gradients and every state buffer alike) are one row, others one row
     each.  :class:`LAMB` is two passes per tensor: the first call (one row per tensor) returns
-    each tensor's sums, and the second pass is one call per tensor with its trust ratio.  On the CPU with the Cython backend the call is built from the tensors' addresses
-    and kept for the next step while every tensor is the same object at the same address with
+    each tensor's sums, and the second pass is one call per tensor with its trust ratio.  On
+    the CPU with the Cython backend the call is built from the tensors' addresses and kept for the next step while every tensor is the same object at the same address with
     the same size (checked each step: a moved ``.data`` or a new ``.grad`` rebinds it); it holds
     no reference to any tensor.
 
@@ -71,7 +71,10 @@ The step's plan (CPU, Cython backend)
     ``load_state_dict``, ``add_param_group``, parameters whose step counts differ) sends that
     group through the generic path, which raises the errors before anything is changed, and
     the plan is rebuilt after it.  The learning rate and the other hyperparameters are read
-    from the group every step.
+    from the group every step.  A new gradient's address is written into the kept call's
+    table in place.  torch.optim's step wrapper (step hooks, the profiler's
+    ``record_function``) runs only when a step hook is registered or the profiler is on: it
+    costs about 10 us a step, a third of a small model's whole step.
 
 ``flatten=True``
     At construction, each param group's parameters are moved, per (device, dtype), into one
