@@ -54,9 +54,10 @@ Kernel calls
     storage (parameters, gradients and every state buffer alike) are one row, others one row
     each.  :class:`LAMB` is two passes per tensor: the first call (one row per tensor) returns
     each tensor's sums, and the second pass is one call per tensor with its trust ratio.  On
-    the CPU with the Cython backend the call is built from the tensors' addresses and kept for the next step while every tensor is the same object at the same address with
-    the same size (checked each step: a moved ``.data`` or a new ``.grad`` rebinds it); it holds
-    no reference to any tensor.
+    the CPU with the Cython backend the call is built from the tensors' addresses and kept
+    for the next step while every tensor is the same object at the same address with the same
+    size (checked each step: a moved ``.data`` or a new ``.grad`` rebinds it); it holds no
+    reference to any tensor.
 
 The step's plan (CPU, Cython backend)
     After a step, each param group keeps what that step checked and built
