@@ -205,8 +205,9 @@ def main(argv=None):
         pass
     info = dict(n=n, rounds=args.rounds, floor_gbps=gbps, floors=floors, machine=machine,
                 cores=os.cpu_count(), torch=torch.__version__, bitsandbytes=bnb_version,
-                torchao=ao_version, fastopt_backend=backend_status()["cython"][1]
-                if backend_status()["cython"][0] else "numba", first_step_s=first,
+                torchao=ao_version, fastopt_backend="the cython backend ("
+                + backend_status()["cython"][1] + ")" if backend_status()["cython"][0]
+                else "the numba backend", first_step_s=first,
                 date=time.strftime("%Y-%m-%d"))
     os.makedirs(args.out, exist_ok=True)
     tag = "cpu-" + "-".join(machine.lower().replace("(r)", "").split()[:3]) + \
