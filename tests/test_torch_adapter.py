@@ -637,6 +637,14 @@ def test_step_hooks_and_the_profiler_as_torch():
         opt.step()
     assert "Optimizer.step#AdamW.step" in {e.key for e in prof.key_averages()}
 
+    class Mine(ft.AdamW):     # a subclass's own step: torch wraps that one; hooks run once
+        def step(self, closure=None):
+            return super().step(closure)
+    mine = Mine([w], lr=0.1)
+    mine.register_step_pre_hook(lambda o, a, k: calls.append("mine"))
+    mine.step()
+    assert calls == ["mine"]
+
 
 def test_step_inside_torch_compile():
     """A training step compiled whole with ``torch.compile`` (forward, backward and

@@ -400,8 +400,9 @@ class FusedOptimizer(_TorchOptimizer):
         """torch.optim's step wrapper (step pre/post hooks, the profiler's ``record_function``
         and ``_optimizer_step_code``) when a hook is registered or the profiler is on; else
         the step alone (that wrapper costs ~10 us a step, a third of a small model's step)."""
-        if (_PRE_HOOKS or _POST_HOOKS or self._optimizer_step_pre_hooks
-                or self._optimizer_step_post_hooks or torch.autograd._profiler_enabled()):
+        if ((_PRE_HOOKS or _POST_HOOKS or self._optimizer_step_pre_hooks
+                or self._optimizer_step_post_hooks or torch.autograd._profiler_enabled())
+                and type(self).step is _STEP):   # (an overriding step: torch wrapped that one)
             return _hooked_step(self, closure)
         return self._eager_step(closure)
 
@@ -787,6 +788,7 @@ def torch_signature(spec):
 #: torch.optim.Optimizer wraps a subclass's ``step`` at its first construction (hooks, profiler);
 #: FusedOptimizer.step applies that wrapper itself when it has something to do
 FusedOptimizer.step.hooked = True
+_STEP = FusedOptimizer.step
 _hooked_step = _TorchOptimizer.profile_hook_step(FusedOptimizer._eager_step)
 #: the step with dynamo off for it and every frame it calls (torch's own lazy decorator; used
 #: only once something has imported dynamo, so it never imports it itself)
