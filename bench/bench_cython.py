@@ -50,7 +50,8 @@ TRIAD_N = 4 * N       # 2**26 by default: 256 MiB per buffer, well beyond the la
 T = 2                 # the step whose scalars are used (not the first: SGD's momentum differs)
 
 #: case id -> (spec, kwargs): the specs' benchmark cases (``Spec.bench``) measured here
-_BENCH = {case: (spec, kw) for spec in SPECS for case, kw in spec.bench.items()}
+_BENCH = {case: (spec, kw) for spec in SPECS if not spec.own_step
+          for case, kw in spec.bench.items()}
 #: (``lamb``: LAMB's first pass, the reduction -- the rule a spec's kernel is -- at its own bytes)
 CASE_IDS = ["adam", "sgd_momentum", "rmsprop", "lamb"]
 

@@ -13,6 +13,8 @@ bytes_per_element``) times ``n`` over that bandwidth, and "of floor" is floor ti
 Peers per optimizer: torch's single-tensor for-loop (``foreach=False``) and ``foreach=True``
 (torch fuses none of these on the CPU); Schedule-Free against ``schedulefree``'s two paths;
 Lion, LAMB (two passes: 40 bytes per element) and fastopt's own extras have no torch peer.
+Adafactor steps one 2^12 x 2^12 matrix (its factored second moment; three passes, 24 bytes per
+element) against torch.optim.Adafactor's two paths on the same matrix.
 The clipped step: fastopt ``AdamW(..., max_grad_norm=1.0)`` (the norm is one read of the
 gradient, the factor is applied inside the fused update: 28 + 4 bytes per element) against
 ``clip_grad_norm_`` + ``AdamW(fused=True)`` (a norm read, a scaling pass that writes the
@@ -75,9 +77,9 @@ def main(argv=None):
     grad = torch.randn(n) * 1e-2
     cases = {}       # name -> (step function, bytes per element, optimizer, peer of)
 
-    def add(name, make, bpe, peer_of=None, clip=False):
-        p = base.clone().requires_grad_()
-        p.grad = grad.clone()
+    def add(name, make, bpe, peer_of=None, clip=False, shape=None):
+        p = base.clone().view(shape or (n,)).requires_grad_()
+        p.grad = grad.clone().view(shape or (n,))
         try:
             opt = make([p])
         except Exception as exc:  # noqa: BLE001 - a peer that does not install or run here
@@ -106,6 +108,16 @@ def main(argv=None):
         for label, extra in (("for-loop", dict(foreach=False)), ("foreach", dict(foreach=True))):
             add(f"{s.torch} ({label})", lambda ps, peer=peer, kw=kw, extra=extra:
                 peer(ps, **kw, **extra), bpe, peer_of=f"fastopt {name}")
+    # Adafactor: a matrix (its factored moment; 3 passes, 24 bytes per element: Spec's figure
+    # is a vector's, 2 passes of 16)
+    rows_ = 1 << (n.bit_length() - 1) // 2
+    mat = (rows_, n // rows_)
+    kw = dict(spec("Adafactor").bench["adafactor"])
+    label = f"fastopt Adafactor ({mat[0]} x {mat[1]})"
+    add(label, lambda ps: ft.Adafactor(ps, **kw), 24, shape=mat)
+    for how, extra in (("for-loop", dict(foreach=False)), ("foreach", dict(foreach=True))):
+        add(f"torch.optim.Adafactor ({how})", lambda ps, extra=extra:
+            torch.optim.Adafactor(ps, **kw, **extra), 24, peer_of=label, shape=mat)
     add("fastopt AdamW, max_grad_norm=1.0", lambda ps: ft.AdamW(ps, lr=1e-3, max_grad_norm=1.0),
         28 + 4)
     add("torch clip_grad_norm_ + AdamW(fused=True)",

@@ -16,14 +16,14 @@ from .averaging import EWA, WeightEMA, ewa
 from .clip import clip_grad_norm
 from .data import minibatches
 from .kernels import BACKENDS, backend_status
-from .optimizers import (ASGD, LAMB, SGD, Adadelta, Adagrad, Adam, Adamax, AdamW,
+from .optimizers import (ASGD, LAMB, SGD, Adadelta, Adafactor, Adagrad, Adam, Adamax, AdamW,
                          AdamWScheduleFree, Lion, Momentum, NAdam, Optimizer, RAdam, RMSprop, Rprop,
                          load, save)
 
 __all__ = [
     "__version__",
     "SGD", "Momentum", "RMSprop", "Adagrad", "Adam", "AdamW", "Adamax", "NAdam", "RAdam",
-    "Adadelta", "ASGD", "Rprop", "Lion", "LAMB", "AdamWScheduleFree", "Optimizer",
+    "Adadelta", "ASGD", "Rprop", "Adafactor", "Lion", "LAMB", "AdamWScheduleFree", "Optimizer",
     "Arena", "save", "load", "BACKENDS", "backend_status",
     "schedules", "ewa", "EWA", "WeightEMA", "minibatches", "clip_grad_norm",
 ]

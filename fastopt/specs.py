@@ -85,6 +85,10 @@ class Spec:
     #: of ``apply_rule`` over that tensor; each parameter is its own kernel row
     apply_rule: str = ""
     apply_scalars: object = None
+    #: the optimizer class has its own step (Adafactor: state not shaped like the parameters,
+    #: per-tensor scalars from several passes): ``rule``/``apply_rule`` are not run on their own
+    #: by the spec-driven kernel tests and benchmarks (its kernels: tests/test_adafactor.py)
+    own_step: bool = False
     references: str = ""
     notes: str = ""
 
@@ -1093,6 +1097,115 @@ array([-0.1,  0.1])""",
                "package (``AdamWScheduleFree``).",
 )
 
+# -- Adafactor -------------------------------------------------------------------------------------
+
+def _adafactor_eps(name, value):
+    """``(eps1, eps2)``: eps1 None (the parameter dtype's machine epsilon) or a finite number
+    >= 0, eps2 a finite number >= 0."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise TypeError(f"{name} must be a pair (eps1, eps2), got {value!r}")
+    eps1, eps2 = value
+    if eps1 is not None:
+        C.nonneg(f"{name}[0]", eps1)
+        eps1 = float(eps1)
+    C.nonneg(f"{name}[1]", eps2)
+    return (eps1, float(eps2))
+
+
+def _beta2_decay(name, value):
+    if not isinstance(value, (int, float)) or isinstance(value, bool) \
+            or not math.isfinite(value) or value > 0:
+        import numpy as np
+        if not (isinstance(value, np.floating) and math.isfinite(value) and value <= 0):
+            raise ValueError(f"Invalid {name}: {value!r} (must be a finite number <= 0)")
+    return float(value)
+
+
+def _clip_threshold(name, value):
+    C.nonneg(name, value)
+    if value < 1:
+        raise ValueError(f"Invalid {name}: {value} (the clipping threshold must be >= 1)")
+    return float(value)
+
+
+def _adafactor_scalars(g, t, lr):
+    """Pass 1's scalars of a vector (``eps1_sq`` NaN when ``eps1`` is None: the step puts each
+    parameter dtype's own in; :mod:`fastopt.optimizers._adafactor`)."""
+    w = float(t) ** g["beta2_decay"]
+    eps1 = g["eps"][0]
+    return (_sign(g), w, w - 1.0, 1.0 if abs(w) < 0.5 else 0.0, 0.0,
+            math.nan if eps1 is None else eps1 * eps1, 1.0)
+
+
+ADAFACTOR = Spec(
+    name="Adafactor", rule="adafactor_vector", apply_rule="adafactor_vector_apply",
+    apply_scalars=None, own_step=True, torch="torch.optim.Adafactor",
+    summary="Adafactor: a factored second moment (row and column factors) for matrices.",
+    math=r"""
+.. math::
+
+    \hat\beta_{2,t} &= 1 - t^{\tau}, \quad \rho_t = \min(\eta, 1/\sqrt{t}), \quad
+    \alpha_t = \max(\epsilon_2, \mathrm{RMS}(p_{t-1}))\, \rho_t, \quad
+    p \leftarrow (1 - \eta\lambda)\, p \\
+    R_t &= \hat\beta_{2,t} R_{t-1} + (1-\hat\beta_{2,t})\, \mathrm{mean}_j(g^2), \quad
+    C_t = \hat\beta_{2,t} C_{t-1} + (1-\hat\beta_{2,t})\, \mathrm{mean}_i(g^2), \quad
+    V_t = \frac{R_t C_t}{\max(\mathrm{mean}_i R_t, \epsilon_1)} \\
+    U_t &= g / \sqrt{\max(V_t, \epsilon_1^2)}, \quad
+    p_t = p - \frac{\alpha_t}{\max(1, \mathrm{RMS}(U_t)/d)}\, U_t
+
+(torch.optim.Adafactor; ``tau = beta2_decay``, ``eps = (eps1, eps2)``, eps1 None: the
+parameter dtype's machine epsilon) for a parameter of 2 or more dimensions, factored over its
+last two (``R``: one value per row, ``C`` one per column, of each matrix); a vector keeps
+``V_t = hat-beta V_{t-1} + (1 - hat-beta) g^2`` whole.  ``g = -grad`` if ``maximize``.
+
+Passes: the RMS of ``p`` and of ``U`` are per tensor, and ``U`` needs the row and column
+factors of this step, which need every row and every column of ``g``.  So a matrix takes three
+fused passes: the row and column sums of ``g*g`` with the sum of ``p*p`` (reads p, g), the sum
+of ``U*U`` (reads g; the ``R + B*m`` factors stay in cache), the update (reads p, g; writes p):
+24 bytes per float32 element, the factored state itself ``4*(n + m)`` bytes per ``n x m``
+matrix.  A vector takes two, as LAMB (reads p, g, V, writes V; reads p, g, V, writes p): 32
+bytes per element.  torch's for-loop makes about 12 passes over a matrix.""",
+    hypers=(Hyper("lr", 1e-2, C.lr,
+                  "The ceiling of the relative step size ``rho_t`` and the weight decay's "
+                  "scale (torch's use; the paper has no lr).  Or a schedule."),
+            Hyper("beta2_decay", -0.8, _beta2_decay,
+                  "``tau`` <= 0: the second moment's decay is ``1 - t**tau``."),
+            Hyper("eps", (None, 1e-3), _adafactor_eps,
+                  "``(eps1, eps2)``: eps1 bounds the second moment from below (None: the "
+                  "parameter dtype's epsilon), eps2 the parameter RMS in ``alpha``."),
+            Hyper("d", 1.0, _clip_threshold, "Update clipping threshold (>= 1) on RMS(U)."),
+            Hyper("weight_decay", 0.0, C.nonneg, "Decoupled: ``p *= 1 - lr*weight_decay``."),
+            Hyper("maximize", False, C.boolean, _MAX, kw_only=True)),
+    torch_order=("lr", "beta2_decay", "eps", "d", "weight_decay", "*", "foreach", "maximize"),
+    state={"variance": 0.0},
+    nonneg=("variance",),
+    scalars=_adafactor_scalars,
+    flags=lambda g: (),
+    example="""
+>>> import numpy as np, fastopt
+>>> w = np.ones((2, 3))
+>>> opt = fastopt.Adafactor([w], lr=0.01)
+>>> _ = opt.step([np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])])
+>>> sorted(opt.state[0])        # the factors: one value per row, one per column
+['col_var', 'row_var', 'step']
+>>> opt.state[0]["row_var"].shape, opt.state[0]["col_var"].shape
+((2, 1), (1, 3))""",
+    # (eps1 given: with None it is the dtype's epsilon, so float32 and the float64 oracle would
+    # clamp different elements; eps1=None against torch: tests/test_adafactor.py)
+    cases={"": dict(lr=0.01, eps=(1e-7, 1e-3)),
+           "wd-max-eps-d": dict(lr=0.05, beta2_decay=-0.5, eps=(1e-30, 1e-2), d=2.0,
+                                weight_decay=0.1, maximize=True)},
+    bench={"adafactor": dict(lr=1e-2)},
+    references="Shazeer & Stern, \"Adafactor: Adaptive Learning Rates with Sublinear Memory "
+               "Cost\", ICML 2018 (arXiv:1804.04235); torch.optim.Adafactor.",
+    notes="State: ``row_var`` and ``col_var`` (torch's shapes: the parameter's with the last, "
+          "respectively the second-to-last, dimension 1) for 2 or more dimensions, "
+          "``variance`` for fewer.  Parameters in float32 or float64 with their state in the "
+          "same dtype (its row, column and tensor sums are compiled for those).  eps1=None "
+          "is each parameter's own dtype's epsilon (torch takes the first parameter's dtype "
+          "for the whole group).",
+)
+
 #: Every optimizer, in the order the docs list them.
 SPECS = (SGD, MOMENTUM, RMSPROP, ADAGRAD, ADAM, ADAMW, ADAMAX, NADAM, RADAM, ADADELTA, ASGD, RPROP,
-         LION, LAMB, SCHEDULE_FREE_ADAMW)
+         ADAFACTOR, LION, LAMB, SCHEDULE_FREE_ADAMW)

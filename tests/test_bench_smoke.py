@@ -32,7 +32,7 @@ R = _load("fastopt_bench_report", "report.py")
 def test_bytes_per_element_match_spec():
     spec = {"sgd": 12, "sgd_momentum": 20, "momentum": 20, "rmsprop": 20, "adagrad": 20,
             "adam": 28, "adamw": 28, "adam_amsgrad": 36, "adamax": 28, "nadam": 28, "radam": 28,
-            "adadelta": 28, "asgd": 20, "rprop": 28, "lion": 20, "lamb": 40,
+            "adadelta": 28, "asgd": 20, "rprop": 28, "adafactor": 32, "lion": 20, "lamb": 40,
             "adamw_schedulefree": 28}
     assert set(H.ARRAY_PASSES) == set(spec)      # the specs' bench keys: every SPEC.md row
     assert {f: H.bytes_per_element(f) for f in spec} == spec
@@ -40,7 +40,8 @@ def test_bytes_per_element_match_spec():
     assert H.ARRAYS_RESIDENT == {"sgd": 2, "sgd_momentum": 3, "momentum": 3, "rmsprop": 3,
                                  "adagrad": 3, "adam": 4, "adamw": 4, "adam_amsgrad": 5,
                                  "adamax": 4, "nadam": 4, "radam": 4, "adadelta": 4, "asgd": 3,
-                                 "rprop": 4, "lion": 3, "lamb": 4, "adamw_schedulefree": 4}
+                                 "rprop": 4, "adafactor": 3, "lion": 3, "lamb": 4,
+                                 "adamw_schedulefree": 4}
     assert list(K.FAMILIES) == list(H.family_cases()) == list(H.ARRAY_PASSES)
     # bench/gpu.py keeps its own table (it is standalone): it must say the same
     gpu_spec = importlib.util.spec_from_file_location("fastopt_bench_gpu_smoke",

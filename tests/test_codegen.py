@@ -35,7 +35,10 @@ def test_every_rule_has_an_oracle_with_its_parameters():
     for name, sig in RULES.items():
         ref = getattr(reference, name)
         params = inspect.signature(ref).parameters
-        assert tuple(params) == sig.arrays + sig.scalars + sig.flags, name
+        # (a grid rule's oracle also takes the matrices' shape: n rows of m, keyword-only)
+        shape = ("n", "m") if sig.grid else ()
+        assert tuple(params) == sig.arrays + sig.scalars + sig.flags + shape, name
+        assert all(params[f].kind == inspect.Parameter.KEYWORD_ONLY for f in shape), name
         assert all(params[f].kind == inspect.Parameter.KEYWORD_ONLY for f in sig.flags), name
 
 
@@ -182,9 +185,9 @@ def test_every_cython_avx2_loop_is_vectorized():
             serial = [v for k, v in funcs.items() if re.search(
                 rf"(_\d+{variant}|__{variant}_block(\.constprop\.\d+)?)$", k)]
             threaded = [v for k, v in funcs.items() if k.endswith(f"_{variant}._omp_fn.0")]
-            if sig.sums:
+            if sig.sums or sig.grid:    # (a grid rule's loops: its block function too)
                 threaded = serial
-                if not any(re.search(r"vaddpd\s+[^\n]*%ymm", b) for b in serial):
+                if sig.sums and not any(re.search(r"vaddpd\s+[^\n]*%ymm", b) for b in serial):
                     missing.append(f"{variant} (float64 lanes)")
             for kind, bodies in (("serial", serial), ("threaded", threaded)):
                 if not bodies or not any(re.search(packed, b) for b in bodies):

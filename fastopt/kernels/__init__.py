@@ -15,7 +15,9 @@ for an optional array the flags leave unused), and ``scalars`` is the tuple of t
 per-step scalars as Python floats.  ``bind`` checks the rows once; the returned call does
 nothing but run the loops, so an optimizer binds when its buffers change and calls every step.
 ``backend.run(rule, dtype, flags, arrays, scalars)`` does all three for one row (tests,
-benchmarks).  A rule with ``sums`` (a reduction, :mod:`fastopt.kernels.rules`) also returns,
+benchmarks).  A *grid* rule (Adafactor's factored second moment: row and column values, row
+and column sums) is compiled by ``backend.grid(rule, dtype, flags)`` and run over one
+parameter seen as matrices by ``backend.run_grid(kernel, arrays, n, m, scalars)``.  A rule with ``sums`` (a reduction, :mod:`fastopt.kernels.rules`) also returns,
 from ``call``, one tuple of float totals per row (every row, empty ones included), and ``run``
 returns the row's tuple; such rules run on arrays of the compute dtype only.
 
@@ -39,7 +41,8 @@ import numpy as np
 
 from .. import _layout
 
-__all__ = ["BACKENDS", "HOST_ORDER", "Backend", "HostBackend", "get_backend", "resolve_backend",
+__all__ = ["BACKENDS", "HOST_ORDER", "Backend", "HostBackend", "GridKernel", "grid_columns",
+           "get_backend", "resolve_backend",
            "backend_status", "is_device_array", "check_dtype", "check_grad_dtype",
            "rule_signature"]
 
@@ -110,6 +113,31 @@ class Kernel:
         return f"<fastopt kernel {self.name}>"
 
 
+class GridKernel:
+    """A compiled variant of a grid rule (one compute dtype, one combination of flags)."""
+
+    __slots__ = ("sig", "dtype", "flags", "name", "impl")
+
+    def __init__(self, sig, dtype, flags):
+        from ._codegen import variant_name
+        self.sig, self.dtype, self.flags, self.impl = sig, np.dtype(dtype), tuple(flags), None
+        self.name = variant_name(sig, self.dtype.name, self.flags)
+
+    def __repr__(self):
+        return f"<fastopt grid kernel {self.name}>"
+
+
+def grid_columns(part, batches, blocks):
+    """The column sums of each matrix from the per-block sums ``part`` (``batches*blocks`` x
+    ``nc`` x ``m``): the blocks of each matrix added in order (the same bits on every host
+    backend and thread count)."""
+    p = part.reshape(batches, blocks, *part.shape[1:])
+    out = p[:, 0].copy()
+    for q in range(1, blocks):
+        out += p[:, q]
+    return out
+
+
 class Backend:
     """What an optimizer needs from a backend: compiled kernels, binding, array handling."""
 
@@ -146,6 +174,62 @@ class Backend:
         return k
 
     def _compile(self, kernel):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # -- grid rules (a parameter as B matrices of n x m: Adafactor's factored moment) --------
+    def grid(self, rule, dtype, flags=()):
+        """The compiled variant of the grid rule ``rule`` (see :mod:`fastopt.kernels.rules`)
+        for compute ``dtype`` and ``flags``, cached; run it with :meth:`run_grid`."""
+        dtype = np.dtype(dtype)
+        key = ("grid", rule, dtype, tuple(bool(f) for f in flags))
+        k = self._kernels.get(key)
+        if k is None:
+            sig = rule_signature(rule)
+            if not sig.grid:
+                raise ValueError(f"rule {rule!r} is not a grid rule (use kernel())")
+            if len(key[3]) != len(sig.flags):
+                raise ValueError(f"rule {rule!r} takes flags {sig.flags}, got {flags!r}")
+            if dtype not in _SUPPORTED:
+                check_dtype("param", dtype)
+                raise TypeError(f"compute dtype {dtype}: grid rules compute in float32 or "
+                                f"float64, on arrays of that dtype")
+            k = GridKernel(sig, dtype, key[3])
+            k.impl = self._compile_grid(k)
+            self._kernels[key] = k
+        return k
+
+    def run_grid(self, kernel, arrays, n, m, scalars):
+        """Run a grid kernel once over ``arrays`` (the rule's arrays in order, 1-D, of the
+        kernel's dtype: ``R*m`` values each for the element arrays, ``R`` for the ``rows``
+        arrays, ``(R // n)*m`` for the ``cols`` arrays, with ``R`` a multiple of ``n``).
+
+        Returns ``(rows, cols)`` as host float64 arrays: the ``sums`` of each row, ``(R,
+        len(sums))``, and the ``col_sums`` of each column of each matrix, ``(R // n,
+        len(col_sums), m)``."""
+        sig = kernel.sig
+        arrays = tuple(arrays)
+        n, m = int(n), int(m)
+        if len(arrays) != len(sig.arrays):
+            raise ValueError(f"{kernel.name}: {len(arrays)} arrays given, the rule takes "
+                             f"{len(sig.arrays)} ({', '.join(sig.arrays)})")
+        if n <= 0 or m <= 0:
+            raise ValueError(f"{kernel.name}: n and m must be > 0, got {n} and {m}")
+        size = arrays[sig.arrays.index(sig.elements[0])].shape[0]
+        R = size // m
+        if R * m != size or R % n:
+            raise ValueError(f"{kernel.name}: {size} elements are not matrices of {n} x {m}")
+        want = {a: (R if a in sig.rows else R // n * m if a in sig.cols else R * m)
+                for a in sig.arrays}
+        for name, a in zip(sig.arrays, arrays):
+            if np.dtype(a.dtype) != kernel.dtype or a.ndim != 1 or a.shape[0] != want[name]:
+                raise ValueError(f"{kernel.name}: {name} must be a 1-D {kernel.dtype} array of "
+                                 f"{want[name]} values, got {a.dtype} {a.shape}")
+        return self._grid(kernel, arrays, n, m, R, tuple(float(x) for x in scalars))
+
+    def _compile_grid(self, kernel):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _grid(self, kernel, arrays, n, m, R, scalars):  # pragma: no cover - abstract
         raise NotImplementedError
 
     def bind(self, kernel, rows, bases=None, seed=0):  # pragma: no cover - abstract
@@ -253,6 +337,20 @@ class HostBackend(Backend):
     """Array handling for backends that work on NumPy arrays in host memory."""
 
     device = "cpu"
+
+    def _grid(self, kernel, arrays, n, m, R, scalars):
+        """Host backends: the outputs allocated here, the loop (:meth:`_grid_loop`) fills the
+        row sums and the per-block column sums, :func:`grid_columns` adds the blocks."""
+        from ._codegen import GRID_ROWS
+        sig = kernel.sig
+        ns, nc = len(sig.sums), len(sig.col_sums)
+        B, nb = R // n, -(-n // GRID_ROWS)
+        o_rows = np.zeros((R, ns) if ns else (1, 1))
+        o_part = np.zeros((B * nb, nc, m) if nc else (1, 1, 1))
+        self._grid_loop(kernel, arrays, n, m, R, scalars, o_rows, o_part)
+        rows = o_rows if ns else np.zeros((R, 0))
+        cols = grid_columns(o_part, B, nb) if nc else np.zeros((B, 0, m))
+        return rows, cols
 
     @staticmethod
     def sumsq(array):

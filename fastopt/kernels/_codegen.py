@@ -265,7 +265,23 @@ class Signature:
         self.readonly = meta["readonly"]
         self.optional = meta["optional"]
         self.sums = meta.get("sums", ())
-        self.written = tuple(a for a in self.arrays if a not in self.readonly)
+        self.grid = meta.get("grid", False)
+        self.rows = meta.get("rows", ())
+        self.cols = meta.get("cols", ())
+        self.col_sums = meta.get("col_sums", ())
+        #: the arrays with one value per element (a grid rule's rows/cols arrays are not)
+        self.elements = tuple(a for a in self.arrays if a not in self.rows + self.cols)
+        self.written = tuple(a for a in self.elements if a not in self.readonly)
+        if not self.grid and (self.rows or self.cols or self.col_sums):
+            raise ValueError(f"rule {self.name}: rows, cols and col_sums need grid=True")
+        for name in self.rows + self.cols:
+            if name not in self.arrays:
+                raise ValueError(f"rule {self.name}: {name!r} is not one of its arrays")
+        for name in self.col_sums:
+            if name not in self.sums:
+                raise ValueError(f"rule {self.name}: col_sums {name!r} is not one of its sums")
+        if self.grid and self.optional:
+            raise ValueError(f"rule {self.name}: a grid rule has no optional arrays")
         for name in self.readonly:
             if name not in self.arrays:
                 raise ValueError(f"rule {self.name}: readonly {name!r} is not one of its arrays")
@@ -377,6 +393,8 @@ _FM = {{"nsz"}}
 sqrt = np.sqrt
 #: reductions (rules with ``sums``) add up blocks of this many elements, then the blocks in order
 SUM_BLOCK = {sum_block}
+#: grid rules split the rows into blocks of this many rows (within a matrix)
+GRID_ROWS = {grid_rows}
 _inline = njit(inline="always", fastmath=_FM, error_model="numpy", nogil=True)
 _par = njit(parallel=True, fastmath=_FM, error_model="numpy", nogil=True, cache=True)
 _ser = njit(fastmath=_FM, error_model="numpy", nogil=True, cache=True)
@@ -392,6 +410,69 @@ SUM_BLOCK = 4096
 #: element loop scalar (LAMB's first pass ran at 8 GB/s so); 64 lanes are 64 independent chains
 #: (tests/test_codegen.py checks what each compiler makes of them).
 SUM_LANES = 64
+
+
+#: A grid rule's rows are split into blocks of this many rows within each matrix; the
+#: blocks run in parallel, each adds its column sums over its rows in order (float64), and the
+#: blocks' column sums are added in order afterwards (:func:`fastopt.kernels.grid_columns`).
+#: 64 rows: the per-block column sums are 1/32 of a float32 matrix's bytes.
+GRID_ROWS = 64
+
+
+def _grid_lane_lines(ns, t, lane, rows_out, indent, np_float=True):
+    """Numba lines adding the row's buffered terms ``t{s}[0:m]`` in SUM_LANES float64 lanes,
+    the lanes in order, into ``rows_out[i, s]`` (the same order as Cython's)."""
+    L = SUM_LANES
+    p = " " * indent
+    lines = []
+    for s_ in range(ns):
+        lines += [f"{p}for l in range({L}):", f"{p}    {lane}{s_}[l] = 0.0",
+                  f"{p}for c in range(0, mL, {L}):", f"{p}    for l in range({L}):",
+                  f"{p}        {lane}{s_}[l] += np.float64({t}{s_}[c + l])",
+                  f"{p}for j in range(mL, m):",
+                  f"{p}    {lane}{s_}[j - mL] += np.float64({t}{s_}[j])",
+                  f"{p}acc = 0.0", f"{p}for l in range({L}):", f"{p}    acc += {lane}{s_}[l]",
+                  f"{p}{rows_out}[i, {s_}] = acc"]
+    return lines
+
+
+def _numba_grid(sig, np_name, name, flags, kind, rng):
+    """A grid rule's loop: blocks of GRID_ROWS rows (``rng``: prange or range over the
+    blocks); per row the element loop (row values loaded once, column values at ``b*m + j``),
+    each sum's terms buffered, the column sums added into the block's partial sums
+    ``o_cols[k]`` and the row sums into ``o_rows[i]``."""
+    ns, nw = len(sig.sums), len(sig.written)
+    first = sig.elements[0]
+    args = _loop_args(sig) + ["n", "m", "o_rows", "o_cols"]
+    lines = [f"\n@_{kind}", f"def {name}_{kind}({', '.join(args)}):"]
+    lines += [f"    {s} = np.{np_name}(s_{s})" for s in sig.scalars]
+    lines += [f"    R = a_{first}.size // m if m > 0 else 0",
+              "    nb = (n + GRID_ROWS - 1) // GRID_ROWS",
+              "    nblk = (R // n) * nb if n > 0 else 0",
+              f"    mL = m - m % {SUM_LANES}",
+              f"    for k in {rng}(nblk):",
+              "        b = k // nb",
+              "        r0 = b * n + (k - b * nb) * GRID_ROWS",
+              "        r1 = min(b * n + n, r0 + GRID_ROWS)"]
+    lines += [f"        t{j} = np.empty(m, dtype=np.{np_name})" for j in range(ns)]
+    lines += [f"        lane{j} = np.empty({SUM_LANES})" for j in range(ns)]
+    lines += [f"        cp{c} = o_cols[k, {c}]" for c in range(len(sig.col_sums))]
+    lines += ["        for i in range(r0, r1):", "            lo = i * m"]
+    lines += [f"            v_{a} = a_{a}[lo:lo + m]" for a in sig.elements]
+    lines += [f"            x_{a} = a_{a}[i]" for a in sig.rows]
+    lines += [f"            v_{a} = a_{a}[b * m:b * m + m]" for a in sig.cols]
+    lines.append("            for j in range(m):")
+    load = (lambda a: f"x_{a}" if a in sig.rows else f"v_{a}[j]")
+    lines.append(f"                r = {_call(sig, flags, load)}")
+    lines += ["                " + x for x in _stores(sig, flags,
+                                                      lambda a, v: f"v_{a}[j] = {v}")]
+    lines += [f"                t{j}[j] = r[{nw + j}]" for j in range(ns)]
+    for c, cname in enumerate(sig.col_sums):
+        j = sig.sums.index(cname)
+        lines += ["            for j in range(m):",
+                  f"                cp{c}[j] += np.float64(t{j}[j])"]
+    lines += _grid_lane_lines(ns, "t", "lane", "o_rows", 12)
+    return "\n".join(lines) + "\n"
 
 
 def _call(sig, flags, load):
@@ -418,7 +499,7 @@ def _loop_args(sig):
 def numba_source(mod=None):
     """The Numba module (text) for every rule, dtype and flag combination."""
     mod = mod or load_rules()
-    out = [_NUMBA_HEAD.format(hash=source_hash(), sum_block=SUM_BLOCK)]
+    out = [_NUMBA_HEAD.format(hash=source_hash(), sum_block=SUM_BLOCK, grid_rows=GRID_ROWS)]
     for fn in helpers(mod):
         out.append("\n@_inline\n" + _python_def(fn) + "\n")
     sigs = signatures(mod)
@@ -429,6 +510,10 @@ def numba_source(mod=None):
             for flags in flag_variants(sig):
                 name = variant_name(sig, tag, flags)
                 nw, ns = len(sig.written), len(sig.sums)
+                if sig.grid:
+                    for kind, rng in (("par", "prange"), ("ser", "range")):
+                        out.append(_numba_grid(sig, np_name, name, flags, kind, rng))
+                    continue
                 for kind, rng in (("par", "prange"), ("ser", "range")):
                     lines = [f"\n@_{kind}", f"def {name}_{kind}({', '.join(_loop_args(sig))}):"]
                     lines += [f"    {s} = np.{np_name}(s_{s})" for s in sig.scalars]
@@ -522,6 +607,9 @@ def cuda_source(mod=None):
             for flags in flag_variants(sig):
                 name = variant_name(sig, tag, flags)
                 nw, ns = len(sig.written), len(sig.sums)
+                if sig.grid:
+                    out.append(_cuda_grid(sig, np_name, name, flags))
+                    continue
                 # a reduction: each thread sums its elements in float64, then adds its totals
                 # to `out` (float64, one entry per sum) atomically
                 args = _loop_args(sig) + (["out"] if ns else [])
@@ -537,6 +625,34 @@ def cuda_source(mod=None):
                 lines += [f"    cuda.atomic.add(out, {j}, acc{j})" for j in range(ns)]
                 out.append("\n".join(lines) + "\n")
     return "".join(out)
+
+
+def _cuda_grid(sig, np_name, name, flags):
+    """A grid rule's kernel: blocks stride over the rows, a block's threads over the row's
+    columns; each thread adds its row sums in float64 and then atomically into ``o_rows[i]``,
+    and each element's column terms atomically into ``o_cols[b, c, j]`` (float64)."""
+    ns, nw = len(sig.sums), len(sig.written)
+    first = sig.elements[0]
+    args = _loop_args(sig) + ["n", "m", "o_rows", "o_cols"]
+    lines = ["\n@cuda.jit", f"def {name}({', '.join(args)}):"]
+    lines += [f"    {s} = np.{np_name}(s_{s})" for s in sig.scalars]
+    lines += [f"    R = a_{first}.shape[0] // m if m > 0 else 0",
+              "    for i in range(cuda.blockIdx.x, R, cuda.gridDim.x):",
+              "        b = i // n", "        lo = i * m"]
+    lines += [f"        acc{j} = np.float64(0.0)" for j in range(ns)]
+    lines += [f"        x_{a} = a_{a}[i]" for a in sig.rows]
+    lines.append("        for j in range(cuda.threadIdx.x, m, cuda.blockDim.x):")
+    load = (lambda a: f"x_{a}" if a in sig.rows else
+            (f"a_{a}[b * m + j]" if a in sig.cols else f"a_{a}[lo + j]"))
+    lines.append(f"            r = {_call(sig, flags, load)}")
+    lines += ["            " + x for x in _stores(sig, flags,
+                                                  lambda a, v: f"a_{a}[lo + j] = {v}")]
+    lines += [f"            acc{j} += np.float64(r[{nw + j}])" for j in range(ns)]
+    for c, cname in enumerate(sig.col_sums):
+        j = sig.sums.index(cname)
+        lines.append(f"            cuda.atomic.add(o_cols, (b, {c}, j), np.float64(r[{nw + j}]))")
+    lines += [f"        cuda.atomic.add(o_rows, (i, {j}), acc{j})" for j in range(ns)]
+    return "\n".join(lines) + "\n"
 
 
 # -- storage layouts (Numba and CUDA): one module per variant, generated when first used -------
@@ -1290,6 +1406,9 @@ def cython_source(mod=None):
     for sig in sigs.values():
         for tag, (_, ctype, _) in DTYPES.items():
             for flags in flag_variants(sig):
+                if sig.grid:
+                    out.append("\n\n" + _cython_grid(sig, tag, ctype, flags, names))
+                    continue
                 out.append("\n\n" + _cython_variant(sig, tag, ctype, flags, names))
                 if not sig.sums:    # reductions: the compute dtype's own storage only
                     out.append("\n\n" + _cython_layout_variant(sig, tag, ctype, flags, names))
@@ -1339,6 +1458,90 @@ def _cython_reduction(name, ptrs, scal, ctype, locals_, body, sig, used, ns):
     lines += [f"    out[{j}] = tot{j}" for j in range(ns)]
     lines.append("    free(part)")
     return lines
+
+
+def _cython_grid(sig, tag, ctype, flags, helper_names):
+    """A grid rule's loops (as :func:`_numba_grid`, the same order of additions): a block
+    function over GRID_ROWS rows, serial below the threshold or ``prange`` over the blocks, and
+    a ``def`` entry point taking the arrays' addresses."""
+    name = variant_name(sig, tag, flags)
+    ns, nc, L = len(sig.sums), len(sig.col_sums), SUM_LANES
+    ptrs = [f"{tag}_{'cp' if a not in sig.written else 'p'} a_{a}" for a in sig.arrays]
+    scal = [f"{ctype} {x}" for x in sig.scalars]
+    node = _fn_ast(sig.fn)
+    body = [_Constants(dict(zip(sig.flags, flags))).visit(
+        _CythonNames(tag, helper_names).visit(st)) for st in _body(node)]
+    ret, body = body[-1], body[:-1]
+    locals_ = list(sig.arrays) + _assigned(body, set(sig.arrays) | set(sig.scalars))
+    clash = (_LOOP_NAMES | {"j", "k", "b", "lo", "r0", "r1", "c", "l", "m", "mL", "acc"}) \
+        & set(locals_)
+    if clash:
+        raise ValueError(f"rule {sig.name}: local names {sorted(clash)} are reserved for loops")
+    inner = [f"{a} = a_{a}[b * m + j]" if a in sig.cols else f"{a} = a_{a}[lo + j]"
+             for a in sig.arrays if a not in sig.rows]
+    inner += [ast.unparse(st) for st in body]
+    inner += [f"a_{a}[lo + j] = {ast.unparse(v)}" for a, v in zip(sig.written, ret.value.elts)]
+    inner += [f"t{j}[j] = {ast.unparse(v)}"
+              for j, v in enumerate(ret.value.elts[len(sig.written):])]
+    args = [p.split()[-1] for p in ptrs + scal]
+    lines = [f"cdef void _{name}_block(Py_ssize_t k, Py_ssize_t n, Py_ssize_t m, Py_ssize_t nb, "
+             f"{', '.join(ptrs + scal)}, double* o_rows, double* o_cols) noexcept nogil:",
+             f"    cdef Py_ssize_t b = k // nb, i, j, l, c, lo, mL = m - m % {L}",
+             f"    cdef Py_ssize_t r0 = b * n + (k - b * nb) * {GRID_ROWS}",
+             f"    cdef Py_ssize_t r1 = min(b * n + n, r0 + {GRID_ROWS})",
+             f"    cdef {ctype} {', '.join(locals_)}",
+             "    cdef double acc"]
+    lines += [f"    cdef {ctype}* t{j} = <{ctype}*>malloc((m if m else 1) * sizeof({ctype}))"
+              for j in range(ns)]
+    lines += [f"    cdef double lane{j}[{L}]" for j in range(ns)]
+    lines += [f"    cdef double* cp{c} = o_cols + (k * {nc} + {c}) * m" for c in range(nc)]
+    lines += ["    for i in range(r0, r1):", "        lo = i * m"]
+    lines += [f"        {a} = a_{a}[i]" for a in sig.rows]
+    lines += ["        for j in range(m):"] + [textwrap.indent(x, " " * 12) for x in inner]
+    for c, cname in enumerate(sig.col_sums):
+        j = sig.sums.index(cname)
+        lines += ["        for j in range(m):", f"            cp{c}[j] += <double>t{j}[j]"]
+    for j in range(ns):
+        lines += [f"        for l in range({L}):", f"            lane{j}[l] = 0",
+                  f"        for c in range(0, mL, {L}):", f"            for l in range({L}):",
+                  f"                lane{j}[l] += <double>t{j}[c + l]",
+                  "        for l in range(m - mL):",
+                  f"            lane{j}[l] += <double>t{j}[mL + l]",
+                  "        acc = 0", f"        for l in range({L}):",
+                  f"            acc = acc + lane{j}[l]", f"        o_rows[i * {ns} + {j}] = acc"]
+    lines += [f"    free(t{j})" for j in range(ns)]
+    nsc = len(sig.scalars)
+    lines += ["", "", f"def {name}(Py_ssize_t n, Py_ssize_t m, Py_ssize_t R, tuple addresses, "
+              f"tuple scalars, uintptr_t o_rows=0, uintptr_t o_cols=0):",
+              f'    """{sig.name} ({tag}) over R rows of m elements (matrices of n rows): '
+              f'`addresses` of its arrays ({", ".join(sig.arrays)}), `scalars` '
+              f'({", ".join(sig.scalars)})'
+              + (f', `o_rows` the address of R x {ns} doubles (row sums of '
+                 f'{", ".join(sig.sums)})' if ns else '')
+              + (f', `o_cols` of (blocks x {nc} x m) doubles, zeroed (column sums of '
+                 f'{", ".join(sig.col_sums)} per block of {GRID_ROWS} rows)' if nc else '')
+              + '."""',
+              f"    if len(scalars) != {nsc} or len(addresses) != {len(sig.arrays)}:",
+              f"        raise ValueError('{name}: {nsc} scalars and {len(sig.arrays)} "
+              f"addresses expected')",
+              f"    if n <= 0 or m <= 0 or R <= 0 or R % n:", "        return",
+              f"    if ({ns} and not o_rows) or ({nc} and not o_cols):",
+              f"        raise ValueError('{name}: the sums need their output addresses')"]
+    lines += [f"    cdef {ctype} {x} = <{ctype}><double>scalars[{j}]"
+              for j, x in enumerate(sig.scalars)]
+    for j, p in enumerate(ptrs):
+        typ, var = p.split()
+        cast = f"const {ctype}*" if typ.endswith("_cp") else f"{ctype}*"
+        lines.append(f"    cdef {typ} {var} = <{cast}><uintptr_t>addresses[{j}]")
+    lines += [f"    cdef Py_ssize_t k, nb = (n + {GRID_ROWS - 1}) // {GRID_ROWS}",
+              "    cdef Py_ssize_t nblk = (R // n) * nb",
+              "    cdef double* orow = <double*>o_rows", "    cdef double* ocol = <double*>o_cols",
+              "    cdef bint serial = R * m < _config.PARALLEL_THRESHOLD"]
+    call = f"_{name}_block(k, n, m, nb, {', '.join(args)}, orow, ocol)"
+    lines += ["    with nogil:", "        if serial:", "            for k in range(nblk):",
+              f"                {call}", "        else:",
+              "            for k in prange(nblk, schedule='static'):", f"                {call}"]
+    return "\n".join(lines) + "\n"
 
 
 def _cython_variant(sig, tag, ctype, flags, helper_names):

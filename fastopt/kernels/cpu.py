@@ -149,6 +149,15 @@ class NumbaBackend(HostBackend):
         call.rows = [c[0] for c in calls]
         return call
 
+    def _compile_grid(self, kernel):
+        mod = module()
+        return getattr(mod, kernel.name + "_par"), getattr(mod, kernel.name + "_ser")
+
+    def _grid_loop(self, kernel, arrays, n, m, R, scalars, o_rows, o_part):
+        par, ser = kernel.impl
+        (par if R * m >= config.PARALLEL_THRESHOLD else ser)(*arrays, *scalars, n, m, o_rows,
+                                                             o_part)
+
     def all_finite(self, array):
         big = array.size >= config.PARALLEL_THRESHOLD
         exponent = F.exponent_bits(array.dtype)

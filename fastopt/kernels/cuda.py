@@ -312,6 +312,23 @@ class CudaBackend(Backend):
         call.rows = [c[0] for c in calls]
         return call
 
+    def _compile_grid(self, kernel):
+        return getattr(module(), kernel.name)
+
+    def _grid(self, kernel, arrays, n, m, R, scalars):
+        """A block of threads per row (grid-stride over the rows), the sums added atomically in
+        float64 into device arrays, copied back to the host."""
+        sig = kernel.sig
+        ns, nc = len(sig.sums), len(sig.col_sums)
+        o_rows = cuda.to_device(np.zeros((R, ns) if ns else (1, 1)))
+        o_cols = cuda.to_device(np.zeros((R // n, nc, m) if nc else (1, 1, 1)))
+        threads = min(128, 1 << max(0, (m - 1).bit_length()))
+        blocks = max(1, min(R, 65535))
+        kernel.impl[blocks, threads](*arrays, *scalars, n, m, o_rows, o_cols)
+        rows = o_rows.copy_to_host() if ns else np.zeros((R, 0))
+        cols = o_cols.copy_to_host() if nc else np.zeros((R // n, 0, m))
+        return rows, cols
+
     def all_finite(self, array):
         return _all_finite(array)
 

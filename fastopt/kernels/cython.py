@@ -116,6 +116,13 @@ def _reduction(fn, table, nrows, kept, ns):
 class CythonBackend(HostBackend):
     name = "cython"
 
+    def _compile_grid(self, kernel):
+        return kernel.name
+
+    def _grid_loop(self, kernel, arrays, n, m, R, scalars, o_rows, o_part):
+        getattr(extension, kernel.impl)(n, m, R, tuple(_address(a) for a in arrays), scalars,
+                                        _address(o_rows), _address(o_part))
+
     def _compile(self, kernel):
         # the entry point's name, looked up in the extension in use when binding: the variant's
         # own loop, or for another storage layout its blocked layout loop

@@ -23,7 +23,9 @@ from . import formats as F
 
 __all__ = ["NumpyBackend", "sgd", "momentum", "rmsprop", "adagrad", "adam", "adamax", "nadam",
            "radam", "adadelta", "asgd", "rprop", "lion", "lamb", "lamb_apply",
-           "adamw_schedulefree", "lerp_to", "ema", "swap", "assign"]
+           "adamw_schedulefree", "lerp_to", "adafactor_vector", "adafactor_vector_apply",
+           "adafactor_sq", "adafactor_factored", "adafactor_factored_apply", "ema", "swap",
+           "assign"]
 
 
 def _effective_grad(param, grad, grad_sign, weight_decay, l2):
@@ -249,6 +251,71 @@ def lerp_to(param, z, weight, weight_minus_one, small, zero):
     param[...] = _lerp_select(param, z, weight, weight_minus_one, small, zero)
 
 
+def _clamp_min(x, lo):
+    """``torch.clamp(x, min=lo)``: NaN stays NaN."""
+    return np.where(x < lo, lo, x)
+
+
+def _adafactor_u(grad, var, grad_sign, eps1_sq, one):
+    """torch.optim.Adafactor's update: ``var.clamp_(min=eps1**2).rsqrt_().mul_(grad)``."""
+    return one / np.sqrt(_clamp_min(var, eps1_sq)) * (grad_sign * grad)
+
+
+def _sq64(x):
+    return (x * x).astype(np.float64)
+
+
+def adafactor_vector(param, grad, variance, grad_sign, weight, weight_minus_one, small, zero,
+                     eps1_sq, one):
+    """Adafactor on a vector, pass 1: ``variance.lerp_(g*g, weight)``; the sums of p**2 and of
+    u**2 (float64)."""
+    g = grad_sign * grad
+    variance[...] = _lerp(variance, g * g, weight, weight_minus_one, small > zero)
+    u = _adafactor_u(grad, variance, grad_sign, eps1_sq, one)
+    return float(np.sum(_sq64(param))), float(np.sum(_sq64(u)))
+
+
+def adafactor_vector_apply(param, grad, variance, grad_sign, eps1_sq, one, decay, neg_step):
+    """Adafactor on a vector, pass 2: ``param = param*decay + neg_step*u``."""
+    param[...] = param * decay + neg_step * _adafactor_u(grad, variance, grad_sign, eps1_sq, one)
+
+
+def _mats(n, m, *arrays):
+    return [a.reshape(-1, n, m) for a in arrays]
+
+
+def adafactor_sq(param, grad, grad_sign, *, n, m):
+    """Adafactor on matrices, pass 1: per row the sums of p**2 and g**2, per column of each
+    matrix the sums of g**2 (float64), as ``(rows (R, 2), cols (B, 1, m))``."""
+    p, g = _mats(n, m, param, grad_sign * grad)
+    p2, g2 = _sq64(p), _sq64(g)
+    rows = np.stack([p2.sum(axis=-1).ravel(), g2.sum(axis=-1).ravel()], axis=1)
+    return rows, g2.sum(axis=1)[:, None, :]
+
+
+def _factored_u(grad, row_var, row_mean, col_var, grad_sign, eps1_sq, one, n, m):
+    (g,) = _mats(n, m, grad)
+    r = row_var.reshape(-1, n, 1)
+    rm = row_mean.reshape(-1, n, 1)
+    c = col_var.reshape(-1, 1, m)
+    return _adafactor_u(g, r * c / rm, grad_sign, eps1_sq, one)
+
+
+def adafactor_factored(grad, row_var, row_mean, col_var, grad_sign, eps1_sq, one, *, n, m):
+    """Adafactor on matrices, pass 2: per row the sum of u**2, ``u = rsqrt(clamp(r*c/rmean,
+    min=eps1**2))*g``."""
+    u = _factored_u(grad, row_var, row_mean, col_var, grad_sign, eps1_sq, one, n, m)
+    return _sq64(u).sum(axis=-1).reshape(-1, 1), np.zeros((u.shape[0], 0, m))
+
+
+def adafactor_factored_apply(param, grad, row_var, row_mean, col_var, grad_sign, eps1_sq, one,
+                             decay, neg_step, *, n, m):
+    """Adafactor on matrices, pass 3: ``param = param*decay + neg_step*u``."""
+    u = _factored_u(grad, row_var, row_mean, col_var, grad_sign, eps1_sq, one, n, m)
+    param[...] = param * decay + neg_step * u.reshape(-1)
+    return np.zeros((param.size // m, 0)), np.zeros((u.shape[0], 0, m))
+
+
 def ema(average, param, decay, one_minus_decay):
     """``average = decay*average + (1-decay)*param``."""
     average[...] = decay * average + one_minus_decay * param
@@ -323,6 +390,14 @@ class NumpyBackend(HostBackend):
             reduce.rows = call.rows
             return reduce
         return call
+
+    def _compile_grid(self, kernel):
+        return globals()[kernel.sig.name]
+
+    def _grid(self, kernel, arrays, n, m, R, scalars):
+        cast = [kernel.dtype.type(x) for x in scalars]
+        with np.errstate(all="ignore"):
+            return kernel.impl(*arrays, *cast, n=n, m=m)
 
     def all_finite(self, array):
         return F.all_finite(array)

@@ -31,6 +31,15 @@ How a rule is written (checked by ``_codegen.signature`` when the loops are gene
   and the loop adds them up over each row (in float64) and returns the totals, one tuple per
   row (LAMB's per-tensor norms).  Reductions are compiled for the compute dtype's own storage
   only (no 16-bit or 8-bit layouts).
+* ``@rule(grid=True, rows=(...), cols=(...), sums=(...), col_sums=(...))``: a *grid* rule
+  (Adafactor's factored second moment) walks a parameter seen as ``B`` matrices of ``n x m``
+  (its last two dimensions; ``R = B*n`` rows of ``m`` elements).  The arrays named in ``rows``
+  hold one value per row (``R``), those in ``cols`` one per column of each matrix (``B*m``,
+  column ``j`` of matrix ``b`` at ``b*m + j``); both are only read.  Each ``sums`` value is
+  added up per row (float64: ``R`` totals each), and those also named in ``col_sums`` per
+  column of each matrix as well (``B*m`` totals).  The loops split the rows into blocks of
+  ``GRID_ROWS`` rows within a matrix; a block's column sums are added in row order, then the
+  blocks in order: the same bits on every host backend and thread count.
 * No numeric literals (``1.0`` would promote float32 arithmetic to float64 in Numba): constants
   arrive as scalars.  Only arithmetic, comparisons, conditional expressions, ``sqrt`` and the
   ``@helper`` functions below are used.
@@ -42,16 +51,20 @@ every backend and in torch.
 """
 from math import sqrt
 
-__all__ = ["rule", "helper", "nan_max", "nan_min", "clamp", "fabs", "sign", "lerp", "sgd", "momentum",
+__all__ = ["rule", "helper", "nan_max", "nan_min", "clamp", "clamp_min", "fabs", "sign", "lerp",
+           "sgd", "momentum",
            "rmsprop", "adagrad", "adam", "adamax", "nadam", "radam", "adadelta", "asgd", "rprop",
-           "lion", "lamb", "lamb_apply", "adamw_schedulefree", "lerp_to", "ema", "swap", "assign"]
+           "lion", "lamb", "lamb_apply", "adamw_schedulefree", "lerp_to", "adafactor_vector",
+           "adafactor_vector_apply", "adafactor_sq", "adafactor_factored",
+           "adafactor_factored_apply", "ema", "swap", "assign"]
 
 
-def rule(*, readonly=(), optional=None, sums=()):
+def rule(*, readonly=(), optional=None, sums=(), grid=False, rows=(), cols=(), col_sums=()):
     """Mark a function as an update rule (see the module docstring for the conventions)."""
     def mark(fn):
         fn.fastopt_rule = {"readonly": tuple(readonly), "optional": dict(optional or {}),
-                           "sums": tuple(sums)}
+                           "sums": tuple(sums), "grid": bool(grid), "rows": tuple(rows),
+                           "cols": tuple(cols), "col_sums": tuple(col_sums)}
         return fn
     return mark
 
@@ -100,6 +113,12 @@ def sign(x, one, zero):
     if-converts them and the loop vectorizes."""
     s = one if x > zero else zero
     return -one if x < zero else s
+
+
+@helper
+def clamp_min(x, lo):
+    """``torch.clamp(x, min=lo)``: NaN stays NaN (one flat select)."""
+    return lo if x < lo else x
 
 
 @helper
@@ -392,6 +411,65 @@ def lerp_to(param, z, /, weight, weight_minus_one, small, zero):
     diff = z - param
     param = param + weight * diff if small > zero else z + weight_minus_one * diff
     return (param,)
+
+
+# -- Adafactor (torch.optim.Adafactor) ---------------------------------------------------------
+
+@rule(readonly=("param", "grad"), sums=("param_sq", "update_sq"))
+def adafactor_vector(param, grad, variance, /, grad_sign, weight, weight_minus_one, small, zero,
+                     eps1_sq, one):
+    """Adafactor on a vector (a parameter of fewer than 2 dimensions), pass 1 of 2: ``v =
+    lerp(v, g*g, weight)`` (``weight = t**beta2_decay``: a per-step scalar, so lerp's branch
+    ``small`` is one too); sums of ``param**2`` (the parameter's RMS) and of ``u**2`` with ``u =
+    rsqrt(clamp(v, min=eps1**2))*g`` (the update's RMS)."""
+    g = grad_sign * grad
+    sq = g * g
+    diff = sq - variance
+    variance = variance + weight * diff if small > zero else sq + weight_minus_one * diff
+    u = one / sqrt(clamp_min(variance, eps1_sq)) * g
+    return variance, param * param, u * u
+
+
+@rule(readonly=("grad", "variance"))
+def adafactor_vector_apply(param, grad, variance, /, grad_sign, eps1_sq, one, decay, neg_step):
+    """Adafactor on a vector, pass 2 of 2: ``param = param*decay + neg_step*u`` (``decay = 1 -
+    lr*weight_decay``, ``neg_step = -alpha/max(1, RMS(u)/d)``) with ``u`` as in
+    :func:`adafactor_vector`, from the variance it wrote."""
+    g = grad_sign * grad
+    u = one / sqrt(clamp_min(variance, eps1_sq)) * g
+    return (param * decay + neg_step * u,)
+
+
+@rule(grid=True, readonly=("param", "grad"), sums=("param_sq", "grad_sq"), col_sums=("grad_sq",))
+def adafactor_sq(param, grad, /, grad_sign):
+    """Adafactor on a matrix, pass 1 of 3: per row the sums of ``param**2`` and of ``g*g``, per
+    column the sums of ``g*g`` (one read of the parameter and the gradient; the row and
+    column factors of the second moment are updated from them on the host: ``R + B*m``
+    values)."""
+    g = grad_sign * grad
+    return param * param, g * g
+
+
+@rule(grid=True, readonly=("grad",), rows=("row_var", "row_mean"), cols=("col_var",),
+      sums=("update_sq",))
+def adafactor_factored(grad, row_var, row_mean, col_var, /, grad_sign, eps1_sq, one):
+    """Adafactor on a matrix, pass 2 of 3: the sum of ``u**2`` per row, ``u = rsqrt(clamp(r*c /
+    rmean, min=eps1**2))*g`` with the row factor ``r``, the column factor ``c`` and the mean
+    row factor of the matrix clamped to ``eps1`` (torch's ``(row_var @ col_var) /
+    row_var.mean()``); nothing is written."""
+    g = grad_sign * grad
+    u = one / sqrt(clamp_min(row_var * col_var / row_mean, eps1_sq)) * g
+    return (u * u,)
+
+
+@rule(grid=True, readonly=("grad",), rows=("row_var", "row_mean"), cols=("col_var",))
+def adafactor_factored_apply(param, grad, row_var, row_mean, col_var, /, grad_sign, eps1_sq, one,
+                             decay, neg_step):
+    """Adafactor on a matrix, pass 3 of 3: ``param = param*decay + neg_step*u`` with ``u`` as
+    in :func:`adafactor_factored`."""
+    g = grad_sign * grad
+    u = one / sqrt(clamp_min(row_var * col_var / row_mean, eps1_sq)) * g
+    return (param * decay + neg_step * u,)
 
 
 # -- parameter averaging (fastopt.WeightEMA) -------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from .. import specs as _specs
 from .._classgen import make_init
+from ._adafactor import AdafactorOptimizer
 from ._state_io import load, save
 from .core import Optimizer
 
@@ -45,6 +46,9 @@ def _switch_method(method, mode):
     return switch
 
 
+#: families whose state is not shaped like their parameters: their own base class
+_BASES = {"Adafactor": AdafactorOptimizer}
+
 for _spec in _specs.SPECS:
-    globals()[_spec.name] = make_class(_spec)
+    globals()[_spec.name] = make_class(_spec, _BASES.get(_spec.name, Optimizer))
 del _spec

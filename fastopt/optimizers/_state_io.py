@@ -76,7 +76,6 @@ def load_state_dict(opt, sd):
                          f"has {len(opt._params)}")
     copies, steps = [], []
     for gi, (sg, ng) in enumerate(zip(groups, new_groups)):
-        names_needed = [n for n, needed in spec.needed(ng).items() if needed]
         gsteps = set()
         for saved_idx, i in zip(sg["params"], ng["params"]):
             entry = state.get(saved_idx, state.get(str(saved_idx)))
@@ -86,15 +85,15 @@ def load_state_dict(opt, sd):
                 raise ValueError(f"state_dict state for parameter {saved_idx} has no 'step'")
             gsteps.add(int(entry["step"]))
             p = opt._params[i]
-            for name in names_needed:
+            for name, shape in opt._state_shapes(i, ng).items():
                 if name not in entry:
                     raise ValueError(f"state_dict state for parameter {saved_idx} has no "
                                      f"{name!r}")
                 arr = np.asarray(entry[name])
                 what = f"state_dict {name!r} of parameter {saved_idx}"
-                if arr.shape != tuple(p.shape):
-                    raise ValueError(f"{what} has shape {arr.shape}, the parameter has "
-                                     f"{p.shape}")
+                if arr.shape != shape:
+                    extra = "" if shape == tuple(p.shape) else f" (the parameter {p.shape})"
+                    raise ValueError(f"{what} has shape {arr.shape}, expected {shape}{extra}")
                 absmax = None
                 if arr.dtype == np.uint8:           # 8-bit codes: their absmax must fit
                     absmax = _checked_absmax(entry, name, p.size, what)

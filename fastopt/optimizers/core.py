@@ -531,8 +531,19 @@ class Optimizer:
                     for seg in segs:
                         for name in spec.from_param:
                             self._copy_param_into(seg, name)
-        # The kernels: one bound call per (group, dtype, state format); the step count feeds
-        # stochastic rounding's bits.
+        self._run_kernels(plan, sc, ts)
+        for gi in range(len(steps)):
+            steps[gi] += 1
+        if spec.after_step is not None:   # running values kept in the group (not "dirty")
+            for gi, group in enumerate(groups):
+                lr = group["lr"]
+                spec.advance(group, ts[gi], _checks.lr_value(lr, ts[gi]) if callable(lr) else lr)
+        return True
+
+    def _run_kernels(self, plan, sc, ts):
+        """The kernels of a step whose checks passed: one bound call per (group, dtype, state
+        format); the step count feeds stochastic rounding's bits."""
+        groups, spec = self.param_groups, self.spec
         if plan.apply is None:
             for gi, call in plan.calls:
                 call(sc[gi], ts[gi])
@@ -544,13 +555,12 @@ class Optimizer:
                 lr = _checks.lr_value(lr, t) if callable(lr) else lr
                 for sums, apply in zip(call(sc[gi], t), applies):
                     apply(second(group, t, lr, sums), t)
-        for gi in range(len(steps)):
-            steps[gi] += 1
-        if spec.after_step is not None:   # running values kept in the group (not "dirty")
-            for gi, group in enumerate(groups):
-                lr = group["lr"]
-                spec.advance(group, ts[gi], _checks.lr_value(lr, ts[gi]) if callable(lr) else lr)
-        return True
+
+    def _state_shapes(self, i, group):
+        """``{state name: shape}`` of parameter ``i``'s state under ``group``'s options (each
+        buffer the parameter's shape; Adafactor's factored state differs)."""
+        shape = tuple(self._params[i].shape)
+        return {name: shape for name, needed in self.spec.needed(group).items() if needed}
 
     def _copy_param_into(self, seg, name):
         """State ``name`` := the segment's parameters (converted, rounding to nearest, when the

@@ -122,7 +122,8 @@ from .._classgen import make_init
 from ._optimizer import FusedOptimizer, torch_signature
 from ._tensors import host as _host  # noqa: F401 - zero-copy view helper (tests, users)
 
-_TORCH_SPECS = list(_specs.SPECS)
+#: Adafactor's factored state has its own class (below), not FusedOptimizer's buffers
+_TORCH_SPECS = [s for s in _specs.SPECS if s.name != "Adafactor"]
 __all__ = ["FusedOptimizer", "make_class"] + [s.name for s in _TORCH_SPECS]
 
 
@@ -159,3 +160,25 @@ def _switch_method(method):
 for _spec in _TORCH_SPECS:
     globals()[_spec.name] = make_class(_spec)
 del _spec
+
+
+def _adafactor_class():
+    from ._adafactor import AdafactorBase
+    spec = _specs.ADAFACTOR
+    init = make_init("Adafactor.__init__", __name__, torch_signature(spec),
+                     [("backend", None), ("state_dtype", None), ("max_grad_norm", None)],
+                     ({"_base": AdafactorBase},
+                      "_base.__init__(self, params, dict({hyper}), backend=backend, "
+                      "state_dtype=state_dtype, max_grad_norm=max_grad_norm)"))
+    doc = (f"{spec.summary}  (as ``torch.optim.Adafactor``, whose state and state_dict it "
+           f"keeps; the rules are :class:`fastopt.Adafactor`'s.)\n\n{spec.math.strip()}\n\n"
+           f"Takes torch.optim's arguments; extra keyword arguments: ``backend``, "
+           f"``state_dtype`` (None, or 'float32' for float32 parameters), ``max_grad_norm`` "
+           f"(see :class:`fastopt.Optimizer`).  Plain float32/float64 tensors, CPU or CUDA "
+           f"(the CUDA path has run on numba's simulator only).\n")
+    return type("Adafactor", (AdafactorBase,), {"__init__": init, "spec": spec,
+                                                 "__module__": __name__, "__doc__": doc})
+
+
+Adafactor = _adafactor_class()
+__all__.append("Adafactor")

@@ -1,0 +1,200 @@
+"""Adafactor's step (``torch.optim.Adafactor``): the factored second moment of matrices.
+
+Every other family's state is shaped like its parameters and its step is one rule over
+buffers (or two, LAMB).  Adafactor keeps, for a parameter of 2 or more dimensions, one value
+per row and one per column of each matrix (its last two dimensions), and its update needs the
+per-tensor RMS of the parameter and of the update.  So each parameter is its own kernel row,
+and the step per parameter is (see :data:`fastopt.specs.ADAFACTOR` for the bytes):
+
+* a matrix ``B x n x m``: the grid rule ``adafactor_sq`` (row and column sums of ``g*g``, the
+  sum of ``p*p``), the factors updated on the host (``R + B*m`` values, torch's operations in
+  the parameter's dtype), ``adafactor_factored`` (the sum of ``u*u``), then
+  ``adafactor_factored_apply`` (the update): three passes over the elements;
+* a vector: ``adafactor_vector`` (the second moment, the sums of ``p*p`` and ``u*u``), then
+  ``adafactor_vector_apply``: two passes, as LAMB.
+
+The per-tensor scalars (``alpha``, the clipping denominator) follow torch's formulas in float64
+from the float64 sums.  :class:`AdafactorOptimizer` plugs this into :class:`Optimizer` (the
+param groups, checks, clipping, ``nonfinite``, checkpoints are the shared ones);
+:func:`factored_shapes` and :class:`TensorStep` are shared with ``fastopt.torch.Adafactor``.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import _checks
+from .core import Optimizer, _Plan
+
+__all__ = ["AdafactorOptimizer", "TensorStep", "factored_shapes", "eps1_of"]
+
+
+def factored_shapes(shape):
+    """``{state name: shape}`` of a parameter of ``shape``, as torch.optim.Adafactor keeps it:
+    ``row_var`` (the last dimension 1) and ``col_var`` (the second-to-last 1) for 2 or more
+    dimensions, else ``variance`` (the parameter's shape)."""
+    shape = tuple(shape)
+    if len(shape) < 2:
+        return {"variance": shape}
+    return {"row_var": shape[:-1] + (1,), "col_var": shape[:-2] + (1, shape[-1])}
+
+
+def eps1_of(group, dtype):
+    """``eps1``, or the machine epsilon of ``dtype`` when the group's is None (torch's)."""
+    eps1 = group["eps"][0]
+    return float(np.finfo(dtype).eps) if eps1 is None else float(eps1)
+
+
+def _lerp(start, end, w, dtype):
+    """``start.lerp_(end, w)`` as ATen computes it in ``dtype`` (weight and ``1 - weight`` in
+    that dtype)."""
+    wt = dtype.type(w)
+    if abs(w) < 0.5:
+        return start + wt * (end - start)
+    return end - (end - start) * (dtype.type(1.0) - wt)
+
+
+class TensorStep:
+    """One parameter's Adafactor step on a backend: the kernels bound to its flat parameter,
+    gradient and state arrays (``state``: ``{name: 1-D array}`` of :func:`factored_shapes`'s
+    sizes, on the backend)."""
+
+    __slots__ = ("be", "shape", "size", "dtype", "param", "grad", "state", "kernels", "rows",
+                 "_vec1", "_vec2", "_mean")
+
+    def __init__(self, be, shape, param, grad, state):
+        self.be, self.shape = be, tuple(shape)
+        self.param, self.grad, self.state = param, grad, state
+        self.size = int(np.prod(self.shape, dtype=np.int64))
+        self.dtype = np.dtype(param.dtype)
+        self.rows = [self.size]
+        if len(self.shape) < 2:
+            k1 = be.kernel("adafactor_vector", self.dtype, ())
+            k2 = be.kernel("adafactor_vector_apply", self.dtype, ())
+            self._vec1 = be.bind(k1, [(param, grad, state["variance"])])
+            self._vec2 = be.bind(k2, [(param, grad, state["variance"])])
+            self.kernels = None
+        else:
+            self._vec1 = self._vec2 = None
+            self.kernels = tuple(be.grid(r, self.dtype) for r in (
+                "adafactor_sq", "adafactor_factored", "adafactor_factored_apply"))
+            self._mean = be.zeros(self.size // self.shape[-1] if self.shape[-1] else 0,
+                                  self.dtype)
+
+    def __call__(self, group, lr, t, grad_sign):
+        """Step ``t`` (1-based) with learning rate ``lr`` and the gradient's sign and clip
+        factor ``grad_sign``."""
+        if not self.size:
+            return
+        dt = self.dtype
+        w = float(t) ** group["beta2_decay"]
+        rho = min(lr, 1.0 / math.sqrt(t))
+        eps1 = eps1_of(group, dt)
+        eps1_sq = eps1 * eps1
+        decay = 1.0 - lr * group["weight_decay"]
+        be = self.be
+        if self.kernels is None:
+            wm1 = float(dt.type(w) - dt.type(1.0))
+            (p_sq, u_sq), = self._vec1(
+                (grad_sign, w, wm1, 1.0 if abs(w) < 0.5 else 0.0, 0.0, eps1_sq, 1.0), t)
+        else:
+            k_sq, k_u, k_apply = self.kernels
+            n, m = self.shape[-2], self.shape[-1]
+            rows, cols = be.run_grid(k_sq, (self.param, self.grad), n, m, (grad_sign,))
+            p_sq = float(np.sum(rows[:, 0]))
+            # torch: norm(g, dim).square_().div_(size): the norms in the parameter's dtype
+            row_norm = np.sqrt(rows[:, 1]).astype(dt)
+            col_norm = np.sqrt(cols[:, 0, :].reshape(-1)).astype(dt)
+            row_mean = row_norm * row_norm / dt.type(m)
+            col_mean = col_norm * col_norm / dt.type(n)
+            rv, cv = self.state["row_var"], self.state["col_var"]
+            row_var = _lerp(np.asarray(be.to_numpy(rv)), row_mean, w, dt)
+            col_var = _lerp(np.asarray(be.to_numpy(cv)), col_mean, w, dt)
+            # torch: row_var.mean(dim=-2).clamp_(min=eps1), once per matrix, for its rows
+            mean = row_var.reshape(-1, n).mean(axis=1, dtype=dt)
+            mean = np.where(mean < dt.type(eps1), dt.type(eps1), mean).astype(dt)
+            be.copy_from_numpy(rv, row_var)
+            be.copy_from_numpy(cv, col_var)
+            be.copy_from_numpy(self._mean, np.repeat(mean, n))
+            rows, _ = be.run_grid(k_u, (self.grad, rv, self._mean, cv), n, m,
+                                  (grad_sign, eps1_sq, 1.0))
+            u_sq = float(np.sum(rows[:, 0]))
+        root_n = math.sqrt(self.size)
+        alpha = max(group["eps"][1], math.sqrt(p_sq) / root_n) * rho
+        denom = max(1.0, math.sqrt(u_sq) / (root_n * group["d"]))
+        scalars = (grad_sign, eps1_sq, 1.0, decay, -alpha / denom)
+        if self.kernels is None:
+            self._vec2(scalars, t)
+        else:
+            be.run_grid(k_apply, (self.param, self.grad, rv, self._mean, cv),
+                        n, m, scalars)
+
+
+class AdafactorOptimizer(Optimizer):
+    """:class:`Optimizer` with Adafactor's factored state and per-tensor step (the base of
+    ``fastopt.Adafactor``)."""
+
+    def __init__(self, params, hyper, *, state_dtype=None, **kw):
+        if state_dtype is not None and state_dtype != "float32":
+            raise ValueError(f"state_dtype={state_dtype!r}: Adafactor keeps its state in the "
+                             f"parameters' dtype (None; its factored sums are compiled for "
+                             f"float32 and float64)")
+        super().__init__(params, hyper, state_dtype=state_dtype, **kw)
+
+    def _state_shapes(self, i, group):
+        return factored_shapes(self._params[i].shape)
+
+    def _alloc_state(self, seg, group):
+        be = self._backend
+        (i,) = seg.indices
+        for name, shape in self._state_shapes(i, group).items():
+            size = int(np.prod(shape, dtype=np.int64))
+            buf = seg.state.get(name)
+            if buf is None or buf.size != size:
+                seg.state[name] = be.zeros(size, seg.dtype)
+            seg.state_fmt.setdefault(name, seg.fmt)
+
+    @property
+    def state(self):
+        out = {}
+        for gi, group in enumerate(self.param_groups):
+            for seg in self._segments[gi]:
+                (i,) = seg.indices
+                entry = {"step": self._steps[gi]}
+                for name, shape in self._state_shapes(i, group).items():
+                    entry[name] = seg.state[name].reshape(shape)
+                out[self._names[i]] = entry
+        return out
+
+    @property
+    def kernel_rows(self):
+        """Per param group, the tensors stepped (each its own passes), None before a step."""
+        if self._plan is None:
+            return None
+        out = [[] for _ in self.param_groups]
+        for gi, call in self._plan.calls:
+            out[gi].append(call.size)
+        return [rows for rows in out if rows]
+
+    def _build_plan(self, grads, glist, checked):
+        be = self._backend
+        calls, check = [], []
+        for gi, segs in enumerate(self._segments):
+            for seg in segs:
+                (i,) = seg.indices
+                g = be.flat(checked[i])
+                names = self._state_shapes(i, self.param_groups[gi])
+                calls.append((gi, TensorStep(be, self._params[i].shape, seg.param, g,
+                                             {n: seg.state[n] for n in names})))
+                if g.size:
+                    check.append(g)
+        return _Plan(grads, glist, calls, check)
+
+    def _run_kernels(self, plan, sc, ts):
+        sign = self.spec.signature.scalars.index("grad_sign")
+        for gi, call in plan.calls:
+            group, t = self.param_groups[gi], ts[gi]
+            lr = group["lr"]
+            lr = _checks.lr_value(lr, t) if callable(lr) else lr
+            call(group, lr, t, sc[gi][sign])
