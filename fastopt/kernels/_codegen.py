@@ -419,29 +419,15 @@ SUM_LANES = 64
 GRID_ROWS = 64
 
 
-def _grid_lane_lines(ns, t, lane, rows_out, indent, np_float=True):
-    """Numba lines adding the row's buffered terms ``t{s}[0:m]`` in SUM_LANES float64 lanes,
-    the lanes in order, into ``rows_out[i, s]`` (the same order as Cython's)."""
-    L = SUM_LANES
-    p = " " * indent
-    lines = []
-    for s_ in range(ns):
-        lines += [f"{p}for l in range({L}):", f"{p}    {lane}{s_}[l] = 0.0",
-                  f"{p}for c in range(0, mL, {L}):", f"{p}    for l in range({L}):",
-                  f"{p}        {lane}{s_}[l] += np.float64({t}{s_}[c + l])",
-                  f"{p}for j in range(mL, m):",
-                  f"{p}    {lane}{s_}[j - mL] += np.float64({t}{s_}[j])",
-                  f"{p}acc = 0.0", f"{p}for l in range({L}):", f"{p}    acc += {lane}{s_}[l]",
-                  f"{p}{rows_out}[i, {s_}] = acc"]
-    return lines
-
-
 def _numba_grid(sig, np_name, name, flags, kind, rng):
     """A grid rule's loop: blocks of GRID_ROWS rows (``rng``: prange or range over the
-    blocks); per row the element loop (row values loaded once, column values at ``b*m + j``),
-    each sum's terms buffered, the column sums added into the block's partial sums
-    ``o_cols[k]`` and the row sums into ``o_rows[i]``."""
-    ns, nw = len(sig.sums), len(sig.written)
+    blocks); per row the element loop in chunks of SUM_LANES elements (row values loaded once,
+    column values at ``b*m + j``): each chunk's sum terms go to a buffer, then into the row's
+    float64 lanes and, for the ``col_sums``, into the block's column sums ``o_cols[k]``; the
+    lanes are added in order into ``o_rows[i]``.  (Chunks, not whole rows, so the memory streams
+    never stop for long: a row's separate loops over its buffered terms halved the first
+    pass's bandwidth.)  The additions are in the same order as Cython's."""
+    ns, nw, L = len(sig.sums), len(sig.written), SUM_LANES
     first = sig.elements[0]
     args = _loop_args(sig) + ["n", "m", "o_rows", "o_cols"]
     lines = [f"\n@_{kind}", f"def {name}_{kind}({', '.join(args)}):"]
@@ -449,29 +435,43 @@ def _numba_grid(sig, np_name, name, flags, kind, rng):
     lines += [f"    R = a_{first}.size // m if m > 0 else 0",
               "    nb = (n + GRID_ROWS - 1) // GRID_ROWS",
               "    nblk = (R // n) * nb if n > 0 else 0",
-              f"    mL = m - m % {SUM_LANES}",
+              f"    mL = m - m % {L}",
               f"    for k in {rng}(nblk):",
               "        b = k // nb",
               "        r0 = b * n + (k - b * nb) * GRID_ROWS",
               "        r1 = min(b * n + n, r0 + GRID_ROWS)"]
-    lines += [f"        t{j} = np.empty(m, dtype=np.{np_name})" for j in range(ns)]
-    lines += [f"        lane{j} = np.empty({SUM_LANES})" for j in range(ns)]
+    lines += [f"        t{j} = np.empty({L}, dtype=np.{np_name})" for j in range(ns)]
+    lines += [f"        lane{j} = np.empty({L})" for j in range(ns)]
     lines += [f"        cp{c} = o_cols[k, {c}]" for c in range(len(sig.col_sums))]
     lines += ["        for i in range(r0, r1):", "            lo = i * m"]
     lines += [f"            v_{a} = a_{a}[lo:lo + m]" for a in sig.elements]
     lines += [f"            x_{a} = a_{a}[i]" for a in sig.rows]
     lines += [f"            v_{a} = a_{a}[b * m:b * m + m]" for a in sig.cols]
-    lines.append("            for j in range(m):")
     load = (lambda a: f"x_{a}" if a in sig.rows else f"v_{a}[j]")
-    lines.append(f"                r = {_call(sig, flags, load)}")
-    lines += ["                " + x for x in _stores(sig, flags,
-                                                      lambda a, v: f"v_{a}[j] = {v}")]
-    lines += [f"                t{j}[j] = r[{nw + j}]" for j in range(ns)]
-    for c, cname in enumerate(sig.col_sums):
-        j = sig.sums.index(cname)
-        lines += ["            for j in range(m):",
-                  f"                cp{c}[j] += np.float64(t{j}[j])"]
-    lines += _grid_lane_lines(ns, "t", "lane", "o_rows", 12)
+    body = [f"r = {_call(sig, flags, load)}"]
+    body += _stores(sig, flags, lambda a, v: f"v_{a}[j] = {v}")
+    if not ns:
+        lines.append("            for j in range(m):")
+        lines += ["                " + x for x in body]
+        return "\n".join(lines) + "\n"
+    cols = [(c, sig.sums.index(cname)) for c, cname in enumerate(sig.col_sums)]
+    lines += [f"            for l in range({L}):"] + \
+        [f"                lane{j}[l] = 0.0" for j in range(ns)]
+    lines += [f"            for c in range(0, mL, {L}):", f"                for jj in range({L}):",
+              "                    j = c + jj"]
+    lines += ["                    " + x for x in body]
+    lines += [f"                    t{j}[jj] = r[{nw + j}]" for j in range(ns)]
+    lines += [f"                for l in range({L}):"]
+    lines += [f"                    lane{j}[l] += np.float64(t{j}[l])" for j in range(ns)]
+    lines += [f"                    cp{c}[c + l] += np.float64(t{j}[l])" for c, j in cols]
+    lines += ["            for j in range(mL, m):"] + ["                " + x for x in body]
+    lines += [f"                t{j}[j - mL] = r[{nw + j}]" for j in range(ns)]
+    lines += ["            for l in range(m - mL):"]
+    lines += [f"                lane{j}[l] += np.float64(t{j}[l])" for j in range(ns)]
+    lines += [f"                cp{c}[mL + l] += np.float64(t{j}[l])" for c, j in cols]
+    for j in range(ns):
+        lines += ["            acc = 0.0", f"            for l in range({L}):",
+                  f"                acc += lane{j}[l]", f"            o_rows[i, {j}] = acc"]
     return "\n".join(lines) + "\n"
 
 
@@ -1491,25 +1491,34 @@ def _cython_grid(sig, tag, ctype, flags, helper_names):
              f"    cdef Py_ssize_t r1 = min(b * n + n, r0 + {GRID_ROWS})",
              f"    cdef {ctype} {', '.join(locals_)}",
              "    cdef double acc"]
-    lines += [f"    cdef {ctype}* t{j} = <{ctype}*>malloc((m if m else 1) * sizeof({ctype}))"
-              for j in range(ns)]
+    lines += [f"    cdef {ctype} t{j}[{L}]" for j in range(ns)]
     lines += [f"    cdef double lane{j}[{L}]" for j in range(ns)]
     lines += [f"    cdef double* cp{c} = o_cols + (k * {nc} + {c}) * m" for c in range(nc)]
     lines += ["    for i in range(r0, r1):", "        lo = i * m"]
     lines += [f"        {a} = a_{a}[i]" for a in sig.rows]
-    lines += ["        for j in range(m):"] + [textwrap.indent(x, " " * 12) for x in inner]
-    for c, cname in enumerate(sig.col_sums):
-        j = sig.sums.index(cname)
-        lines += ["        for j in range(m):", f"            cp{c}[j] += <double>t{j}[j]"]
-    for j in range(ns):
-        lines += [f"        for l in range({L}):", f"            lane{j}[l] = 0",
-                  f"        for c in range(0, mL, {L}):", f"            for l in range({L}):",
-                  f"                lane{j}[l] += <double>t{j}[c + l]",
-                  "        for l in range(m - mL):",
-                  f"            lane{j}[l] += <double>t{j}[mL + l]",
-                  "        acc = 0", f"        for l in range({L}):",
-                  f"            acc = acc + lane{j}[l]", f"        o_rows[i * {ns} + {j}] = acc"]
-    lines += [f"    free(t{j})" for j in range(ns)]
+    if not ns:
+        lines += ["        for j in range(m):"] + [textwrap.indent(x, " " * 12) for x in inner]
+    else:
+        # chunks of SUM_LANES elements (as _numba_grid: the same order of additions)
+        cols = [(c, sig.sums.index(cname)) for c, cname in enumerate(sig.col_sums)]
+        # (the sums' terms into the chunk's buffers: t<s>[j - c])
+        nterm = len(inner) - ns
+        chunk = inner[:nterm] + [x.replace("[j] = ", "[j - c] = ", 1) for x in inner[nterm:]]
+        lines += [f"        for l in range({L}):"] + \
+            [f"            lane{j}[l] = 0" for j in range(ns)]
+        lines += [f"        for c in range(0, mL, {L}):", f"            for j in range(c, c + {L}):"]
+        lines += [textwrap.indent(x, " " * 16) for x in chunk]
+        lines += [f"            for l in range({L}):"]
+        lines += [f"                lane{j}[l] += <double>t{j}[l]" for j in range(ns)]
+        lines += [f"                cp{c}[c + l] += <double>t{j}[l]" for c, j in cols]
+        lines += ["        c = mL", "        for j in range(mL, m):"]
+        lines += [textwrap.indent(x, " " * 12) for x in chunk]
+        lines += ["        for l in range(m - mL):"]
+        lines += [f"            lane{j}[l] += <double>t{j}[l]" for j in range(ns)]
+        lines += [f"            cp{c}[mL + l] += <double>t{j}[l]" for c, j in cols]
+        for j in range(ns):
+            lines += ["        acc = 0", f"        for l in range({L}):",
+                      f"            acc = acc + lane{j}[l]", f"        o_rows[i * {ns} + {j}] = acc"]
     nsc = len(sig.scalars)
     lines += ["", "", f"def {name}(Py_ssize_t n, Py_ssize_t m, Py_ssize_t R, tuple addresses, "
               f"tuple scalars, uintptr_t o_rows=0, uintptr_t o_cols=0):",

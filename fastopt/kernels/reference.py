@@ -24,7 +24,8 @@ from . import formats as F
 __all__ = ["NumpyBackend", "sgd", "momentum", "rmsprop", "adagrad", "adam", "adamax", "nadam",
            "radam", "adadelta", "asgd", "rprop", "lion", "lamb", "lamb_apply",
            "adamw_schedulefree", "lerp_to", "adafactor_vector", "adafactor_vector_apply",
-           "adafactor_sq", "adafactor_factored", "adafactor_factored_apply", "ema", "swap",
+           "adafactor_sq", "adafactor_factored", "adafactor_factored_apply",
+           "adafactor_separable", "adafactor_separable_apply", "ema", "swap",
            "assign"]
 
 
@@ -313,6 +314,25 @@ def adafactor_factored_apply(param, grad, row_var, row_mean, col_var, grad_sign,
     """Adafactor on matrices, pass 3: ``param = param*decay + neg_step*u``."""
     u = _factored_u(grad, row_var, row_mean, col_var, grad_sign, eps1_sq, one, n, m)
     param[...] = param * decay + neg_step * u.reshape(-1)
+    return np.zeros((param.size // m, 0)), np.zeros((u.shape[0], 0, m))
+
+
+def _separable_u(grad, row_scale, col_scale, n, m):
+    (g,) = _mats(n, m, grad)
+    return g * row_scale.reshape(-1, n, 1) * col_scale.reshape(-1, 1, m)
+
+
+def adafactor_separable(grad, row_scale, col_scale, *, n, m):
+    """Adafactor on matrices, pass 2 without the clamp: per row the sum of ``u**2``, ``u =
+    grad*row_scale*col_scale``."""
+    u = _separable_u(grad, row_scale, col_scale, n, m)
+    return _sq64(u).sum(axis=-1).reshape(-1, 1), np.zeros((u.shape[0], 0, m))
+
+
+def adafactor_separable_apply(param, grad, row_scale, col_scale, decay, *, n, m):
+    """Adafactor on matrices, pass 3 without the clamp: ``param = param*decay + u``."""
+    u = _separable_u(grad, row_scale, col_scale, n, m)
+    param[...] = param * decay + u.reshape(-1)
     return np.zeros((param.size // m, 0)), np.zeros((u.shape[0], 0, m))
 
 

@@ -56,7 +56,8 @@ __all__ = ["rule", "helper", "nan_max", "nan_min", "clamp", "clamp_min", "fabs",
            "rmsprop", "adagrad", "adam", "adamax", "nadam", "radam", "adadelta", "asgd", "rprop",
            "lion", "lamb", "lamb_apply", "adamw_schedulefree", "lerp_to", "adafactor_vector",
            "adafactor_vector_apply", "adafactor_sq", "adafactor_factored",
-           "adafactor_factored_apply", "ema", "swap", "assign"]
+           "adafactor_factored_apply", "adafactor_separable", "adafactor_separable_apply", "ema",
+           "swap", "assign"]
 
 
 def rule(*, readonly=(), optional=None, sums=(), grid=False, rows=(), cols=(), col_sums=()):
@@ -470,6 +471,26 @@ def adafactor_factored_apply(param, grad, row_var, row_mean, col_var, /, grad_si
     g = grad_sign * grad
     u = one / sqrt(clamp_min(row_var * col_var / row_mean, eps1_sq)) * g
     return (param * decay + neg_step * u,)
+
+
+@rule(grid=True, readonly=("grad",), rows=("row_scale",), cols=("col_scale",),
+      sums=("update_sq",))
+def adafactor_separable(grad, row_scale, col_scale, /):
+    """Adafactor on a matrix, pass 2 of 3 when the ``eps1**2`` clamp is nowhere active (the
+    host checks the factors; every value finite): ``u = (grad*row_scale)*col_scale`` with
+    ``row_scale = grad_sign*rsqrt(r/rmean)`` and ``col_scale = rsqrt(c)``, which is
+    :func:`adafactor_factored`'s ``u`` to a few units in the last place, with no division or
+    square root per element; the sum of ``u**2`` per row."""
+    u = grad * row_scale * col_scale
+    return (u * u,)
+
+
+@rule(grid=True, readonly=("grad",), rows=("row_scale",), cols=("col_scale",))
+def adafactor_separable_apply(param, grad, row_scale, col_scale, /, decay):
+    """Adafactor on a matrix, pass 3 of 3 when the clamp is nowhere active: ``param =
+    param*decay + (grad*row_scale)*col_scale`` with the step folded into ``row_scale``
+    (``neg_step*grad_sign*rsqrt(r/rmean)``)."""
+    return (param * decay + grad * row_scale * col_scale,)
 
 
 # -- parameter averaging (fastopt.WeightEMA) -------------------------------------------------

@@ -9,7 +9,13 @@ and the step per parameter is (see :data:`fastopt.specs.ADAFACTOR` for the bytes
 * a matrix ``B x n x m``: the grid rule ``adafactor_sq`` (row and column sums of ``g*g``, the
   sum of ``p*p``), the factors updated on the host (``R + B*m`` values, torch's operations in
   the parameter's dtype), ``adafactor_factored`` (the sum of ``u*u``), then
-  ``adafactor_factored_apply`` (the update): three passes over the elements;
+  ``adafactor_factored_apply`` (the update): three passes over the elements.  Where torch's
+  clamp ``max(r*c/rmean, eps1**2)`` is active nowhere (the host checks the factors' extremes;
+  every factor finite) the update is separable, ``g*rsqrt(r/rmean)*rsqrt(c)``, and passes 2
+  and 3 are ``adafactor_separable``/``_apply``: the same three passes without a division or a
+  square root per element (which made them compute-bound), equal to torch's to a few units
+  in the last place.  Otherwise (a row or column of zeros, non-finite values) the exact form
+  runs, operation for operation torch's;
 * a vector: ``adafactor_vector`` (the second moment, the sums of ``p*p`` and ``u*u``), then
   ``adafactor_vector_apply``: two passes, as LAMB.
 
@@ -61,7 +67,7 @@ class TensorStep:
     sizes, on the backend)."""
 
     __slots__ = ("be", "shape", "size", "dtype", "param", "grad", "state", "kernels", "rows",
-                 "_vec1", "_vec2", "_mean")
+                 "_vec1", "_vec2", "_mean", "_scale", "_cols", "separable")
 
     def __init__(self, be, shape, param, grad, state):
         self.be, self.shape = be, tuple(shape)
@@ -78,9 +84,14 @@ class TensorStep:
         else:
             self._vec1 = self._vec2 = None
             self.kernels = tuple(be.grid(r, self.dtype) for r in (
-                "adafactor_sq", "adafactor_factored", "adafactor_factored_apply"))
-            self._mean = be.zeros(self.size // self.shape[-1] if self.shape[-1] else 0,
-                                  self.dtype)
+                "adafactor_sq", "adafactor_factored", "adafactor_factored_apply",
+                "adafactor_separable", "adafactor_separable_apply"))
+            rows = self.size // self.shape[-1] if self.shape[-1] else 0
+            self._mean = be.zeros(rows, self.dtype)
+            self._scale = be.zeros(rows, self.dtype)
+            self._cols = be.zeros(self.state["col_var"].size, self.dtype)
+        #: whether the last step took the separable passes (no clamp anywhere)
+        self.separable = None
 
     def __call__(self, group, lr, t, grad_sign):
         """Step ``t`` (1-based) with learning rate ``lr`` and the gradient's sign and clip
@@ -99,7 +110,7 @@ class TensorStep:
             (p_sq, u_sq), = self._vec1(
                 (grad_sign, w, wm1, 1.0 if abs(w) < 0.5 else 0.0, 0.0, eps1_sq, 1.0), t)
         else:
-            k_sq, k_u, k_apply = self.kernels
+            k_sq, k_u, k_apply, k_su, k_sapply = self.kernels
             n, m = self.shape[-2], self.shape[-1]
             rows, cols = be.run_grid(k_sq, (self.param, self.grad), n, m, (grad_sign,))
             p_sq = float(np.sum(rows[:, 0]))
@@ -116,9 +127,29 @@ class TensorStep:
             mean = np.where(mean < dt.type(eps1), dt.type(eps1), mean).astype(dt)
             be.copy_from_numpy(rv, row_var)
             be.copy_from_numpy(cv, col_var)
-            be.copy_from_numpy(self._mean, np.repeat(mean, n))
-            rows, _ = be.run_grid(k_u, (self.grad, rv, self._mean, cv), n, m,
-                                  (grad_sign, eps1_sq, 1.0))
+            row_mean = np.repeat(mean, n)
+            ratio = row_var / row_mean
+            # torch's u = rsqrt(max(r*c/rmean, eps1**2))*g: where the clamp is nowhere active
+            # (checked on the factors, with a margin for their rounding) it is separable,
+            # g*rsqrt(r/rmean)*rsqrt(c) to a few ulps: no division or square root per element
+            with np.errstate(all="ignore"):
+                lo = float(np.min(ratio, initial=np.inf)) * float(np.min(col_var, initial=np.inf))
+                hi = float(np.max(ratio, initial=0.0)) * float(np.max(col_var, initial=0.0))
+            self.separable = bool(
+                np.isfinite(row_var).all() and np.isfinite(col_var).all()
+                and np.isfinite(mean).all() and lo > eps1_sq * 1.001 and lo > 0.0
+                and hi < float(np.finfo(dt).max) / 4)
+            if self.separable:
+                one = dt.type(1.0)
+                row_scale = one / np.sqrt(ratio)
+                col_scale = one / np.sqrt(col_var)
+                be.copy_from_numpy(self._scale, dt.type(grad_sign) * row_scale)
+                be.copy_from_numpy(self._cols, col_scale)
+                rows, _ = be.run_grid(k_su, (self.grad, self._scale, self._cols), n, m, ())
+            else:
+                be.copy_from_numpy(self._mean, row_mean)
+                rows, _ = be.run_grid(k_u, (self.grad, rv, self._mean, cv), n, m,
+                                      (grad_sign, eps1_sq, 1.0))
             u_sq = float(np.sum(rows[:, 0]))
         root_n = math.sqrt(self.size)
         alpha = max(group["eps"][1], math.sqrt(p_sq) / root_n) * rho
@@ -126,6 +157,11 @@ class TensorStep:
         scalars = (grad_sign, eps1_sq, 1.0, decay, -alpha / denom)
         if self.kernels is None:
             self._vec2(scalars, t)
+        elif self.separable:
+            be.copy_from_numpy(self._scale, dt.type(-alpha / denom) * (dt.type(grad_sign)
+                                                                     * row_scale))
+            be.run_grid(k_sapply, (self.param, self.grad, self._scale, self._cols), n, m,
+                        (decay,))
         else:
             be.run_grid(k_apply, (self.param, self.grad, rv, self._mean, cv),
                         n, m, scalars)
