@@ -77,12 +77,15 @@ def test_grid_kernels_match_the_reference(backend, dtype):
     B, n, m, p, g, rv, rm, cv = args
     got = _grid_all(get_backend(backend), dtype, *args)
     want = _grid_all(get_backend("numpy"), dtype, *args)
+    # (float32: the sums fold 8 terms in float32 before float64, the column sums a block's
+    # 64 rows: a few float32 roundings)
+    rtol = 1e-12 if dtype == np.float64 else 1e-5
     for a, b in zip(got, want):
-        np.testing.assert_allclose(a, b, rtol=1e-12 if a.dtype == np.float64 else 1e-6)
+        np.testing.assert_allclose(a, b, rtol=rtol)
     # the sums are what they say: row sums of p*p and g*g, column sums of g*g per matrix
     g2 = (g.astype(np.float64) ** 2).reshape(B, n, m)
-    np.testing.assert_allclose(got[0][:, 1], g2.sum(axis=2).ravel(), rtol=1e-6)
-    np.testing.assert_allclose(got[1][:, 0], g2.sum(axis=1), rtol=1e-6)
+    np.testing.assert_allclose(got[0][:, 1], g2.sum(axis=2).ravel(), rtol=max(rtol, 1e-7))
+    np.testing.assert_allclose(got[1][:, 0], g2.sum(axis=1), rtol=max(rtol, 1e-7))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -417,6 +417,15 @@ SUM_LANES = 64
 #: blocks' column sums are added in order afterwards (:func:`fastopt.kernels.grid_columns`).
 #: 64 rows: the per-block column sums are 1/32 of a float32 matrix's bytes.
 GRID_ROWS = 64
+#: A grid rule's row sums: each chunk of SUM_LANES terms is first folded into GRID_FOLD partial
+#: sums in the compute dtype (partial ``l`` adds terms ``l, l + 8, l + 16, ...`` in that order),
+#: which are added into GRID_FOLD float64 lanes; a row's remainder (``m % 64`` terms) goes
+#: straight into lane ``l % 8``; the lanes in order.  Column sums: in the compute dtype over a
+#: block's rows (in row order), then float64 over the blocks.  Converting and adding every term
+#: in float64 (LAMB's reductions) kept these read-only passes at half the triad's bandwidth.
+GRID_FOLD = 8
+#: how far ahead (elements) the Cython grid loops prefetch every cache line of their arrays
+GRID_PREFETCH = 512
 
 
 def _numba_grid(sig, np_name, name, flags, kind, rng):
@@ -441,8 +450,9 @@ def _numba_grid(sig, np_name, name, flags, kind, rng):
               "        r0 = b * n + (k - b * nb) * GRID_ROWS",
               "        r1 = min(b * n + n, r0 + GRID_ROWS)"]
     lines += [f"        t{j} = np.empty({L}, dtype=np.{np_name})" for j in range(ns)]
-    lines += [f"        lane{j} = np.empty({L})" for j in range(ns)]
+    lines += [f"        lane{j} = np.empty({GRID_FOLD})" for j in range(ns)]
     lines += [f"        cp{c} = o_cols[k, {c}]" for c in range(len(sig.col_sums))]
+    lines += [f"        cf{c} = np.zeros(m, dtype=np.{np_name})" for c in range(len(sig.col_sums))]
     lines += ["        for i in range(r0, r1):", "            lo = i * m"]
     lines += [f"            v_{a} = a_{a}[lo:lo + m]" for a in sig.elements]
     lines += [f"            x_{a} = a_{a}[i]" for a in sig.rows]
@@ -455,23 +465,30 @@ def _numba_grid(sig, np_name, name, flags, kind, rng):
         lines += ["                " + x for x in body]
         return "\n".join(lines) + "\n"
     cols = [(c, sig.sums.index(cname)) for c, cname in enumerate(sig.col_sums)]
-    lines += [f"            for l in range({L}):"] + \
+    G = GRID_FOLD
+    lines += [f"            for l in range({G}):"] + \
         [f"                lane{j}[l] = 0.0" for j in range(ns)]
     lines += [f"            for c in range(0, mL, {L}):", f"                for jj in range({L}):",
               "                    j = c + jj"]
     lines += ["                    " + x for x in body]
     lines += [f"                    t{j}[jj] = r[{nw + j}]" for j in range(ns)]
-    lines += [f"                for l in range({L}):"]
-    lines += [f"                    lane{j}[l] += np.float64(t{j}[l])" for j in range(ns)]
-    lines += [f"                    cp{c}[c + l] += np.float64(t{j}[l])" for c, j in cols]
+    lines += [f"                for l in range({G}):"]
+    for j in range(ns):
+        lines += [f"                    x = t{j}[l]", f"                    for q in range(1, {L // G}):",
+                  f"                        x += t{j}[q * {G} + l]",
+                  f"                    lane{j}[l] += np.float64(x)"]
+    lines += [f"                for l in range({L}):"] if cols else []
+    lines += [f"                    cf{c}[c + l] += t{j}[l]" for c, j in cols]
     lines += ["            for j in range(mL, m):"] + ["                " + x for x in body]
     lines += [f"                t{j}[j - mL] = r[{nw + j}]" for j in range(ns)]
     lines += ["            for l in range(m - mL):"]
-    lines += [f"                lane{j}[l] += np.float64(t{j}[l])" for j in range(ns)]
-    lines += [f"                cp{c}[mL + l] += np.float64(t{j}[l])" for c, j in cols]
+    lines += [f"                lane{j}[l % {G}] += np.float64(t{j}[l])" for j in range(ns)]
+    lines += [f"                cf{c}[mL + l] += t{j}[l]" for c, j in cols]
     for j in range(ns):
-        lines += ["            acc = 0.0", f"            for l in range({L}):",
+        lines += ["            acc = 0.0", f"            for l in range({G}):",
                   f"                acc += lane{j}[l]", f"            o_rows[i, {j}] = acc"]
+    for c, _ in cols:
+        lines += ["        for j in range(m):", f"            cp{c}[j] = np.float64(cf{c}[j])"]
     return "\n".join(lines) + "\n"
 
 
@@ -900,7 +917,7 @@ from cython.parallel cimport parallel, prange
 from libc.math cimport sqrt, sqrtf
 from libc.math cimport fabs, fabsf, NAN
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport calloc, free, malloc
 
 from fastopt import config as _config
 
@@ -920,7 +937,13 @@ cdef extern from *:
     #include <stdint.h>
     static inline uint32_t fastopt_f32_bits(float x) {{ uint32_t u; memcpy(&u, &x, 4); return u; }}
     static inline float fastopt_f32_from_bits(uint32_t u) {{ float x; memcpy(&x, &u, 4); return x; }}
+    #if defined(__GNUC__) || defined(__clang__)
+    #define fastopt_prefetch(p) __builtin_prefetch((const void*)(p))
+    #else
+    #define fastopt_prefetch(p) ((void)0)
+    #endif
     """
+    void fastopt_prefetch(const void* p) noexcept nogil
     uint32_t f32_bits "fastopt_f32_bits"(float x) noexcept nogil
     float f32_from_bits "fastopt_f32_from_bits"(uint32_t u) noexcept nogil
 
@@ -1491,9 +1514,13 @@ def _cython_grid(sig, tag, ctype, flags, helper_names):
              f"    cdef Py_ssize_t r1 = min(b * n + n, r0 + {GRID_ROWS})",
              f"    cdef {ctype} {', '.join(locals_)}",
              "    cdef double acc"]
+    G = GRID_FOLD
     lines += [f"    cdef {ctype} t{j}[{L}]" for j in range(ns)]
-    lines += [f"    cdef double lane{j}[{L}]" for j in range(ns)]
+    lines += [f"    cdef {ctype} xs[{G}]"] if ns else []
+    lines += [f"    cdef Py_ssize_t q"] if ns else []
+    lines += [f"    cdef double lane{j}[{G}]" for j in range(ns)]
     lines += [f"    cdef double* cp{c} = o_cols + (k * {nc} + {c}) * m" for c in range(nc)]
+    lines += [f"    cdef {ctype}* cf{c} = <{ctype}*>calloc(m, sizeof({ctype}))" for c in range(nc)]
     lines += ["    for i in range(r0, r1):", "        lo = i * m"]
     lines += [f"        {a} = a_{a}[i]" for a in sig.rows]
     if not ns:
@@ -1504,21 +1531,36 @@ def _cython_grid(sig, tag, ctype, flags, helper_names):
         # (the sums' terms into the chunk's buffers: t<s>[j - c])
         nterm = len(inner) - ns
         chunk = inner[:nterm] + [x.replace("[j] = ", "[j - c] = ", 1) for x in inner[nterm:]]
-        lines += [f"        for l in range({L}):"] + \
+        # (GRID_FOLD partial sums per chunk, as _numba_grid: the same operations in order)
+        lines += [f"        for l in range({G}):"] + \
             [f"            lane{j}[l] = 0" for j in range(ns)]
-        lines += [f"        for c in range(0, mL, {L}):", f"            for j in range(c, c + {L}):"]
+        # (every cache line of each element array prefetched GRID_PREFETCH elements ahead:
+        # the hardware prefetcher alone left these read-mostly loops waiting on memory)
+        lines += [f"        for c in range(0, mL, {L}):"]
+        lines += [f"            fastopt_prefetch(a_{a} + lo + c + {GRID_PREFETCH + off})"
+                  for a in sig.elements for off in range(0, L, 16)]
+        lines += [f"            for j in range(c, c + {L}):"]
         lines += [textwrap.indent(x, " " * 16) for x in chunk]
-        lines += [f"            for l in range({L}):"]
-        lines += [f"                lane{j}[l] += <double>t{j}[l]" for j in range(ns)]
-        lines += [f"                cp{c}[c + l] += <double>t{j}[l]" for c, j in cols]
+        for j in range(ns):    # the fold, G lanes at a time (vectorized)
+            lines += [f"            for l in range({G}):", f"                xs[l] = t{j}[l]",
+                      f"            for q in range(1, {L // G}):",
+                      f"                for l in range({G}):",
+                      f"                    xs[l] = xs[l] + t{j}[q * {G} + l]",
+                      f"            for l in range({G}):",
+                      f"                lane{j}[l] += <double>xs[l]"]
+        if cols:
+            lines += [f"            for l in range({L}):"]
+            lines += [f"                cf{c}[c + l] = cf{c}[c + l] + t{j}[l]" for c, j in cols]
         lines += ["        c = mL", "        for j in range(mL, m):"]
         lines += [textwrap.indent(x, " " * 12) for x in chunk]
         lines += ["        for l in range(m - mL):"]
-        lines += [f"            lane{j}[l] += <double>t{j}[l]" for j in range(ns)]
-        lines += [f"            cp{c}[mL + l] += <double>t{j}[l]" for c, j in cols]
+        lines += [f"            lane{j}[l % {G}] += <double>t{j}[l]" for j in range(ns)]
+        lines += [f"            cf{c}[mL + l] = cf{c}[mL + l] + t{j}[l]" for c, j in cols]
         for j in range(ns):
-            lines += ["        acc = 0", f"        for l in range({L}):",
+            lines += ["        acc = 0", f"        for l in range({G}):",
                       f"            acc = acc + lane{j}[l]", f"        o_rows[i * {ns} + {j}] = acc"]
+    for c in range(nc):
+        lines += ["    for j in range(m):", f"        cp{c}[j] = <double>cf{c}[j]", f"    free(cf{c})"]
     nsc = len(sig.scalars)
     lines += ["", "", f"def {name}(Py_ssize_t n, Py_ssize_t m, Py_ssize_t R, tuple addresses, "
               f"tuple scalars, uintptr_t o_rows=0, uintptr_t o_cols=0):",
