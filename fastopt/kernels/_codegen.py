@@ -1456,7 +1456,13 @@ def _cython_reduction(name, ptrs, scal, ctype, locals_, body, sig, used, ns):
     # every other loop) stores their terms, which are added into the lanes at once, so the
     # memory streams never wait for a block's additions (the order is SUM_LANES's: the same
     # bits as one element loop over the block, then the lanes row by row)
-    lines += [f"    for c in range(lo, lo + m{L}, {L}):", f"        for i in range(c, c + {L}):"]
+    lines += [f"    for c in range(lo, lo + m{L}, {L}):"]
+    # (every cache line of each array prefetched GRID_PREFETCH elements ahead, as the grid
+    # loops: LAMB's first pass waited on memory without it)
+    step = 64 // (4 if ctype == "float" else 8)
+    lines += [f"        fastopt_prefetch({a.split()[-1]} + c + {GRID_PREFETCH + off})"
+              for a in ptrs for off in range(0, L, step)]
+    lines += [f"        for i in range(c, c + {L}):"]
     lines += [textwrap.indent(b, " " * 12) for b in body]
     for j in range(ns):
         lines += [f"        for l in range({L}):", f"            lane{j}[l] += <double>t{j}[l]"]
@@ -1537,8 +1543,9 @@ def _cython_grid(sig, tag, ctype, flags, helper_names):
         # (every cache line of each element array prefetched GRID_PREFETCH elements ahead:
         # the hardware prefetcher alone left these read-mostly loops waiting on memory)
         lines += [f"        for c in range(0, mL, {L}):"]
+        line = 64 // (4 if tag == "f32" else 8)      # elements per cache line
         lines += [f"            fastopt_prefetch(a_{a} + lo + c + {GRID_PREFETCH + off})"
-                  for a in sig.elements for off in range(0, L, 16)]
+                  for a in sig.elements for off in range(0, L, line)]
         lines += [f"            for j in range(c, c + {L}):"]
         lines += [textwrap.indent(x, " " * 16) for x in chunk]
         for j in range(ns):    # the fold, G lanes at a time (vectorized)
