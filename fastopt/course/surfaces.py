@@ -171,6 +171,9 @@ LEARNING_RATES = {
     "ASGD":     {"ravine": 0.038, "saddle": 0.1, "plateau": 1.5, "noisy": 0.1},
     "Rprop":    {"ravine": 0.05, "saddle": 0.05, "plateau": 0.05, "noisy": 0.05},
     "Lion":     {"ravine": 0.3, "saddle": 0.1, "plateau": 0.15, "noisy": 0.15},
+    # (Adafactor's lr caps its relative step min(lr, 1/sqrt(t)), which scales with the
+    # parameter's RMS: 1 leaves the paper's 1/sqrt(t))
+    "Adafactor": {"ravine": 1.0, "saddle": 1.0, "plateau": 1.0, "noisy": 1.0},
 }
 DEFAULT_LR = {"ravine": 0.03, "saddle": 0.1, "plateau": 0.1, "noisy": 0.1}
 
