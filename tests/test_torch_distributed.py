@@ -275,7 +275,7 @@ def scenario_dtensor_stochastic_rounding(rank, tmp):
         assert torch.equal(q.detach().full_tensor(), p.detach()), k
 
 
-def _lamb_reference_step(ref, ref_opt, i):
+def _reference_step(ref, ref_opt, i):
     """One step of one process on the ranks' mean gradient (the loss averaged over their
     batches), as DDP and FSDP2 (which average the ranks' gradients) step."""
     ref_opt.zero_grad()
@@ -285,21 +285,49 @@ def _lamb_reference_step(ref, ref_opt, i):
     ref_opt.step()
 
 
-def scenario_lamb(rank, tmp):
-    """LAMB under DDP: the same trajectory as one process stepping the ranks' mean gradient (its
-    per-tensor trust ratios on the all-reduced gradients)."""
-    from torch.nn.parallel import DistributedDataParallel as DDP
-    got, ref = DDP(_model()), _model()
-    opt = ft.LAMB(got.parameters(), lr=LR, weight_decay=WD)
-    ref_opt = ft.LAMB(ref.parameters(), lr=LR, weight_decay=WD)
+def _train_against_one_process(cls, got, ref, rank, **kw):
+    """Five steps of ``cls`` on the distributed model ``got`` (each rank its own batch) and on
+    the single-process twin ``ref`` (the ranks' mean gradient); -> the two optimizers."""
+    opt, ref_opt = cls(got.parameters(), **kw), cls(ref.parameters(), **kw)
     for i in range(5):
         opt.zero_grad()
         x, y = _batch(rank, i)
         torch.nn.functional.mse_loss(got(x), y).backward()
         opt.step()
-        _lamb_reference_step(ref, ref_opt, i)
+        _reference_step(ref, ref_opt, i)
+    return opt, ref_opt
+
+
+def scenario_lamb(rank, tmp):
+    """LAMB under DDP: the same trajectory as one process stepping the ranks' mean gradient (its
+    per-tensor trust ratios on the all-reduced gradients)."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    got, ref = DDP(_model()), _model()
+    _train_against_one_process(ft.LAMB, got, ref, rank, lr=LR, weight_decay=WD)
     for k, (a, b) in enumerate(zip(ref.parameters(), got.module.parameters())):
         _close(a.detach(), b.detach(), f"LAMB under DDP: parameter {k}")
+
+
+def scenario_adafactor(rank, tmp):
+    """Adafactor under DDP (its factored state per rank, from the all-reduced gradients): one
+    process's trajectory on the mean gradient; under FSDP2 its DTensors are refused (its row
+    and column sums are not all-reduced over shards), before anything changes."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    got, ref = DDP(_model()), _model()
+    opt, ref_opt = _train_against_one_process(ft.Adafactor, got, ref, rank, lr=0.05,
+                                              weight_decay=WD)
+    for k, (a, b) in enumerate(zip(ref.parameters(), got.module.parameters())):
+        _close(a.detach(), b.detach(), f"Adafactor under DDP: parameter {k}")
+    for p, q in zip(ref.parameters(), got.module.parameters()):
+        for name, v in ref_opt.state[p].items():
+            _close(v, opt.state[q][name], f"Adafactor under DDP: {name}")
+    sharded = _fsdp()
+    try:
+        ft.Adafactor(sharded.parameters())
+    except TypeError as exc:
+        assert "DTensor" in str(exc), exc
+    else:
+        raise AssertionError("fastopt.torch.Adafactor accepted DTensor parameters")
 
 
 def scenario_lamb_fsdp2(rank, tmp):
@@ -311,14 +339,7 @@ def scenario_lamb_fsdp2(rank, tmp):
     from torch.distributed.tensor import DTensor, Partial
     got, ref = _fsdp(), _model()
     assert 0 in [p.to_local().numel() for p in got.parameters()] or rank == 0
-    opt = ft.LAMB(got.parameters(), lr=LR, weight_decay=WD)
-    ref_opt = ft.LAMB(ref.parameters(), lr=LR, weight_decay=WD)
-    for i in range(5):
-        opt.zero_grad()
-        x, y = _batch(rank, i)
-        torch.nn.functional.mse_loss(got(x), y).backward()
-        opt.step()
-        _lamb_reference_step(ref, ref_opt, i)
+    opt, ref_opt = _train_against_one_process(ft.LAMB, got, ref, rank, lr=LR, weight_decay=WD)
     for k, (a, b) in enumerate(zip(_params(ref), _params(got))):
         _close(a, b, f"LAMB under FSDP2: parameter {k}")
     for p, q in zip(ref.parameters(), got.parameters()):
