@@ -352,10 +352,14 @@ class HostBackend(Backend):
         cols = grid_columns(o_part, B, nb) if nc else np.zeros((B, 0, m))
         return rows, cols
 
-    @staticmethod
-    def sumsq(array):
-        """``sum(x*x)`` of a 1-D array as a float (one read; ``max_grad_norm``)."""
+    def sumsq(self, array):
+        """``sum(x*x)`` of a 1-D array as a float (one read; ``max_grad_norm``): the compiled
+        ``norm_sq`` reduction for float32/float64 on the compiled backends (in their own thread
+        team: a Python thread pool there competed with the OpenMP threads still spinning after
+        the step's kernel, and read at half speed), else :func:`formats.sumsq`."""
         from . import formats
+        if self.name != "numpy" and array.dtype in _SUPPORTED and array.size:
+            return self.run("norm_sq", array.dtype, (), [array], ())[0]
         return formats.sumsq(array)
 
     @staticmethod

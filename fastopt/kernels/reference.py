@@ -25,7 +25,7 @@ __all__ = ["NumpyBackend", "sgd", "momentum", "rmsprop", "adagrad", "adam", "ada
            "radam", "adadelta", "asgd", "rprop", "lion", "lamb", "lamb_apply",
            "adamw_schedulefree", "lerp_to", "adafactor_vector", "adafactor_vector_apply",
            "adafactor_sq", "adafactor_factored", "adafactor_factored_apply",
-           "adafactor_separable", "adafactor_separable_apply", "ema", "swap",
+           "adafactor_separable", "adafactor_separable_apply", "norm_sq", "ema", "swap",
            "assign"]
 
 
@@ -334,6 +334,11 @@ def adafactor_separable_apply(param, grad, row_scale, col_scale, decay, *, n, m)
     u = _separable_u(grad, row_scale, col_scale, n, m)
     param[...] = param * decay + u.reshape(-1)
     return np.zeros((param.size // m, 0)), np.zeros((u.shape[0], 0, m))
+
+
+def norm_sq(x):
+    """``sum(x*x)``, the squares in the array's dtype, added in float64."""
+    return (float(np.sum(_sq64(x))),)
 
 
 def ema(average, param, decay, one_minus_decay):

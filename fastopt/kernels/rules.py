@@ -56,8 +56,8 @@ __all__ = ["rule", "helper", "nan_max", "nan_min", "clamp", "clamp_min", "fabs",
            "rmsprop", "adagrad", "adam", "adamax", "nadam", "radam", "adadelta", "asgd", "rprop",
            "lion", "lamb", "lamb_apply", "adamw_schedulefree", "lerp_to", "adafactor_vector",
            "adafactor_vector_apply", "adafactor_sq", "adafactor_factored",
-           "adafactor_factored_apply", "adafactor_separable", "adafactor_separable_apply", "ema",
-           "swap", "assign"]
+           "adafactor_factored_apply", "adafactor_separable", "adafactor_separable_apply",
+           "norm_sq", "ema", "swap", "assign"]
 
 
 def rule(*, readonly=(), optional=None, sums=(), grid=False, rows=(), cols=(), col_sums=()):
@@ -491,6 +491,15 @@ def adafactor_separable_apply(param, grad, row_scale, col_scale, /, decay):
     param*decay + (grad*row_scale)*col_scale`` with the step folded into ``row_scale``
     (``neg_step*grad_sign*rsqrt(r/rmean)``)."""
     return (param * decay + grad * row_scale * col_scale,)
+
+
+# -- the gradient norm (max_grad_norm, fastopt.clip_grad_norm) -------------------------------
+
+@rule(readonly=("x",), sums=("x_sq",))
+def norm_sq(x, /):
+    """``sum(x*x)`` in float64 (the host backends' ``sumsq``: ``max_grad_norm``'s one read of
+    the gradients, threaded in the kernels' own thread team)."""
+    return (x * x,)
 
 
 # -- parameter averaging (fastopt.WeightEMA) -------------------------------------------------

@@ -458,10 +458,11 @@ class FusedOptimizer(_TorchOptimizer):
             return 1.0
         if all(type(g) is torch.Tensor and g.device.type == "cpu" and g.is_contiguous()
                and g.dtype in T.NP_DTYPE for g in grads):
-            # CPU tensors: fastopt's host reduction on zero-copy views (threaded, float64 sum
-            # of float32 chunks; torch's vector_norm of one large tensor runs at a third of the
-            # bandwidth here)
-            norm = math.sqrt(sum(F.sumsq(T.host(g)) for g in grads))
+            # CPU tensors: the host backend's reduction on zero-copy views (the compiled
+            # norm_sq rule, float64 lanes, in the kernels' own thread team; torch's vector_norm
+            # of one large tensor runs at half the bandwidth here)
+            be = self._backend_for("gradients", "cpu")
+            norm = math.sqrt(sum(be.sumsq(T.host(g)) for g in grads))
         else:
             norm = torch.nn.utils.get_total_norm(grads, 2.0)
             if hasattr(norm, "full_tensor"):   # DTensor gradients (FSDP2): the global norm
