@@ -3,8 +3,10 @@ DDP (``gradient_as_bucket_view=True``), ZeroRedundancyOptimizer (with and withou
 ``parameters_as_bucket_view``, a rank with an empty param group, hyperparameters changed
 through ``param_groups``, ``consolidate_state_dict`` and a reload), FSDP2 (``fully_shard``:
 DTensor parameters, one with an empty local shard; DCP save -> fresh model -> load ->
-continue; full state dicts), ``_apply_optimizer_in_backward``, and LAMB under DDP and FSDP2
-(against one process on the mean gradient: its trust ratios from the whole tensors' norms).
+continue; full state dicts), ``_apply_optimizer_in_backward``, LAMB under DDP and FSDP2
+(against one process on the mean gradient: its trust ratios from the whole tensors' norms),
+and Adafactor under DDP, FSDP2 (DCP and full state dicts) and other placements (its row and
+column sums over the shards).
 
 The multi-process scenarios run in one pair of gloo processes on localhost
 (``torch.multiprocessing`` spawn, ``file://`` rendezvous in a temporary directory), started
@@ -310,8 +312,7 @@ def scenario_lamb(rank, tmp):
 
 def scenario_adafactor(rank, tmp):
     """Adafactor under DDP (its factored state per rank, from the all-reduced gradients): one
-    process's trajectory on the mean gradient; under FSDP2 its DTensors are refused (its row
-    and column sums are not all-reduced over shards), before anything changes."""
+    process's trajectory on the mean gradient."""
     from torch.nn.parallel import DistributedDataParallel as DDP
     got, ref = DDP(_model()), _model()
     opt, ref_opt = _train_against_one_process(ft.Adafactor, got, ref, rank, lr=0.05,
@@ -321,13 +322,124 @@ def scenario_adafactor(rank, tmp):
     for p, q in zip(ref.parameters(), got.module.parameters()):
         for name, v in ref_opt.state[p].items():
             _close(v, opt.state[q][name], f"Adafactor under DDP: {name}")
-    sharded = _fsdp()
+
+
+def _adafactor_state_placed(opt, params, what):
+    """Adafactor's DTensor state: row_var as the parameter (FSDP2 shards rows), col_var
+    replicated (every rank the whole column factor), variance as the parameter."""
+    from torch.distributed.tensor import DTensor, Replicate
+    for q in params:
+        st = opt.state[q]
+        for name in ("row_var", "col_var", "variance"):
+            if name in st:
+                v = st[name]
+                want = (Replicate(),) if name == "col_var" else tuple(q.placements)
+                assert isinstance(v, DTensor) and tuple(v.placements) == want, \
+                    (what, name, getattr(v, "placements", None))
+
+
+def scenario_adafactor_fsdp2(rank, tmp):
+    """Adafactor under FSDP2 (DTensor parameters sharded on their rows, one local shard
+    empty): the column sums, the row factors' mean and the RMS sums all-reduced over the
+    shards, so the trajectory is one process's on the mean gradient (torch.optim.Adafactor's,
+    to rounding: the sums are added in another order); its state DTensors (row_var as the
+    parameter, col_var replicated); DCP save -> fresh model -> load -> continue, and a full
+    state dict (whose factors set_optimizer_state_dict places as the parameters: redistributed
+    at the next step) into another fresh model."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+        set_model_state_dict, set_optimizer_state_dict)
+    kw = dict(lr=0.05, weight_decay=WD)
+    got, ref = _fsdp(), _model()
+    assert 0 in [p.to_local().numel() for p in got.parameters()] or rank == 0
+    opt = ft.Adafactor(got.parameters(), **kw)
+    ref_opt = torch.optim.Adafactor(ref.parameters(), **kw)
+    for i in range(4):
+        opt.zero_grad()
+        x, y = _batch(rank, i)
+        torch.nn.functional.mse_loss(got(x), y).backward()
+        opt.step()
+        _reference_step(ref, ref_opt, i)
+    for k, (a, b) in enumerate(zip(_params(ref), _params(got))):
+        _close(a, b, f"Adafactor under FSDP2: parameter {k}")
+    _adafactor_state_placed(opt, got.parameters(), "FSDP2")
+    for p, q in zip(ref.parameters(), got.parameters()):
+        for name, v in ref_opt.state[p].items():
+            if name != "step":
+                _close(v, opt.state[q][name].full_tensor(), f"Adafactor under FSDP2: {name}")
+        assert opt.state[q]["step"].item() == 4
+    ckpt = os.path.join(tmp, "dcp-adafactor")
+    dcp.save({"model": get_model_state_dict(got), "optim": get_optimizer_state_dict(got, opt)},
+             checkpoint_id=ckpt)
+    fresh = _fsdp(seed=1)
+    fresh_opt = ft.Adafactor(fresh.parameters(), **kw)
+    sd = {"model": get_model_state_dict(fresh),
+          "optim": get_optimizer_state_dict(fresh, fresh_opt)}
+    dcp.load(sd, checkpoint_id=ckpt)
+    set_model_state_dict(fresh, sd["model"])
+    set_optimizer_state_dict(fresh, fresh_opt, sd["optim"])
+    full = get_optimizer_state_dict(got, opt, options=StateDictOptions(full_state_dict=True))
+    third = _fsdp(seed=2)
+    set_model_state_dict(third, get_model_state_dict(got))
+    third_opt = ft.Adafactor(third.parameters(), **kw)
+    set_optimizer_state_dict(third, third_opt, full,
+                             options=StateDictOptions(full_state_dict=True))
+    for i in range(4, 7):
+        for m, o in ((got, opt), (fresh, fresh_opt), (third, third_opt)):
+            o.zero_grad()
+            x, y = _batch(rank, i)
+            torch.nn.functional.mse_loss(m(x), y).backward()
+            o.step()
+    for what, m, o in (("DCP", fresh, fresh_opt), ("a full state dict", third, third_opt)):
+        _adafactor_state_placed(o, m.parameters(), f"resumed from {what}")
+        for k, (a, b) in enumerate(zip(_params(got), _params(m))):
+            _close(a, b, f"Adafactor under FSDP2 resumed from {what}: parameter {k}")
+
+
+def scenario_adafactor_placements(rank, tmp):
+    """Adafactor on DTensors sharded otherwise (tensor parallelism's): a matrix sharded on its
+    columns (the row sums all-reduced, row_var replicated), a batch of matrices sharded on
+    their rows and another on the batch (only the RMS sums all-reduced), a replicated one;
+    against torch.optim.Adafactor on the whole tensors with the same gradients; a Partial
+    DTensor is refused."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import (DTensor, Partial, Replicate, Shard,
+                                          distribute_tensor)
+    mesh = init_device_mesh("cpu", (WORLD,))
+    gen = torch.Generator().manual_seed(7)
+    shapes = [((6, 9), Shard(1)), ((3, 5, 4), Shard(1)), ((3, 5, 4), Shard(0)),
+              ((4, 3), Replicate()), ((7,), Shard(0))]
+    whole = [torch.randn(s, generator=gen) for s, _ in shapes]
+    grads = [[torch.randn(s, generator=gen) for s, _ in shapes] for _ in range(4)]
+    ref = [torch.nn.Parameter(w.clone()) for w in whole]
+    got = [torch.nn.Parameter(distribute_tensor(w.clone(), mesh, [pl]))
+           for w, (_, pl) in zip(whole, shapes)]
+    kw = dict(lr=0.05, weight_decay=WD, maximize=True)
+    ref_opt, opt = torch.optim.Adafactor(ref, **kw), ft.Adafactor(got, **kw)
+    for gs in grads:
+        for p, q, g, (_, pl) in zip(ref, got, gs, shapes):
+            p.grad = g.clone()
+            q.grad = distribute_tensor(g.clone(), mesh, [pl])
+        ref_opt.step()
+        opt.step()
+    for k, (p, q) in enumerate(zip(ref, got)):
+        _close(p.detach(), q.detach().full_tensor(), f"Adafactor on {shapes[k]}: parameter")
+        for name, v in ref_opt.state[p].items():
+            if name != "step":
+                st = opt.state[q][name]
+                assert isinstance(st, DTensor), name
+                _close(v, st.full_tensor(), f"Adafactor on {shapes[k]}: {name}")
+    st = opt.state[got[0]]          # sharded on its columns: row_var whole on every rank
+    assert tuple(st["row_var"].placements) == (Replicate(),)
+    assert tuple(st["col_var"].placements) == (Shard(1),)
+    partial = torch.nn.Parameter(DTensor.from_local(torch.ones(3, 2), mesh, [Partial()]))
     try:
-        ft.Adafactor(sharded.parameters())
-    except TypeError as exc:
-        assert "DTensor" in str(exc), exc
+        ft.Adafactor([partial])
+    except ValueError as e:
+        assert "placements" in str(e) and "whole tensor" in str(e), e
     else:
-        raise AssertionError("fastopt.torch.Adafactor accepted DTensor parameters")
+        raise AssertionError("fastopt.torch.Adafactor accepted a Partial DTensor")
 
 
 def scenario_lamb_fsdp2(rank, tmp):

@@ -67,10 +67,19 @@ class TensorStep:
     sizes, on the backend)."""
 
     __slots__ = ("be", "shape", "size", "dtype", "param", "grad", "state", "kernels", "rows",
-                 "_vec1", "_vec2", "_mean", "_scale", "_cols", "separable")
+                 "_vec1", "_vec2", "_mean", "_scale", "_cols", "separable", "whole", "reduce")
 
-    def __init__(self, be, shape, param, grad, state):
+    def __init__(self, be, shape, param, grad, state, *, whole=None, reduce=None):
+        """``shape``: the arrays' (a shard's, for a sharded tensor); ``whole``: the whole
+        tensor's shape (default ``shape``); ``reduce(kind, values)``: for a shard, the float64
+        ``values`` summed over the tensor's shards -- ``"total"`` (the sums of ``p*p`` and
+        ``u*u``: every shard), ``"rows"`` (the row sums of ``g*g``: the shards of one row)
+        and ``"cols"`` (the column sums, and the sums of the row factors for their mean: the
+        shards of one column).  Every call is made on every shard, an empty one included, in
+        the same order."""
         self.be, self.shape = be, tuple(shape)
+        self.whole = self.shape if whole is None else tuple(whole)
+        self.reduce = reduce
         self.param, self.grad, self.state = param, grad, state
         self.size = int(np.prod(self.shape, dtype=np.int64))
         self.dtype = np.dtype(param.dtype)
@@ -86,7 +95,7 @@ class TensorStep:
             self.kernels = tuple(be.grid(r, self.dtype) for r in (
                 "adafactor_sq", "adafactor_factored", "adafactor_factored_apply",
                 "adafactor_separable", "adafactor_separable_apply"))
-            rows = self.size // self.shape[-1] if self.shape[-1] else 0
+            rows = int(np.prod(self.shape[:-1], dtype=np.int64))
             self._mean = be.zeros(rows, self.dtype)
             self._scale = be.zeros(rows, self.dtype)
             self._cols = be.zeros(self.state["col_var"].size, self.dtype)
@@ -96,8 +105,10 @@ class TensorStep:
     def __call__(self, group, lr, t, grad_sign):
         """Step ``t`` (1-based) with learning rate ``lr`` and the gradient's sign and clip
         factor ``grad_sign``."""
-        if not self.size:
+        whole = int(np.prod(self.whole, dtype=np.int64))
+        if not whole or (not self.size and self.reduce is None):
             return
+        red = self.reduce
         dt = self.dtype
         w = float(t) ** group["beta2_decay"]
         rho = min(lr, 1.0 / math.sqrt(t))
@@ -107,23 +118,40 @@ class TensorStep:
         be = self.be
         if self.kernels is None:
             wm1 = float(dt.type(w) - dt.type(1.0))
-            (p_sq, u_sq), = self._vec1(
-                (grad_sign, w, wm1, 1.0 if abs(w) < 0.5 else 0.0, 0.0, eps1_sq, 1.0), t)
+            if self.size:
+                (p_sq, u_sq), = self._vec1(
+                    (grad_sign, w, wm1, 1.0 if abs(w) < 0.5 else 0.0, 0.0, eps1_sq, 1.0), t)
+            else:
+                p_sq = u_sq = 0.0
+            if red is not None:
+                p_sq, u_sq = red("total", np.array([p_sq, u_sq])).tolist()
         else:
             k_sq, k_u, k_apply, k_su, k_sapply = self.kernels
             n, m = self.shape[-2], self.shape[-1]
-            rows, cols = be.run_grid(k_sq, (self.param, self.grad), n, m, (grad_sign,))
+            B = int(np.prod(self.shape[:-2], dtype=np.int64))
+            if self.size:
+                rows, cols = be.run_grid(k_sq, (self.param, self.grad), n, m, (grad_sign,))
+            else:     # an empty shard: its sums are zeros
+                rows, cols = np.zeros((B * n, 2)), np.zeros((B, 1, m))
             p_sq = float(np.sum(rows[:, 0]))
+            g_rows, g_cols = rows[:, 1], cols[:, 0, :].reshape(-1)
+            if red is not None:   # a shard: the sums over the whole rows, columns, tensor
+                p_sq = float(red("total", np.array([p_sq]))[0])
+                g_rows, g_cols = red("rows", g_rows), red("cols", g_cols)
             # torch: norm(g, dim).square_().div_(size): the norms in the parameter's dtype
-            row_norm = np.sqrt(rows[:, 1]).astype(dt)
-            col_norm = np.sqrt(cols[:, 0, :].reshape(-1)).astype(dt)
-            row_mean = row_norm * row_norm / dt.type(m)
-            col_mean = col_norm * col_norm / dt.type(n)
+            row_norm = np.sqrt(g_rows).astype(dt)
+            col_norm = np.sqrt(g_cols).astype(dt)
+            row_mean = row_norm * row_norm / dt.type(self.whole[-1])
+            col_mean = col_norm * col_norm / dt.type(self.whole[-2])
             rv, cv = self.state["row_var"], self.state["col_var"]
             row_var = _lerp(np.asarray(be.to_numpy(rv)), row_mean, w, dt)
             col_var = _lerp(np.asarray(be.to_numpy(cv)), col_mean, w, dt)
             # torch: row_var.mean(dim=-2).clamp_(min=eps1), once per matrix, for its rows
-            mean = row_var.reshape(-1, n).mean(axis=1, dtype=dt)
+            if red is None:
+                mean = row_var.reshape(-1, n).mean(axis=1, dtype=dt)
+            else:         # (a shard of the rows: their sum over the whole column of rows)
+                total = red("cols", row_var.reshape(B, n).sum(axis=1, dtype=np.float64))
+                mean = (total / self.whole[-2]).astype(dt)
             mean = np.where(mean < dt.type(eps1), dt.type(eps1), mean).astype(dt)
             be.copy_from_numpy(rv, row_var)
             be.copy_from_numpy(cv, col_var)
@@ -145,16 +173,22 @@ class TensorStep:
                 col_scale = one / np.sqrt(col_var)
                 be.copy_from_numpy(self._scale, dt.type(grad_sign) * row_scale)
                 be.copy_from_numpy(self._cols, col_scale)
-                rows, _ = be.run_grid(k_su, (self.grad, self._scale, self._cols), n, m, ())
+                if self.size:
+                    rows, _ = be.run_grid(k_su, (self.grad, self._scale, self._cols), n, m, ())
             else:
                 be.copy_from_numpy(self._mean, row_mean)
-                rows, _ = be.run_grid(k_u, (self.grad, rv, self._mean, cv), n, m,
-                                      (grad_sign, eps1_sq, 1.0))
-            u_sq = float(np.sum(rows[:, 0]))
-        root_n = math.sqrt(self.size)
+                if self.size:
+                    rows, _ = be.run_grid(k_u, (self.grad, rv, self._mean, cv), n, m,
+                                          (grad_sign, eps1_sq, 1.0))
+            u_sq = float(np.sum(rows[:, 0])) if self.size else 0.0
+            if red is not None:
+                u_sq = float(red("total", np.array([u_sq]))[0])
+        root_n = math.sqrt(whole)
         alpha = max(group["eps"][1], math.sqrt(p_sq) / root_n) * rho
         denom = max(1.0, math.sqrt(u_sq) / (root_n * group["d"]))
         scalars = (grad_sign, eps1_sq, 1.0, decay, -alpha / denom)
+        if not self.size:
+            return
         if self.kernels is None:
             self._vec2(scalars, t)
         elif self.separable:

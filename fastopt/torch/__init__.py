@@ -45,7 +45,9 @@ How tensors reach the kernels
       shard.  ``flatten=True`` and ``state_dtype="int8"`` reject DTensors (``ValueError``);
       :class:`LAMB`'s trust ratio needs each whole tensor's norms: its shards' sums are
       all-reduced (float64) over the mesh dimensions the tensor is sharded on, between the
-      two passes;
+      two passes; :class:`Adafactor` all-reduces its row, column and RMS sums likewise (its
+      factors are DTensors replicated where the parameter is sharded on the dimension they
+      reduce);
       stochastic rounding draws the bits the unsharded parameter would (shards along dim 0).
 
 Kernel calls

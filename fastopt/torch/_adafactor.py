@@ -5,8 +5,19 @@ Its state is torch's, tensor for tensor (``step``, and ``row_var``/``col_var`` o
 classes.  Each parameter is stepped by :class:`fastopt.optimizers._adafactor.TensorStep` on
 zero-copy views of the parameter, its gradient and its state (NumPy views of CPU tensors,
 numba device arrays of CUDA ones).  Everything is checked before any parameter or state
-changes.  Plain tensors only (a DTensor's row and column sums would need an all-reduce over
-its shards: not built); ``flatten=True`` and 16-bit or 8-bit state are refused.
+changes.  ``flatten=True`` and 16-bit or 8-bit state are refused.
+
+DTensor parameters (FSDP2's ``fully_shard``, tensor parallelism: Shard and Replicate
+placements) are stepped through their local shards, with the sums torch's step takes over the
+whole tensor all-reduced (float64) over the mesh dimensions that shard it
+(:func:`_reducer`): the sums of ``p*p`` and ``u*u`` over every shard, a row's sum of ``g*g``
+over the shards of its last dimension, a column's (and the row factors' mean) over the shards
+of the second-to-last -- at most four small all-reduces per tensor and step, every rank in the
+same order, an empty shard included.  The state is DTensors (so ``torch.distributed.
+checkpoint`` saves every shard): ``row_var`` placed as the parameter but replicated where the
+parameter is sharded on its last dimension (which ``row_var`` reduces to 1), ``col_var``
+likewise for the second-to-last, ``variance`` as the parameter.  (torch 2.13's own Adafactor
+fails on FSDP2's DTensors: ``aten.pow_`` on a norm's partial placement.)
 """
 from __future__ import annotations
 
@@ -39,12 +50,14 @@ class AdafactorBase(FusedOptimizer):
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         for i, p in enumerate(group["params"]):
-            if T.is_dtensor(p):
+            if T.is_dtensor(p) and not all(pl.is_shard() or pl.is_replicate()
+                                           for pl in p.placements):
                 self.param_groups.pop()
                 self._flats.pop()
-                raise TypeError(f"{T.label(group, n, i, p)} is a DTensor: fastopt.torch."
-                                f"Adafactor steps plain tensors (its row and column sums "
-                                f"are not all-reduced over shards)")
+                raise ValueError(f"{T.label(group, n, i, p)} is a DTensor with placements "
+                                 f"{tuple(p.placements)}: Adafactor's factors need the sums "
+                                 f"of the whole tensor, from shards (Shard) or copies "
+                                 f"(Replicate) of it only")
 
     def _step(self):
         clip = self._clip_factor() if self.max_grad_norm is not None else 1.0
@@ -72,23 +85,31 @@ class AdafactorBase(FusedOptimizer):
                                 or t.dtype != p.dtype or t.device != p.device:
                             raise ValueError(f"{label}: state {name!r} must be a {p.dtype} "
                                              f"tensor of shape {shape} on {p.device}")
+                        if T.is_dtensor(t) and not T.is_dtensor(p):
+                            raise ValueError(f"{label}: state {name!r} is a DTensor, the "
+                                             f"parameter a plain tensor")
                 work.append((group, lr, p, g, be))
         for group, lr, p, g, be in work:
             state = self.state[p]
+            placed = _state_placements(p)
             if not state:      # torch's initial state
                 state["step"] = torch.tensor(0.0, dtype=T.scalar_dtype())
                 for name, shape in factored_shapes(p.shape).items():
-                    state[name] = torch.zeros(shape, dtype=p.dtype, device=p.device)
+                    state[name] = (_dzeros(shape, p, placed[name]) if placed else
+                                   torch.zeros(shape, dtype=p.dtype, device=p.device))
             for name in factored_shapes(p.shape):
-                if not state[name].is_contiguous():
-                    state[name] = state[name].contiguous()
+                if placed:     # (a loaded state: a full tensor, or placed as the parameter)
+                    state[name] = _placed(state[name], p, placed[name])
+                if not T.local(state[name]).is_contiguous():
+                    state[name] = _contiguous(state[name])
             state["step"] += 1
             t = float(state["step"])
             work_p, back = T.kernel_params([p])
             arrays = [self._array(x, p.device) for x in (work_p[0], g)]
-            views = {name: self._array(state[name], p.device)
+            views = {name: self._array(T.local(state[name]), p.device)
                      for name in factored_shapes(p.shape)}
-            TensorStep(be, p.shape, arrays[0], arrays[1], views)(
+            TensorStep(be, work_p[0].shape, arrays[0], arrays[1], views, whole=p.shape,
+                       reduce=_reducer(p))(
                 group, _checks.lr_value(lr, t) if callable(lr) else lr, t,
                 (-1.0 if group["maximize"] else 1.0) * clip)
             for dst, src in back:
@@ -118,3 +139,83 @@ class AdafactorBase(FusedOptimizer):
         _torch("load_state_dict")(self, state_dict)
         self._calls.clear()
         self._plans.clear()
+
+
+# -- DTensors ------------------------------------------------------------------------------------
+
+def _state_placements(p):
+    """``{state name: placements}`` of a DTensor parameter's state (None for a plain tensor):
+    the parameter's, with Replicate where it shards the dimension the factor reduces to 1
+    (the last for ``row_var``, the second-to-last for ``col_var``)."""
+    if not T.is_dtensor(p):
+        return None
+    from torch.distributed.tensor import Replicate
+    nd = p.dim()
+    out = {}
+    for name in factored_shapes(p.shape):
+        cut = {"row_var": nd - 1, "col_var": nd - 2}.get(name)
+        out[name] = tuple(Replicate() if pl.is_shard() and pl.dim % nd == cut else pl
+                          for pl in p.placements)
+    return out
+
+
+def _dzeros(shape, p, placements):
+    from torch.distributed.tensor import zeros
+    return zeros(shape, dtype=p.dtype, device_mesh=p.device_mesh, placements=placements)
+
+
+def _placed(t, p, placements):
+    """The state tensor ``t`` of DTensor parameter ``p`` as a DTensor with ``placements``: as
+    it is when it has them; redistributed (a collective: every rank steps the same
+    parameters) when it is placed otherwise, as ``set_optimizer_state_dict`` places a loaded
+    state (the parameter's placements); distributed from a full tensor loaded by
+    ``load_state_dict``."""
+    if T.is_dtensor(t):
+        if tuple(t.placements) == tuple(placements) and t.device_mesh == p.device_mesh:
+            return t
+        return t.redistribute(p.device_mesh, placements)
+    from torch.distributed.tensor import distribute_tensor
+    return distribute_tensor(t, p.device_mesh, placements)
+
+
+def _contiguous(t):
+    if not T.is_dtensor(t):
+        return t.contiguous()
+    from torch.distributed.tensor import DTensor
+    return DTensor.from_local(T.local(t).contiguous(), t.device_mesh, t.placements,
+                              run_check=False, shape=t.shape, stride=t.stride())
+
+
+def _reducer(p):
+    """For a DTensor parameter, :class:`TensorStep`'s ``reduce``: the float64 values summed
+    (``all_reduce``) over the process group of each mesh dimension that shards the tensor --
+    any dimension for ``"total"``, the last for ``"rows"``, the second-to-last for
+    ``"cols"``; a replicated mesh dimension holds copies, and is not added.  None for a plain
+    tensor."""
+    if not T.is_dtensor(p):
+        return None
+    import numpy as np
+    import torch.distributed as dist
+    nd = max(p.dim(), 1)
+    groups = {"total": [], "rows": [], "cols": []}
+    for i, pl in enumerate(p.placements):
+        if pl.is_shard():
+            d = pl.dim % nd
+            grp = p.device_mesh.get_group(i)
+            groups["total"].append(grp)
+            if d == nd - 1:
+                groups["rows"].append(grp)
+            if d == nd - 2:
+                groups["cols"].append(grp)
+    device = p.device
+
+    def reduce(kind, values):
+        if not groups[kind]:
+            return values
+        buf = torch.tensor(np.asarray(values, dtype=np.float64), device=device)
+        for grp in groups[kind]:
+            dist.all_reduce(buf, group=grp)
+        return buf.cpu().numpy()
+
+    return reduce
+
