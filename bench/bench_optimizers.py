@@ -14,7 +14,9 @@ Peers per optimizer: torch's single-tensor for-loop (``foreach=False``) and ``fo
 (torch fuses none of these on the CPU); Schedule-Free against ``schedulefree``'s two paths;
 Lion, LAMB (two passes: 40 bytes per element) and fastopt's own extras have no torch peer.
 Adafactor steps one 2^12 x 2^12 matrix (its factored second moment; three passes, 24 bytes per
-element) against torch.optim.Adafactor's two paths on the same matrix.
+element) against torch.optim.Adafactor's two paths on the same matrix, and the course MLP's and
+a small transformer's parameter sets (``fastopt._shapes``: 6 and 40 tensors; "of floor" at 24
+bytes per element there, its vectors take 32), where the per-tensor overhead shows.
 The clipped step: fastopt ``AdamW(..., max_grad_norm=1.0)`` (the norm is one read of the
 gradient, the factor is applied inside the fused update: 28 + 4 bytes per element) against
 ``clip_grad_norm_`` + ``AdamW(fused=True)`` (a norm read, a scaling pass that writes the
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -69,6 +72,7 @@ def main(argv=None):
     import torch
 
     import fastopt.torch as ft
+    from fastopt import _shapes
     from fastopt.kernels import backend_status
     from fastopt.specs import spec
     torch.manual_seed(0)
@@ -77,11 +81,24 @@ def main(argv=None):
     grad = torch.randn(n) * 1e-2
     cases = {}       # name -> (step function, bytes per element, optimizer, peer of)
 
-    def add(name, make, bpe, peer_of=None, clip=False, shape=None):
-        p = base.clone().view(shape or (n,)).requires_grad_()
-        p.grad = grad.clone().view(shape or (n,))
+    elements = {}    # name -> elements stepped, where not n (the model-shaped sets)
+
+    def add(name, make, bpe, peer_of=None, clip=False, shape=None, shapes=None):
+        if shapes is not None:      # a model's parameter set, one tensor per shape
+            ps = []
+            for sh in shapes:
+                k = math.prod(sh)
+                q = base[:k].clone().view(sh).requires_grad_()
+                q.grad = grad[:k].clone().view(sh)
+                ps.append(q)
+            elements[name] = sum(q.numel() for q in ps)
+            p = ps[0]
+        else:
+            p = base.clone().view(shape or (n,)).requires_grad_()
+            p.grad = grad.clone().view(shape or (n,))
+            ps = [p]
         try:
-            opt = make([p])
+            opt = make(ps)
         except Exception as exc:  # noqa: BLE001 - a peer that does not install or run here
             cases[name] = (None, bpe, f"not run: {type(exc).__name__}: {exc}", peer_of)
             return
@@ -89,7 +106,7 @@ def main(argv=None):
             opt.train()
         if clip:
             def step():
-                torch.nn.utils.clip_grad_norm_([p], 1.0)
+                torch.nn.utils.clip_grad_norm_(ps, 1.0)
                 opt.step()
         else:
             step = opt.step
@@ -118,6 +135,15 @@ def main(argv=None):
     for how, extra in (("for-loop", dict(foreach=False)), ("foreach", dict(foreach=True))):
         add(f"torch.optim.Adafactor ({how})", lambda ps, extra=extra:
             torch.optim.Adafactor(ps, **kw, **extra), 24, peer_of=label, shape=mat)
+    # Adafactor on model-shaped sets: many small tensors, where the per-tensor work (three
+    # kernel calls and the factors' host arithmetic per matrix) weighs as much as the bytes
+    for set_name, shapes in (("course MLP", _shapes.course_mlp()),
+                             ("small transformer", _shapes.small_transformer())):
+        label = f"fastopt Adafactor ({set_name}, {len(shapes)} tensors)"
+        add(label, lambda ps: ft.Adafactor(ps, **kw), 24, shapes=shapes)
+        for how, extra in (("for-loop", dict(foreach=False)), ("foreach", dict(foreach=True))):
+            add(f"torch.optim.Adafactor ({set_name}, {how})", lambda ps, extra=extra:
+                torch.optim.Adafactor(ps, **kw, **extra), 24, peer_of=label, shapes=shapes)
     add("fastopt AdamW, max_grad_norm=1.0", lambda ps: ft.AdamW(ps, lr=1e-3, max_grad_norm=1.0),
         28 + 4)
     add("torch clip_grad_norm_ + AdamW(fused=True)",
@@ -144,7 +170,9 @@ def main(argv=None):
         row = dict(case=name, bytes_per_element=bpe, peer_of=peer_of, note=note)
         if step is not None:
             t = statistics.median(times[name])
-            row.update(ms=t * 1e3, gbps=bpe * n / t / 1e9, of_floor=bpe * n / (gbps * 1e9) / t)
+            k = elements.get(name, n)
+            row.update(ms=t * 1e3, gbps=bpe * k / t / 1e9, of_floor=bpe * k / (gbps * 1e9) / t,
+                       elements=k)
         rows.append(row)
     by = {r["case"]: r for r in rows}
     for r in rows:

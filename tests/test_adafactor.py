@@ -104,6 +104,24 @@ def test_grid_sums_are_the_same_bits_everywhere(dtype, monkeypatch):
             np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+def test_bound_grid_is_run_grid(backend):
+    """Backend.bind_grid: the same sums as run_grid, call after call (its outputs are reused),
+    and its size check."""
+    be = get_backend(backend)
+    B, n, m, p, g, rv, rm, cv = _grid_inputs(np.float32, seed=4)
+    k = be.grid("adafactor_sq", np.float32)
+    call = be.bind_grid(k, n, m, B * n)
+    for sign in (1.0, -1.0):
+        rows, cols = call((p, g * sign), (sign,))
+        want = be.run_grid(k, (p, g * sign), n, m, (sign,))
+        np.testing.assert_array_equal(rows, want[0])
+        np.testing.assert_array_equal(cols, want[1])
+    if backend != "numpy":
+        with pytest.raises(ValueError, match="matrices"):
+            be.bind_grid(k, n, m, B * n + 1)
+
+
 def test_grid_run_checks_its_arrays():
     be = get_backend("numba")
     k = be.grid("adafactor_sq", np.float32)
@@ -312,6 +330,42 @@ def test_torch_adapter_trains_a_model_and_non_contiguous_params():
         o1.step()
         o2.step()
     torch.testing.assert_close(p, q, rtol=5e-5, atol=5e-6)
+
+
+def test_torch_adapter_keeps_its_steps_but_not_stale_views_or_gradients():
+    """fastopt.torch.Adafactor keeps each parameter's bound passes across steps: a parameter
+    whose ``.data`` moved, a state tensor replaced (and one of them edited in place), fresh
+    gradient tensors every step all follow torch's trajectory, and no gradient of a past step
+    is kept alive by the optimizer."""
+    rng = np.random.default_rng(5)
+    shapes = [(70, 9), (11,)]
+    init = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    ours = [torch.from_numpy(x.copy()).requires_grad_() for x in init]
+    theirs = [torch.from_numpy(x.copy()).requires_grad_() for x in init]
+    o1, o2 = ft.Adafactor(ours, lr=0.05), torch.optim.Adafactor(theirs, lr=0.05, foreach=False)
+    for i in range(8):
+        for p, q in zip(ours, theirs):
+            g = torch.from_numpy(rng.standard_normal(p.shape).astype(np.float32))
+            p.grad, q.grad = g.clone(), g.clone()
+        if i == 3:       # the parameters re-homed (as model.to(...) or a bucket view does)
+            for p in ours:
+                p.data = p.data.clone()
+        if i == 5:       # a state tensor replaced, another edited in place, in both
+            for a, b in zip(o1.state.values(), o2.state.values()):
+                for name in ("row_var", "variance"):
+                    if name in a:
+                        a[name] = a[name].clone() * 2
+                        b[name] = b[name].clone() * 2
+                if "col_var" in a:
+                    a["col_var"].mul_(0.5)
+                    b["col_var"].mul_(0.5)
+        o1.step()
+        o2.step()
+        for p, q in zip(ours, theirs):
+            torch.testing.assert_close(p, q, rtol=5e-5, atol=5e-6, msg=f"step {i}")
+    # (the kept steps hold no gradient array: a NumPy view would keep its memory alive)
+    kept = [step for key, (_, step) in o1._calls.items() if key[0] == "adafactor"]
+    assert len(kept) == 2 and all(step.grad is None for step in kept)
 
 
 def test_torch_adapter_rejects_before_changing_anything():

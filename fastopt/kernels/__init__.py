@@ -226,6 +226,16 @@ class Backend:
                                  f"{want[name]} values, got {a.dtype} {a.shape}")
         return self._grid(kernel, arrays, n, m, R, tuple(float(x) for x in scalars))
 
+    def bind_grid(self, kernel, n, m, R):
+        """A grid kernel bound to its sizes (``R`` rows of ``m`` elements in matrices of ``n``
+        rows), for a caller that runs it every step on arrays it laid out itself:
+        ``call(arrays, scalars) -> (rows, cols)`` as :meth:`run_grid`, without its checks (the
+        arrays must be what run_grid would accept).  On the host the outputs are allocated
+        once: a call's ``rows`` and ``cols`` are overwritten by the next call."""
+        def call(arrays, scalars):
+            return self.run_grid(kernel, arrays, n, m, scalars)
+        return call
+
     def _compile_grid(self, kernel):  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -351,6 +361,28 @@ class HostBackend(Backend):
         rows = o_rows if ns else np.zeros((R, 0))
         cols = grid_columns(o_part, B, nb) if nc else np.zeros((B, 0, m))
         return rows, cols
+
+    def bind_grid(self, kernel, n, m, R):
+        if type(self)._grid is not HostBackend._grid:   # (the NumPy oracle: its own _grid)
+            return super().bind_grid(kernel, n, m, R)
+        from ._codegen import GRID_ROWS
+        sig = kernel.sig
+        ns, nc = len(sig.sums), len(sig.col_sums)
+        n, m, R = int(n), int(m), int(R)
+        if n <= 0 or m <= 0 or R <= 0 or R % n:
+            raise ValueError(f"{kernel.name}: {R} rows of {m} are not matrices of {n} rows")
+        B, nb = R // n, -(-n // GRID_ROWS)
+        # (every entry is written by each run: the row sums per row, the column sums per block)
+        o_rows = np.zeros((R, ns) if ns else (1, 1))
+        o_part = np.zeros((B * nb, nc, m) if nc else (1, 1, 1))
+        rows = o_rows if ns else np.zeros((R, 0))
+        empty = np.zeros((B, 0, m))
+        loop = self._grid_loop
+
+        def call(arrays, scalars):
+            loop(kernel, arrays, n, m, R, scalars, o_rows, o_part)
+            return rows, (grid_columns(o_part, B, nb) if nc else empty)
+        return call
 
     def sumsq(self, array):
         """``sum(x*x)`` of a 1-D array as a float (one read; ``max_grad_norm``): the compiled

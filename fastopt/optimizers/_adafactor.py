@@ -67,7 +67,8 @@ class TensorStep:
     sizes, on the backend)."""
 
     __slots__ = ("be", "shape", "size", "dtype", "param", "grad", "state", "kernels", "rows",
-                 "_vec1", "_vec2", "_mean", "_scale", "_cols", "separable", "whole", "reduce")
+                 "_vec1", "_vec2", "_mean", "_scale", "_cols", "separable", "whole", "reduce",
+                 "_gaddr")
 
     def __init__(self, be, shape, param, grad, state, *, whole=None, reduce=None):
         """``shape``: the arrays' (a shard's, for a sharded tensor); ``whole``: the whole
@@ -76,7 +77,13 @@ class TensorStep:
         ``u*u``: every shard), ``"rows"`` (the row sums of ``g*g``: the shards of one row)
         and ``"cols"`` (the column sums, and the sums of the row factors for their mean: the
         shards of one column).  Every call is made on every shard, an empty one included, in
-        the same order."""
+        the same order.
+
+        ``grad`` may be None, given to each call instead (:meth:`__call__`'s ``grad``): the
+        torch adapter keeps one TensorStep per parameter across steps without keeping the
+        gradients of past steps alive.  The matrix passes are bound to their sizes once
+        (:meth:`Backend.bind_grid`), a vector's two passes to its arrays' addresses where the
+        backend takes addresses (rebound when the gradient moved)."""
         self.be, self.shape = be, tuple(shape)
         self.whole = self.shape if whole is None else tuple(whole)
         self.reduce = reduce
@@ -84,27 +91,54 @@ class TensorStep:
         self.size = int(np.prod(self.shape, dtype=np.int64))
         self.dtype = np.dtype(param.dtype)
         self.rows = [self.size]
+        self._vec1 = self._vec2 = self._gaddr = None
         if len(self.shape) < 2:
-            k1 = be.kernel("adafactor_vector", self.dtype, ())
-            k2 = be.kernel("adafactor_vector_apply", self.dtype, ())
-            self._vec1 = be.bind(k1, [(param, grad, state["variance"])])
-            self._vec2 = be.bind(k2, [(param, grad, state["variance"])])
             self.kernels = None
         else:
-            self._vec1 = self._vec2 = None
-            self.kernels = tuple(be.grid(r, self.dtype) for r in (
-                "adafactor_sq", "adafactor_factored", "adafactor_factored_apply",
-                "adafactor_separable", "adafactor_separable_apply"))
+            n, m = self.shape[-2], self.shape[-1]
             rows = int(np.prod(self.shape[:-1], dtype=np.int64))
+            self.kernels = tuple(
+                be.bind_grid(be.grid(r, self.dtype), n, m, rows) if self.size else None
+                for r in ("adafactor_sq", "adafactor_factored", "adafactor_factored_apply",
+                          "adafactor_separable", "adafactor_separable_apply"))
             self._mean = be.zeros(rows, self.dtype)
             self._scale = be.zeros(rows, self.dtype)
             self._cols = be.zeros(self.state["col_var"].size, self.dtype)
         #: whether the last step took the separable passes (no clamp anywhere)
         self.separable = None
 
-    def __call__(self, group, lr, t, grad_sign):
+    def _bind_vector(self):
+        """The vector passes bound to the arrays: by address where the backend binds
+        addresses (nothing kept alive: the gradient's address is checked at each call), else
+        holding the arrays."""
+        be, dt = self.be, self.dtype
+        arrays = (self.param, self.grad, self.state["variance"])
+        ks = (be.kernel("adafactor_vector", dt, ()), be.kernel("adafactor_vector_apply", dt, ()))
+        if hasattr(be, "bind_addresses"):
+            addr = [a.__array_interface__["data"][0] for a in arrays]
+            self._vec1, self._vec2 = (be.bind_addresses(k, [(self.size, [
+                x if name in k.used else 0 for name, x in zip(k.sig.arrays, addr)])])
+                for k in ks)
+            self._gaddr = addr[1]
+        else:
+            self._vec1, self._vec2 = (be.bind(k, [arrays]) for k in ks)
+            self._gaddr = None
+
+    def release(self):
+        """Drop the gradient (and whatever holds it) until the next call's."""
+        self.grad = None
+        if self._gaddr is None:
+            self._vec1 = self._vec2 = None
+
+    def __call__(self, group, lr, t, grad_sign, grad=None):
         """Step ``t`` (1-based) with learning rate ``lr`` and the gradient's sign and clip
-        factor ``grad_sign``."""
+        factor ``grad_sign`` (``grad``: this step's gradient array, if not bound)."""
+        if grad is not None:
+            self.grad = grad
+        if self.kernels is None and self.size and (
+                self._vec1 is None or (self._gaddr is not None and self._gaddr !=
+                                       self.grad.__array_interface__["data"][0])):
+            self._bind_vector()
         whole = int(np.prod(self.whole, dtype=np.int64))
         if not whole or (not self.size and self.reduce is None):
             return
@@ -130,7 +164,7 @@ class TensorStep:
             n, m = self.shape[-2], self.shape[-1]
             B = int(np.prod(self.shape[:-2], dtype=np.int64))
             if self.size:
-                rows, cols = be.run_grid(k_sq, (self.param, self.grad), n, m, (grad_sign,))
+                rows, cols = k_sq((self.param, self.grad), (grad_sign,))
             else:     # an empty shard: its sums are zeros
                 rows, cols = np.zeros((B * n, 2)), np.zeros((B, 1, m))
             p_sq = float(np.sum(rows[:, 0]))
@@ -174,12 +208,11 @@ class TensorStep:
                 be.copy_from_numpy(self._scale, dt.type(grad_sign) * row_scale)
                 be.copy_from_numpy(self._cols, col_scale)
                 if self.size:
-                    rows, _ = be.run_grid(k_su, (self.grad, self._scale, self._cols), n, m, ())
+                    rows, _ = k_su((self.grad, self._scale, self._cols), ())
             else:
                 be.copy_from_numpy(self._mean, row_mean)
                 if self.size:
-                    rows, _ = be.run_grid(k_u, (self.grad, rv, self._mean, cv), n, m,
-                                          (grad_sign, eps1_sq, 1.0))
+                    rows, _ = k_u((self.grad, rv, self._mean, cv), (grad_sign, eps1_sq, 1.0))
             u_sq = float(np.sum(rows[:, 0])) if self.size else 0.0
             if red is not None:
                 u_sq = float(red("total", np.array([u_sq]))[0])
@@ -194,11 +227,9 @@ class TensorStep:
         elif self.separable:
             be.copy_from_numpy(self._scale, dt.type(-alpha / denom) * (dt.type(grad_sign)
                                                                      * row_scale))
-            be.run_grid(k_sapply, (self.param, self.grad, self._scale, self._cols), n, m,
-                        (decay,))
+            k_sapply((self.param, self.grad, self._scale, self._cols), (decay,))
         else:
-            be.run_grid(k_apply, (self.param, self.grad, rv, self._mean, cv),
-                        n, m, scalars)
+            k_apply((self.param, self.grad, rv, self._mean, cv), scalars)
 
 
 class AdafactorOptimizer(Optimizer):

@@ -105,15 +105,31 @@ class AdafactorBase(FusedOptimizer):
             state["step"] += 1
             t = float(state["step"])
             work_p, back = T.kernel_params([p])
-            arrays = [self._array(x, p.device) for x in (work_p[0], g)]
-            views = {name: self._array(T.local(state[name]), p.device)
-                     for name in factored_shapes(p.shape)}
-            TensorStep(be, work_p[0].shape, arrays[0], arrays[1], views, whole=p.shape,
-                       reduce=_reducer(p))(
-                group, _checks.lr_value(lr, t) if callable(lr) else lr, t,
-                (-1.0 if group["maximize"] else 1.0) * clip)
+            step = self._tensor_step(p, work_p[0], state, be)
+            step(group, _checks.lr_value(lr, t) if callable(lr) else lr, t,
+                 (-1.0 if group["maximize"] else 1.0) * clip, grad=self._array(g, p.device))
+            step.release()      # (the gradient is not kept past the step)
             for dst, src in back:
                 dst.copy_(src)
+
+    def _tensor_step(self, p, work, state, be):
+        """The parameter's :class:`TensorStep`, kept across steps (in the bound-call cache,
+        which a ``load_state_dict``, a copy or edited param groups clear) while the memory it
+        views is the same: the parameter (or its contiguous copy: rebuilt each step), its
+        state tensors, the backend."""
+        names = factored_shapes(p.shape)
+        st = [T.local(state[name]) for name in names]
+        ident = (work.data_ptr(), tuple(x.data_ptr() for x in st), tuple(work.shape),
+                 tuple(p.shape), work.dtype, work.device, id(be))
+        key = ("adafactor", id(p))
+        hit = self._calls.get(key)
+        if hit is not None and hit[0] == ident:
+            return hit[1]
+        step = TensorStep(be, work.shape, self._array(work, p.device), None,
+                          {name: self._array(x, p.device) for name, x in zip(names, st)},
+                          whole=p.shape, reduce=_reducer(p))
+        self._calls[key] = (ident, step)
+        return step
 
     @torch.no_grad()
     def load_state_dict(self, state_dict):
