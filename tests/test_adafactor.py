@@ -364,8 +364,17 @@ def test_torch_adapter_keeps_its_steps_but_not_stale_views_or_gradients():
         for p, q in zip(ours, theirs):
             torch.testing.assert_close(p, q, rtol=5e-5, atol=5e-6, msg=f"step {i}")
     # (the kept steps hold no gradient array: a NumPy view would keep its memory alive)
-    kept = [step for key, (_, step) in o1._calls.items() if key[0] == "adafactor"]
+    kept = [hit[1] for key, hit in o1._calls.items() if key[0] == "adafactor"]
     assert len(kept) == 2 and all(step.grad is None for step in kept)
+    # a kept state tensor resized in place is caught before anything changes
+    before = [p.detach().clone() for p in ours]
+    o1.state[ours[0]]["row_var"].resize_(3, 1)
+    for p in ours:
+        p.grad = torch.ones_like(p)
+    with pytest.raises(ValueError, match="row_var"):
+        o1.step()
+    for p, b in zip(ours, before):
+        assert torch.equal(p.detach(), b)
 
 
 def test_torch_adapter_rejects_before_changing_anything():

@@ -226,12 +226,14 @@ class Backend:
                                  f"{want[name]} values, got {a.dtype} {a.shape}")
         return self._grid(kernel, arrays, n, m, R, tuple(float(x) for x in scalars))
 
-    def bind_grid(self, kernel, n, m, R):
+    def bind_grid(self, kernel, n, m, R, fixed=None):
         """A grid kernel bound to its sizes (``R`` rows of ``m`` elements in matrices of ``n``
         rows), for a caller that runs it every step on arrays it laid out itself:
         ``call(arrays, scalars) -> (rows, cols)`` as :meth:`run_grid`, without its checks (the
         arrays must be what run_grid would accept).  On the host the outputs are allocated
-        once: a call's ``rows`` and ``cols`` are overwritten by the next call."""
+        once: a call's ``rows`` and ``cols`` are overwritten by the next call.  ``fixed``:
+        ``{index: array}`` of the arrays every call passes again (the caller keeps them
+        alive); a backend may bind their memory once."""
         def call(arrays, scalars):
             return self.run_grid(kernel, arrays, n, m, scalars)
         return call
@@ -362,7 +364,7 @@ class HostBackend(Backend):
         cols = grid_columns(o_part, B, nb) if nc else np.zeros((B, 0, m))
         return rows, cols
 
-    def bind_grid(self, kernel, n, m, R):
+    def bind_grid(self, kernel, n, m, R, fixed=None):
         if type(self)._grid is not HostBackend._grid:   # (the NumPy oracle: its own _grid)
             return super().bind_grid(kernel, n, m, R)
         from ._codegen import GRID_ROWS
@@ -378,11 +380,22 @@ class HostBackend(Backend):
         rows = o_rows if ns else np.zeros((R, 0))
         empty = np.zeros((B, 0, m))
         loop = self._grid_loop
+        by_address = self._grid_by_address(kernel, n, m, R, fixed or {}, o_rows, o_part)
+        if by_address is not None:
+            def call(arrays, scalars):
+                by_address(arrays, scalars)
+                return rows, (grid_columns(o_part, B, nb) if nc else empty)
+            return call
 
         def call(arrays, scalars):
             loop(kernel, arrays, n, m, R, scalars, o_rows, o_part)
             return rows, (grid_columns(o_part, B, nb) if nc else empty)
         return call
+
+    def _grid_by_address(self, kernel, n, m, R, fixed, o_rows, o_part):
+        """A backend whose grid entry takes addresses: ``run(arrays, scalars)`` with the
+        ``fixed`` arrays' and the outputs' addresses taken once; else None."""
+        return None
 
     def sumsq(self, array):
         """``sum(x*x)`` of a 1-D array as a float (one read; ``max_grad_norm``): the compiled

@@ -123,6 +123,17 @@ class CythonBackend(HostBackend):
         getattr(extension, kernel.impl)(n, m, R, tuple(_address(a) for a in arrays), scalars,
                                         _address(o_rows), _address(o_part))
 
+    def _grid_by_address(self, kernel, n, m, R, fixed, o_rows, o_part):
+        fn = functools.partial(getattr(extension, kernel.impl), n, m, R)
+        orow, opart = _address(o_rows), _address(o_part)
+        known = [(_address(fixed[k]) if k in fixed else None)
+                 for k in range(len(kernel.sig.arrays))]
+
+        def run(arrays, scalars):
+            fn(tuple(a if a is not None else _address(x) for a, x in zip(known, arrays)),
+               scalars, orow, opart)
+        return run
+
     def _compile(self, kernel):
         # the entry point's name, looked up in the extension in use when binding: the variant's
         # own loop, or for another storage layout its blocked layout loop

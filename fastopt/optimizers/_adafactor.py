@@ -68,7 +68,7 @@ class TensorStep:
 
     __slots__ = ("be", "shape", "size", "dtype", "param", "grad", "state", "kernels", "rows",
                  "_vec1", "_vec2", "_mean", "_scale", "_cols", "separable", "whole", "reduce",
-                 "_gaddr")
+                 "_gaddr", "_whole_size", "_batches")
 
     def __init__(self, be, shape, param, grad, state, *, whole=None, reduce=None):
         """``shape``: the arrays' (a shard's, for a sharded tensor); ``whole``: the whole
@@ -89,6 +89,8 @@ class TensorStep:
         self.reduce = reduce
         self.param, self.grad, self.state = param, grad, state
         self.size = int(np.prod(self.shape, dtype=np.int64))
+        self._whole_size = int(np.prod(self.whole, dtype=np.int64))
+        self._batches = int(np.prod(self.shape[:-2], dtype=np.int64))
         self.dtype = np.dtype(param.dtype)
         self.rows = [self.size]
         self._vec1 = self._vec2 = self._gaddr = None
@@ -97,13 +99,19 @@ class TensorStep:
         else:
             n, m = self.shape[-2], self.shape[-1]
             rows = int(np.prod(self.shape[:-1], dtype=np.int64))
-            self.kernels = tuple(
-                be.bind_grid(be.grid(r, self.dtype), n, m, rows) if self.size else None
-                for r in ("adafactor_sq", "adafactor_factored", "adafactor_factored_apply",
-                          "adafactor_separable", "adafactor_separable_apply"))
             self._mean = be.zeros(rows, self.dtype)
             self._scale = be.zeros(rows, self.dtype)
             self._cols = be.zeros(self.state["col_var"].size, self.dtype)
+            # (every array but the gradient is passed again at each call: bound once)
+            mine = {"param": param, "row_var": state["row_var"], "col_var": state["col_var"],
+                    "row_mean": self._mean, "row_scale": self._scale, "col_scale": self._cols}
+            kernels = []
+            for r in ("adafactor_sq", "adafactor_factored", "adafactor_factored_apply",
+                      "adafactor_separable", "adafactor_separable_apply"):
+                k = be.grid(r, self.dtype)
+                fixed = {j: mine[a] for j, a in enumerate(k.sig.arrays) if a in mine}
+                kernels.append(be.bind_grid(k, n, m, rows, fixed) if self.size else None)
+            self.kernels = tuple(kernels)
         #: whether the last step took the separable passes (no clamp anywhere)
         self.separable = None
 
@@ -139,7 +147,7 @@ class TensorStep:
                 self._vec1 is None or (self._gaddr is not None and self._gaddr !=
                                        self.grad.__array_interface__["data"][0])):
             self._bind_vector()
-        whole = int(np.prod(self.whole, dtype=np.int64))
+        whole = self._whole_size
         if not whole or (not self.size and self.reduce is None):
             return
         red = self.reduce
@@ -162,7 +170,7 @@ class TensorStep:
         else:
             k_sq, k_u, k_apply, k_su, k_sapply = self.kernels
             n, m = self.shape[-2], self.shape[-1]
-            B = int(np.prod(self.shape[:-2], dtype=np.int64))
+            B = self._batches
             if self.size:
                 rows, cols = k_sq((self.param, self.grad), (grad_sign,))
             else:     # an empty shard: its sums are zeros

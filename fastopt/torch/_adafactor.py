@@ -66,12 +66,20 @@ class AdafactorBase(FusedOptimizer):
             lr = group["lr"]
             lr = lr.item() if isinstance(lr, torch.Tensor) else lr
             for i, p in enumerate(group["params"]):
-                if p.grad is None:
+                g = p.grad
+                if g is None:
+                    continue
+                hit = self._calls.get(("adafactor", id(p)))
+                if T.fast_ok(p, g) and p.dtype in _NATIVE and g.dtype == p.dtype \
+                        and hit is not None and self._same_state(hit, p):
+                    # (the common case: plain tensors, the state this step was built on,
+                    # checked then; no error label built)
+                    work.append((group, lr, p, g, hit[2]))
                     continue
                 label = T.label(group, gi, i, p)
                 if torch.is_complex(p):   # pragma: no cover - check_param refuses complex
                     raise RuntimeError(f"{label}: Adafactor does not support complex tensors")
-                g = T.check_grad(label, p, p.grad)
+                g = T.check_grad(label, p, g)
                 if p.dtype not in _NATIVE or g.dtype != p.dtype:
                     raise TypeError(f"{label}: Adafactor steps float32 or float64 parameters "
                                     f"with gradients of their dtype, got {p.dtype} and "
@@ -89,35 +97,50 @@ class AdafactorBase(FusedOptimizer):
                             raise ValueError(f"{label}: state {name!r} is a DTensor, the "
                                              f"parameter a plain tensor")
                 work.append((group, lr, p, g, be))
-        for group, lr, p, g, be in work:
-            state = self.state[p]
-            placed = _state_placements(p)
-            if not state:      # torch's initial state
-                state["step"] = torch.tensor(0.0, dtype=T.scalar_dtype())
-                for name, shape in factored_shapes(p.shape).items():
-                    state[name] = (_dzeros(shape, p, placed[name]) if placed else
-                                   torch.zeros(shape, dtype=p.dtype, device=p.device))
-            for name in factored_shapes(p.shape):
-                if placed:     # (a loaded state: a full tensor, or placed as the parameter)
-                    state[name] = _placed(state[name], p, placed[name])
-                if not T.local(state[name]).is_contiguous():
-                    state[name] = _contiguous(state[name])
-            state["step"] += 1
-            t = float(state["step"])
-            work_p, back = T.kernel_params([p])
-            step = self._tensor_step(p, work_p[0], state, be)
-            step(group, _checks.lr_value(lr, t) if callable(lr) else lr, t,
-                 (-1.0 if group["maximize"] else 1.0) * clip, grad=self._array(g, p.device))
-            step.release()      # (the gradient is not kept past the step)
-            for dst, src in back:
-                dst.copy_(src)
+        steps = []
+        try:
+            for group, lr, p, g, be in work:
+                state = self.state[p]
+                names = factored_shapes(p.shape)
+                placed = _state_placements(p)
+                if not state:      # torch's initial state
+                    state["step"] = torch.tensor(0.0, dtype=T.scalar_dtype())
+                    for name, shape in names.items():
+                        state[name] = (_dzeros(shape, p, placed[name]) if placed else
+                                       torch.zeros(shape, dtype=p.dtype, device=p.device))
+                for name in names:
+                    if placed:     # (a loaded state: a full tensor, or placed as the parameter)
+                        state[name] = _placed(state[name], p, placed[name])
+                    if not T.local(state[name]).is_contiguous():
+                        state[name] = _contiguous(state[name])
+                t = float(state["step"]) + 1.0     # (the step tensors counted up at the end)
+                steps.append(state["step"])
+                work_p, back = T.kernel_params([p]) if not p.is_contiguous() or T.is_dtensor(p) \
+                    else ((p,), ())
+                step = self._tensor_step(p, work_p[0], state, names, be)
+                step(group, _checks.lr_value(lr, t) if callable(lr) else lr, t,
+                     (-1.0 if group["maximize"] else 1.0) * clip,
+                     grad=self._array(T.local(g) if g.is_contiguous() else T.local(g).contiguous(),
+                                      p.device))
+                step.release()      # (the gradient is not kept past the step)
+                for dst, src in back:
+                    dst.copy_(src)
+        finally:    # torch's foreach path: _foreach_add_(steps, 1), the same float32
+            if steps:   # counts (those of the tensors stepped, should one fail)
+                torch._foreach_add_(steps, 1.0)
 
-    def _tensor_step(self, p, work, state, be):
+    def _same_state(self, hit, p):
+        """Whether the kept step ``hit`` was built on the state tensors ``p`` has now (the
+        same objects, of the same shapes: checked when it was built) and on its memory."""
+        state = self.state.get(p)
+        return bool(state) and hit[3] == p.data_ptr() and all(
+            state.get(name) is t and t.shape == shape for name, t, shape in hit[4])
+
+    def _tensor_step(self, p, work, state, names, be):
         """The parameter's :class:`TensorStep`, kept across steps (in the bound-call cache,
         which a ``load_state_dict``, a copy or edited param groups clear) while the memory it
         views is the same: the parameter (or its contiguous copy: rebuilt each step), its
         state tensors, the backend."""
-        names = factored_shapes(p.shape)
         st = [T.local(state[name]) for name in names]
         ident = (work.data_ptr(), tuple(x.data_ptr() for x in st), tuple(work.shape),
                  tuple(p.shape), work.dtype, work.device, id(be))
@@ -128,7 +151,10 @@ class AdafactorBase(FusedOptimizer):
         step = TensorStep(be, work.shape, self._array(work, p.device), None,
                           {name: self._array(x, p.device) for name, x in zip(names, st)},
                           whole=p.shape, reduce=_reducer(p))
-        self._calls[key] = (ident, step)
+        # (kept: the step, its backend, the parameter's address and its state tensors, for
+        # the next step's check-free path in _step)
+        self._calls[key] = (ident, step, be, p.data_ptr(),
+                            tuple((name, state[name], state[name].shape) for name in names))
         return step
 
     @torch.no_grad()
