@@ -15,8 +15,9 @@ Peers per optimizer: torch's single-tensor for-loop (``foreach=False``) and ``fo
 Lion, LAMB (two passes: 40 bytes per element) and fastopt's own extras have no torch peer.
 Adafactor steps one 2^12 x 2^12 matrix (its factored second moment; three passes, 24 bytes per
 element) against torch.optim.Adafactor's two paths on the same matrix, and the course MLP's and
-a small transformer's parameter sets (``fastopt._shapes``: 6 and 40 tensors; "of floor" at 24
-bytes per element there, its vectors take 32), where the per-tensor overhead shows.
+a small transformer's parameter sets (``fastopt._shapes``: 6 and 40 tensors, each set when it
+is no larger than ``--n``; "of floor" at 24 bytes per element there, its vectors take 32), where
+the per-tensor overhead shows.
 The clipped step: fastopt ``AdamW(..., max_grad_norm=1.0)`` (the norm is one read of the
 gradient, the factor is applied inside the fused update: 28 + 4 bytes per element) against
 ``clip_grad_norm_`` + ``AdamW(fused=True)`` (a norm read, a scaling pass that writes the
@@ -86,11 +87,13 @@ def main(argv=None):
     def add(name, make, bpe, peer_of=None, clip=False, shape=None, shapes=None):
         if shapes is not None:      # a model's parameter set, one tensor per shape
             ps = []
-            for sh in shapes:
+            at = 0
+            for sh in shapes:        # (consecutive slices of the one random vector)
                 k = math.prod(sh)
-                q = base[:k].clone().view(sh).requires_grad_()
-                q.grad = grad[:k].clone().view(sh)
+                q = base[at:at + k].clone().view(sh).requires_grad_()
+                q.grad = grad[at:at + k].clone().view(sh)
                 ps.append(q)
+                at += k
             elements[name] = sum(q.numel() for q in ps)
             p = ps[0]
         else:
@@ -139,6 +142,8 @@ def main(argv=None):
     # kernel calls and the factors' host arithmetic per matrix) weighs as much as the bytes
     for set_name, shapes in (("course MLP", _shapes.course_mlp()),
                              ("small transformer", _shapes.small_transformer())):
+        if _shapes.total(shapes) > n:     # (a set larger than --n: not run)
+            continue
         label = f"fastopt Adafactor ({set_name}, {len(shapes)} tensors)"
         add(label, lambda ps: ft.Adafactor(ps, **kw), 24, shapes=shapes)
         for how, extra in (("for-loop", dict(foreach=False)), ("foreach", dict(foreach=True))):
