@@ -15,6 +15,12 @@ multi-block CUDA launches or the parallel CPU path on tiny arrays.
     the rest. ``FASTOPT_CUDA_BLOCKS_PER_SM``, default 4.
 ``CUDA_MAX_BLOCKS``
     Optional cap on the grid size (0: none). ``FASTOPT_CUDA_MAX_BLOCKS``; tests set it small.
+``HUGE_PAGES``
+    On Linux, ``fastopt.torch`` asks the kernel to back the CPU buffers it allocates (optimizer
+    state, ``flatten=True``'s flat parameters and gradients) of at least 4 MiB with transparent
+    huge pages (``madvise(MADV_HUGEPAGE)`` before their first touch), as NumPy does for its own
+    arrays and torch only with ``THP_MEM_ALLOC_ENABLE=1``: fewer page walks on every stream of
+    the step.  ``FASTOPT_HUGE_PAGES``, default 1; 0 turns it off.
 """
 from __future__ import annotations
 
@@ -34,6 +40,7 @@ PARALLEL_THRESHOLD = 65536
 CUDA_THREADS_PER_BLOCK = 256
 CUDA_BLOCKS_PER_SM = 4
 CUDA_MAX_BLOCKS = 0
+HUGE_PAGES = True
 
 
 def _int(name, default, minimum=0):
@@ -52,10 +59,12 @@ def _int(name, default, minimum=0):
 def _reset():
     """Re-read every setting from the environment (tests call this after monkeypatching)."""
     global PARALLEL_THRESHOLD, CUDA_THREADS_PER_BLOCK, CUDA_BLOCKS_PER_SM, CUDA_MAX_BLOCKS
+    global HUGE_PAGES
     PARALLEL_THRESHOLD = _int("FASTOPT_PARALLEL_THRESHOLD", 65536)
     CUDA_THREADS_PER_BLOCK = _int("FASTOPT_CUDA_THREADS_PER_BLOCK", 256, 1)
     CUDA_BLOCKS_PER_SM = _int("FASTOPT_CUDA_BLOCKS_PER_SM", 4, 1)
     CUDA_MAX_BLOCKS = _int("FASTOPT_CUDA_MAX_BLOCKS", 0)
+    HUGE_PAGES = bool(_int("FASTOPT_HUGE_PAGES", 1))
 
 
 _reset()

@@ -20,6 +20,11 @@ How tensors reach the kernels
     * CPU tensors are passed as zero-copy NumPy views (``t.detach().view(-1).numpy()``, checked
       to share memory) to the host backend (the default host backend: Cython where built, else
       Numba; ``backend="numba"``/``"numpy"``/``"cython"`` may be named).
+    * The CPU buffers the adapter allocates itself (state; ``flatten=True``'s flat parameters
+      and gradients) of 4 MiB and up are advised into transparent huge pages before their first
+      touch (Linux; ``fastopt.config.HUGE_PAGES``, ``FASTOPT_HUGE_PAGES=0`` turns it off), as
+      NumPy does for its arrays: fewer page walks per stream.  torch's own allocations do so
+      only under ``THP_MEM_ALLOC_ENABLE=1``.
     * CUDA tensors are passed through ``__cuda_array_interface__`` (``numba.cuda.as_cuda_array``)
       to the ``"cuda"`` backend.  **This path has never been run on a GPU**; it is written to be
       correct by construction (same kernel contract as the host path).  Kernels run on Numba's

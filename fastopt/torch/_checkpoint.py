@@ -196,6 +196,8 @@ def rehome_state(opt, aside):
                 if slot is not None:
                     buf = slot[0].state_view(slot[1], name, 0.0, dtype)
                 else:
-                    buf = torch.empty_like(p, dtype=dtype, memory_format=torch.contiguous_format)
+                    buf = (torch.empty_like(p, dtype=dtype, memory_format=torch.contiguous_format)
+                           if T.is_dtensor(p) else T.advise_huge(
+                               torch.empty(p.shape, dtype=dtype, device=p.device)))
                 buf.copy_(_floats(v, name, opt).reshape(p.shape))
                 st[key] = buf

@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from . import _tensors as T
+
 __all__ = ["Flat"]
 
 
@@ -25,8 +27,9 @@ class Flat:
         self.numels = [p.numel() for p in params]
         self.offsets = np.cumsum([0] + self.numels).tolist()
         n = self.offsets[-1]
-        self.param = torch.empty(n, dtype=self.dtype, device=self.device)
-        self.grad = torch.zeros(n, dtype=self.dtype, device=self.device)
+        # (huge pages advised before the first touch: T.advise_huge)
+        self.param = T.advise_huge(torch.empty(n, dtype=self.dtype, device=self.device))
+        self.grad = T.filled((n,), 0.0, self.dtype, self.device)
         self.state = {}
         for p, a, b in zip(params, self.offsets, self.offsets[1:]):
             self.param[a:b].copy_(p.detach().reshape(-1))
@@ -78,8 +81,7 @@ class Flat:
         buf = self.state.get(name)
         if buf is None or buf.dtype != dtype:
             n = self.offsets[-1]
-            buf = (torch.full((n,), init, dtype=dtype, device=self.device) if init
-                   else torch.zeros(n, dtype=dtype, device=self.device))
+            buf = T.filled((n,), init, dtype, self.device)
             self.state[name] = buf
         return buf
 

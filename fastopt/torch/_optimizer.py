@@ -280,9 +280,11 @@ class FusedOptimizer(_TorchOptimizer):
         dtype = self._state_torch_dtype(p)
         if slot is not None:  # a view into the flat state buffer, (re)initialized
             return slot[0].state_view(slot[1], name, init, dtype).fill_(init)
-        return (torch.full_like(p, init, dtype=dtype, memory_format=torch.contiguous_format)
-                if init else
-                torch.zeros_like(p, dtype=dtype, memory_format=torch.contiguous_format))
+        if T.is_dtensor(p):
+            return (torch.full_like(p, init, dtype=dtype, memory_format=torch.contiguous_format)
+                    if init else
+                    torch.zeros_like(p, dtype=dtype, memory_format=torch.contiguous_format))
+        return T.filled(p.shape, init, dtype, p.device)   # (contiguous; huge pages advised)
 
     def _ensure_state(self, p, group, needed=None):
         """Create the state torch.optim would create on p's first step; return it."""

@@ -29,6 +29,52 @@ def grad_dtype_ok(g, p):
     return g.dtype is p.dtype or (g.dtype is torch.float32 and p.dtype in HALF)
 
 
+#: buffers from this size on are advised into huge pages (config.HUGE_PAGES)
+HUGE_MIN_BYTES = 4 << 20
+_MADV_HUGEPAGE = 14     # <sys/mman.h> on Linux
+_libc = []              # [the C library's madvise] once looked up, [None] where there is none
+
+
+def _madvise():
+    if not _libc:
+        fn = None
+        if sys.platform.startswith("linux"):
+            try:
+                import ctypes
+                fn = ctypes.CDLL(None, use_errno=True).madvise
+                fn.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+                fn.restype = ctypes.c_int
+            except (OSError, AttributeError):  # pragma: no cover - a libc without madvise
+                fn = None
+        _libc.append(fn)
+    return _libc[0]
+
+
+def advise_huge(t):
+    """Advise the kernel to back a fresh (untouched) CPU tensor's memory with transparent huge
+    pages, from its first whole page to its last (Linux, ``config.HUGE_PAGES``, at least
+    :data:`HUGE_MIN_BYTES`); anything else: nothing.  Only advice: the values and the
+    tensor are as they were; an error of ``madvise`` (THP not built in) is ignored."""
+    from .. import config
+    nbytes = t.numel() * t.element_size()
+    if not config.HUGE_PAGES or nbytes < HUGE_MIN_BYTES or t.device.type != "cpu":
+        return t
+    fn = _madvise()
+    if fn is not None:
+        page = 4096
+        lo = (t.data_ptr() + page - 1) & ~(page - 1)
+        hi = (t.data_ptr() + nbytes) & ~(page - 1)
+        if hi > lo:
+            fn(lo, hi - lo, _MADV_HUGEPAGE)
+    return t
+
+
+def filled(shape, value, dtype, device):
+    """A new contiguous tensor of ``value`` (``torch.full``), its memory advised into huge
+    pages before the fill first touches it (:func:`advise_huge`)."""
+    return advise_huge(torch.empty(shape, dtype=dtype, device=device)).fill_(value)
+
+
 def scalar_dtype():
     # torch.optim keeps `step` in float32 unless the default dtype is float64
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
