@@ -40,9 +40,18 @@ def _sync():
     pass
 
 
-def floor_gbps(torch, n=1 << 26, repeats=15):
-    a = torch.ones(n)
-    b = torch.ones(n)
+def floor_gbps(torch, n=1 << 26, repeats=15, huge=False):
+    """The in-place triad ``a.add_(b, alpha)`` over ``n`` float32 (12 bytes per element), GB/s
+    of the median of ``repeats``; on torch's own allocations (4 KiB pages unless
+    ``THP_MEM_ALLOC_ENABLE=1``), or with ``huge`` on buffers advised into huge pages as
+    fastopt.torch allocates its state."""
+    if huge:
+        from fastopt.torch import _tensors as T
+        a = T.filled((n,), 1.0, torch.float32, torch.device("cpu"))
+        b = T.filled((n,), 1.0, torch.float32, torch.device("cpu"))
+    else:
+        a = torch.ones(n)
+        b = torch.ones(n)
     a.add_(b, alpha=1e-7)
     ts = []
     for _ in range(repeats):
