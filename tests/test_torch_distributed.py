@@ -5,8 +5,8 @@ through ``param_groups``, ``consolidate_state_dict`` and a reload), FSDP2 (``ful
 DTensor parameters, one with an empty local shard; DCP save -> fresh model -> load ->
 continue; full state dicts), ``_apply_optimizer_in_backward``, LAMB under DDP and FSDP2
 (against one process on the mean gradient: its trust ratios from the whole tensors' norms),
-and Adafactor under DDP, FSDP2 (DCP and full state dicts) and other placements (its row and
-column sums over the shards).
+Adafactor under DDP, FSDP2 (DCP and full state dicts) and other placements (its row and
+column sums over the shards), and LAMB and Adafactor as ZeRO's local optimizer.
 
 The multi-process scenarios run in one pair of gloo processes on localhost
 (``torch.multiprocessing`` spawn, ``file://`` rendezvous in a temporary directory), started
@@ -440,6 +440,48 @@ def scenario_adafactor_placements(rank, tmp):
         assert "placements" in str(e) and "whole tensor" in str(e), e
     else:
         raise AssertionError("fastopt.torch.Adafactor accepted a Partial DTensor")
+
+
+def scenario_zero_lamb_adafactor(rank, tmp):
+    """LAMB and Adafactor as ZeroRedundancyOptimizer's local optimizer (with bucket views):
+    each rank steps whole tensors of its shard, so the trajectory is one process's on the mean
+    gradient (Adafactor: torch.optim.Adafactor's; LAMB: fastopt's, tested against its written-
+    out reference elsewhere), and a consolidated checkpoint resumes it."""
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    for cls, ref_cls, kw in ((ft.LAMB, ft.LAMB, dict(lr=LR, weight_decay=WD)),
+                             (ft.Adafactor, torch.optim.Adafactor,
+                              dict(lr=0.05, weight_decay=WD))):
+        def zero(model):
+            return ZeroRedundancyOptimizer(model.parameters(), optimizer_class=cls,
+                                           parameters_as_bucket_view=True, **kw)
+
+        def train(model, o, start, steps):
+            for i in range(start, start + steps):
+                o.zero_grad()
+                x, y = _batch(rank, i)
+                torch.nn.functional.mse_loss(model(x), y).backward()
+                o.step()
+                _reference_step(ref, ref_opt, i)
+
+        ref, got = _model(), DDP(_model())
+        ref_opt, opt = ref_cls(ref.parameters(), **kw), zero(got)
+        train(got, opt, 0, 4)
+        for k, (a, b) in enumerate(zip(ref.parameters(), got.module.parameters())):
+            _close(a.detach(), b.detach(), f"ZeRO with {cls.__name__}: parameter {k}")
+        opt.consolidate_state_dict(to=0)
+        path = os.path.join(tmp, f"zero-{cls.__name__}.pt")
+        if rank == 0:
+            torch.save({"model": got.module.state_dict(), "optim": opt.state_dict()}, path)
+        dist.barrier()
+        ckpt = torch.load(path, weights_only=True)
+        again = DDP(_model(seed=1))
+        again.module.load_state_dict(ckpt["model"])
+        opt2 = zero(again)
+        opt2.load_state_dict(ckpt["optim"])
+        train(again, opt2, 4, 3)
+        for k, (a, b) in enumerate(zip(ref.parameters(), again.module.parameters())):
+            _close(a.detach(), b.detach(), f"ZeRO with {cls.__name__}, resumed: parameter {k}")
 
 
 def scenario_lamb_fsdp2(rank, tmp):
