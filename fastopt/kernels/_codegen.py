@@ -1138,7 +1138,7 @@ def _cython_helper(fn, tag, helper_names):
     return "\n".join(lines) + "\n"
 
 
-_LOOP_NAMES = {"i", "n", "threshold", "r"}
+_LOOP_NAMES = {"i", "n", "threshold", "r", "pk", "plo", "phi"}
 
 
 def _cython_rule_body(sig, tag, flags, helper_names):
@@ -1662,8 +1662,18 @@ def _cython_variant(sig, tag, ctype, flags, helper_names):
                  f"    cdef {ctype} {', '.join(locals_)}"]
         lines += ["    if n < threshold:", "        for i in range(n):"]
         lines += [textwrap.indent(b, " " * 12) for b in body]
-        lines += ["    else:", "        for i in prange(n, schedule='static'):"]
-        lines += [textwrap.indent(b, " " * 12) for b in body]
+        # (the threads' loop in chunks of SUM_LANES elements, every cache line of each array
+        # prefetched GRID_PREFETCH elements ahead, as the grid and reduction loops: a C triad
+        # and an Adam-like loop ran 13% faster so on this VM; the bits are the same)
+        L = SUM_LANES
+        line = 64 // (4 if tag == "f32" else 8)      # elements per cache line
+        lines[1] = "    cdef Py_ssize_t i, pk, plo, phi"
+        lines += ["    else:", f"        for pk in prange((n + {L - 1}) // {L}, schedule='static'):",
+                  f"            plo = pk * {L}", f"            phi = min(n, plo + {L})"]
+        lines += [f"            fastopt_prefetch({p.split()[-1]} + plo + {GRID_PREFETCH + off})"
+                  for p in ptrs for off in range(0, L, line)]
+        lines += ["            for i in range(plo, phi):"]
+        lines += [textwrap.indent(b, " " * 16) for b in body]
     # the entry point
     width = 1 + len(sig.arrays)
     nsc = len(sig.scalars)
