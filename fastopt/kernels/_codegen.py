@@ -1579,8 +1579,16 @@ def _cython_grid(sig, tag, ctype, flags, helper_names):
     lines += [f"    cdef {ctype}* cf{c} = <{ctype}*>calloc(m, sizeof({ctype}))" for c in range(nc)]
     lines += ["    for i in range(r0, r1):", "        lo = i * m"]
     lines += [f"        {a} = a_{a}[i]" for a in sig.rows]
+    line = 64 // (4 if tag == "f32" else 8)      # elements per cache line
     if not ns:
-        lines += ["        for j in range(m):"] + [textwrap.indent(x, " " * 12) for x in inner]
+        # (chunks of SUM_LANES, every cache line of each element array prefetched
+        # GRID_PREFETCH ahead: Adafactor's update pass ran 3.5 -> 2.5 ms so in a C replica)
+        lines += [f"        for c in range(0, mL, {L}):"]
+        lines += [f"            fastopt_prefetch(a_{a} + lo + c + {GRID_PREFETCH + off})"
+                  for a in sig.elements for off in range(0, L, line)]
+        lines += [f"            for j in range(c, c + {L}):"]
+        lines += [textwrap.indent(x, " " * 16) for x in inner]
+        lines += ["        for j in range(mL, m):"] + [textwrap.indent(x, " " * 12) for x in inner]
     else:
         # chunks of SUM_LANES elements (as _numba_grid: the same order of additions)
         cols = [(c, sig.sums.index(cname)) for c, cname in enumerate(sig.col_sums)]
@@ -1593,7 +1601,6 @@ def _cython_grid(sig, tag, ctype, flags, helper_names):
         # (every cache line of each element array prefetched GRID_PREFETCH elements ahead:
         # the hardware prefetcher alone left these read-mostly loops waiting on memory)
         lines += [f"        for c in range(0, mL, {L}):"]
-        line = 64 // (4 if tag == "f32" else 8)      # elements per cache line
         lines += [f"            fastopt_prefetch(a_{a} + lo + c + {GRID_PREFETCH + off})"
                   for a in sig.elements for off in range(0, L, line)]
         lines += [f"            for j in range(c, c + {L}):"]
