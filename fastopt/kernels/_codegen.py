@@ -424,10 +424,16 @@ GRID_ROWS = 64
 #: block's rows (in row order), then float64 over the blocks.  Converting and adding every term
 #: in float64 (LAMB's reductions) kept these read-only passes at half the triad's bandwidth.
 GRID_FOLD = 8
-#: how far ahead (elements) the Cython grid and reduction loops prefetch every cache line of
-#: their arrays (4 KiB of float32: 512 elements left LAMB's first pass and Adafactor's row and
-#: column sums 7-12% slower; a C replica of the sums ran 2.8, 2.6, 2.8 ms at 512, 1024, 2048)
-GRID_PREFETCH = 1024
+#: how far ahead (bytes) the Cython loops prefetch every cache line of their arrays: 4 KiB,
+#: 1024 float32 or 512 float64 elements (2 KiB of float32 left LAMB's first pass and Adafactor's
+#: row and column sums 7-12% slower; a C replica of the sums ran 2.8, 2.6, 2.8 ms at 2, 4 and
+#: 8 KiB; 8 KiB of float64 made the element-wise float64 loops 5-20% slower than none)
+PREFETCH_BYTES = 4096
+
+
+def _prefetch_ahead(tag):
+    """The prefetch distance in elements of the compute dtype ``tag``."""
+    return PREFETCH_BYTES // (4 if tag == "f32" else 8)
 
 
 def _numba_grid(sig, np_name, name, flags, kind, rng):
@@ -1509,10 +1515,11 @@ def _cython_reduction(name, ptrs, scal, ctype, locals_, body, sig, used, ns):
     # memory streams never wait for a block's additions (the order is SUM_LANES's: the same
     # bits as one element loop over the block, then the lanes row by row)
     lines += [f"    for c in range(lo, lo + m{L}, {L}):"]
-    # (every cache line of each array prefetched GRID_PREFETCH elements ahead, as the grid
+    # (every cache line of each array prefetched PREFETCH_BYTES ahead, as the grid
     # loops: LAMB's first pass waited on memory without it)
     step = 64 // (4 if ctype == "float" else 8)
-    lines += [f"        fastopt_prefetch({a.split()[-1]} + c + {GRID_PREFETCH + off})"
+    ahead = _prefetch_ahead("f32" if ctype == "float" else "f64")
+    lines += [f"        fastopt_prefetch({a.split()[-1]} + c + {ahead + off})"
               for a in ptrs for off in range(0, L, step)]
     lines += [f"        for i in range(c, c + {L}):"]
     lines += [textwrap.indent(b, " " * 12) for b in body]
@@ -1582,9 +1589,9 @@ def _cython_grid(sig, tag, ctype, flags, helper_names):
     line = 64 // (4 if tag == "f32" else 8)      # elements per cache line
     if not ns:
         # (chunks of SUM_LANES, every cache line of each element array prefetched
-        # GRID_PREFETCH ahead: Adafactor's update pass ran 3.5 -> 2.5 ms so in a C replica)
+        # PREFETCH_BYTES ahead: Adafactor's update pass ran 3.5 -> 2.5 ms so in a C replica)
         lines += [f"        for c in range(0, mL, {L}):"]
-        lines += [f"            fastopt_prefetch(a_{a} + lo + c + {GRID_PREFETCH + off})"
+        lines += [f"            fastopt_prefetch(a_{a} + lo + c + {_prefetch_ahead(tag) + off})"
                   for a in sig.elements for off in range(0, L, line)]
         lines += [f"            for j in range(c, c + {L}):"]
         lines += [textwrap.indent(x, " " * 16) for x in inner]
@@ -1598,10 +1605,10 @@ def _cython_grid(sig, tag, ctype, flags, helper_names):
         # (GRID_FOLD partial sums per chunk, as _numba_grid: the same operations in order)
         lines += [f"        for l in range({G}):"] + \
             [f"            lane{j}[l] = 0" for j in range(ns)]
-        # (every cache line of each element array prefetched GRID_PREFETCH elements ahead:
+        # (every cache line of each element array prefetched PREFETCH_BYTES ahead:
         # the hardware prefetcher alone left these read-mostly loops waiting on memory)
         lines += [f"        for c in range(0, mL, {L}):"]
-        lines += [f"            fastopt_prefetch(a_{a} + lo + c + {GRID_PREFETCH + off})"
+        lines += [f"            fastopt_prefetch(a_{a} + lo + c + {_prefetch_ahead(tag) + off})"
                   for a in sig.elements for off in range(0, L, line)]
         lines += [f"            for j in range(c, c + {L}):"]
         lines += [textwrap.indent(x, " " * 16) for x in chunk]
@@ -1670,14 +1677,15 @@ def _cython_variant(sig, tag, ctype, flags, helper_names):
         lines += ["    if n < threshold:", "        for i in range(n):"]
         lines += [textwrap.indent(b, " " * 12) for b in body]
         # (the threads' loop in chunks of SUM_LANES elements, every cache line of each array
-        # prefetched GRID_PREFETCH elements ahead, as the grid and reduction loops: a C triad
+        # prefetched PREFETCH_BYTES ahead, as the grid and reduction loops: a C triad
         # and an Adam-like loop ran 13% faster so on this VM; the bits are the same)
         L = SUM_LANES
         line = 64 // (4 if tag == "f32" else 8)      # elements per cache line
         lines[1] = "    cdef Py_ssize_t i, pk, plo, phi"
         lines += ["    else:", f"        for pk in prange((n + {L - 1}) // {L}, schedule='static'):",
                   f"            plo = pk * {L}", f"            phi = min(n, plo + {L})"]
-        lines += [f"            fastopt_prefetch({p.split()[-1]} + plo + {GRID_PREFETCH + off})"
+        ahead = _prefetch_ahead(tag)
+        lines += [f"            fastopt_prefetch({p.split()[-1]} + plo + {ahead + off})"
                   for p in ptrs for off in range(0, L, line)]
         lines += ["            for i in range(plo, phi):"]
         lines += [textwrap.indent(b, " " * 16) for b in body]
