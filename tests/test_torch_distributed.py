@@ -97,6 +97,24 @@ def _groups(model):
     return [{"params": ps[-1:]}, {"params": ps[:-1], "betas": (0.8, 0.99)}]
 
 
+def _zero_resumed(rank, tmp, name, got, opt, make):
+    """ZeRO's checkpoint round trip: ``opt`` consolidated on rank 0, saved with ``got``'s
+    weights, loaded by every rank into a fresh DDP model and the optimizer ``make(model)``;
+    -> (model, optimizer)."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    opt.consolidate_state_dict(to=0)
+    path = os.path.join(tmp, f"{name}.pt")
+    if rank == 0:
+        torch.save({"model": got.module.state_dict(), "optim": opt.state_dict()}, path)
+    dist.barrier()
+    ckpt = torch.load(path, weights_only=True)
+    again = DDP(_model(seed=1))
+    again.module.load_state_dict(ckpt["model"])
+    opt2 = make(again)
+    opt2.load_state_dict(ckpt["optim"])
+    return again, opt2
+
+
 def _zero_run(rank, tmp, bucket_view):
     from torch.nn.parallel import DistributedDataParallel as DDP
     ref, got = DDP(_model()), DDP(_model())
@@ -115,16 +133,8 @@ def _zero_run(rank, tmp, bucket_view):
     _train(got, opt, rank, 3, start=3)
     _same_params(ref, got, "ZeRO after changing hyperparameters")
     # consolidate on rank 0, save, reload into a fresh model and optimizer, continue
-    opt.consolidate_state_dict(to=0)
-    path = os.path.join(tmp, f"zero-{bucket_view}.pt")
-    if rank == 0:
-        torch.save({"model": got.module.state_dict(), "optim": opt.state_dict()}, path)
-    dist.barrier()
-    ckpt = torch.load(path, weights_only=True)
-    again = DDP(_model(seed=1))
-    again.module.load_state_dict(ckpt["model"])
-    opt2 = _zero(_groups(again), ft.AdamW, bucket_view)
-    opt2.load_state_dict(ckpt["optim"])
+    again, opt2 = _zero_resumed(rank, tmp, f"zero-{bucket_view}", got, opt,
+                                lambda m: _zero(_groups(m), ft.AdamW, bucket_view))
     assert opt2.param_groups[1]["betas"] == (0.7, 0.95)
     _train(ref, ref_opt, rank, 3, start=6)
     _train(again, opt2, rank, 3, start=6)
@@ -469,16 +479,7 @@ def scenario_zero_lamb_adafactor(rank, tmp):
         train(got, opt, 0, 4)
         for k, (a, b) in enumerate(zip(ref.parameters(), got.module.parameters())):
             _close(a.detach(), b.detach(), f"ZeRO with {cls.__name__}: parameter {k}")
-        opt.consolidate_state_dict(to=0)
-        path = os.path.join(tmp, f"zero-{cls.__name__}.pt")
-        if rank == 0:
-            torch.save({"model": got.module.state_dict(), "optim": opt.state_dict()}, path)
-        dist.barrier()
-        ckpt = torch.load(path, weights_only=True)
-        again = DDP(_model(seed=1))
-        again.module.load_state_dict(ckpt["model"])
-        opt2 = zero(again)
-        opt2.load_state_dict(ckpt["optim"])
+        again, opt2 = _zero_resumed(rank, tmp, f"zero-{cls.__name__}", got, opt, zero)
         train(again, opt2, 4, 3)
         for k, (a, b) in enumerate(zip(ref.parameters(), again.module.parameters())):
             _close(a.detach(), b.detach(), f"ZeRO with {cls.__name__}, resumed: parameter {k}")
