@@ -96,6 +96,115 @@ def test_compiled_codec_gives_the_exact_nearest_code(fmt):
     assert (dist - best <= np.spacing(np.abs(y)).astype(np.float64) + 1e-45).all()
 
 
+def _cython_paths():
+    """The Cython extension's 8-bit codec paths runnable here: (build, AVX-512 on)."""
+    if "cython" not in HOST_BACKENDS:
+        return []
+    from fastopt.kernels import cython as cy
+    paths = [("baseline", False)]
+    if "avx2" in cy.variants():
+        paths.append(("avx2", False))
+        if cy.variants()["avx2"].q8_avx512():      # on by default where the CPU has it
+            paths.append(("avx2", True))
+    return paths
+
+
+CYTHON_PATHS = [pytest.param(p, id=f"{p[0]}{'-avx512' if p[1] else ''}") for p in _cython_paths()]
+
+
+@pytest.fixture
+def cython_path(request):
+    """Bind the Cython backend to one build and 8-bit SIMD path; restored afterwards."""
+    from fastopt.kernels import cython as cy
+    build, avx512 = request.param
+    isa = cy.ISA
+    cy._use(build)
+    before = cy.extension.q8_avx512(avx512) if build == "avx2" else None
+    yield cy.extension
+    if before is not None:
+        cy.extension.q8_avx512(before)
+    cy._use(isa)
+
+
+def _want_codes(signed, x, m):
+    """The nearest code of x / m in float32 (searchsorted on the midpoints), with the codecs'
+    rules: a zero or NaN m, or a NaN ratio, gives the code of 0 (and, unsigned, so does
+    anything not above 0)."""
+    mid = Q.midpoints(signed)[:-1]
+    with np.errstate(all="ignore"):
+        y = (x / np.float32(m)).astype(np.float32) if m > 0 else np.zeros_like(x)
+    y = np.where(np.isnan(y), np.float32(0), y) if signed else np.where(y > 0, y, np.float32(0))
+    return np.searchsorted(mid, y, side="left").astype(np.uint8)
+
+
+@pytest.mark.parametrize("cython_path", CYTHON_PATHS, indirect=True)
+@pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
+def test_cython_encoder_gives_the_exact_nearest_code(cython_path, signed):
+    """Every path of the compiled block encoder (scalar, AVX2 tables, AVX-512 arithmetic) on
+    the values where a code changes: every midpoint and the 300 float32 either side, both
+    signs, and random values, for several block maxima; odd lengths exercise the tails."""
+    rng = np.random.default_rng(5)
+    mid = Q.midpoints(signed)[:-1]
+    near = (mid.view(np.int32)[:, None] + np.arange(-300, 301)[None, :]).ravel()
+    near = np.abs(near.view(np.float32))
+    near = near[near <= 1]
+    for m in (1.0, 0.0073, 3.0, 2.5e-30):
+        f = np.float32(m)
+        x = np.concatenate([near * f, -near * f, rng.uniform(-m, m, 20011),
+                            (rng.uniform(-1, 1, 20011) * 10.0 ** rng.uniform(-9, 0, 20011)) * m,
+                            [0.0, -0.0, m, -m, np.nan]]).astype(np.float32)
+        x = x[np.isnan(x) | (np.abs(x) <= f)]
+        got = np.empty(x.size, np.uint8)
+        cython_path.encode_q8(x.ctypes.data, x.size, f, got.ctypes.data, signed)
+        np.testing.assert_array_equal(got, _want_codes(signed, x, f), err_msg=f"m={m}")
+    x = np.array([1.0, -1.0, 0.5, np.nan, 0.0], np.float32)
+    for m in (0.0, np.nan, np.inf):
+        got = np.empty(x.size, np.uint8)
+        cython_path.encode_q8(x.ctypes.data, x.size, np.float32(m), got.ctypes.data, signed)
+        np.testing.assert_array_equal(got, _want_codes(signed, x, np.float32(m)), err_msg=m)
+
+
+@pytest.mark.skipif(not any(p[1] for p in _cython_paths()), reason="no AVX-512 on this CPU")
+@pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
+def test_avx512_encoder_equals_the_table_path_on_every_float32(signed):
+    """The AVX-512 encoder computes codes arithmetically (_qmaps.level_tables): it is compared
+    with the AVX2 table path on every float32 in [-1, 1] (about 2.1e9 values, some seconds)."""
+    from fastopt.kernels import cython as cy
+    ext = cy.variants()["avx2"]
+    before = ext.q8_avx512()
+    chunk = 1 << 23
+    a, b = np.empty(chunk, np.uint8), np.empty(chunk, np.uint8)
+    top = int(np.float32(1).view(np.uint32))
+    try:
+        for sign in (0, 1 << 31):
+            for start in range(0, top + 1, chunk):
+                bits = np.arange(start, min(start + chunk, top + 1), dtype=np.uint32) | sign
+                x = bits.view(np.float32)
+                ext.q8_avx512(False)
+                ext.encode_q8(x.ctypes.data, x.size, np.float32(1), a.ctypes.data, signed)
+                ext.q8_avx512(True)
+                ext.encode_q8(x.ctypes.data, x.size, np.float32(1), b.ctypes.data, signed)
+                bad = np.flatnonzero(a[:x.size] != b[:x.size])
+                assert bad.size == 0, (f"{bad.size} codes differ, first at {x[bad[0]]!r}: "
+                                       f"table path {a[bad[0]]}, AVX-512 {b[bad[0]]}")
+    finally:
+        ext.q8_avx512(before)
+
+
+@pytest.mark.parametrize("cython_path", CYTHON_PATHS, indirect=True)
+@pytest.mark.parametrize("layout", ["f32", "bf16-stochastic"])
+def test_cython_simd_paths_give_the_numpy_backends_bits(cython_path, layout):
+    """The whole 8-bit step (decode, update, absmax, encode) on each compiled path."""
+    pdtype, rounding = (np.float32, "nearest") if layout == "f32" else (BF16, "stochastic")
+    for cls, kwargs in ((fastopt.AdamW, {"lr": 0.01, "amsgrad": True}),
+                        (fastopt.RMSprop, {"lr": 0.01, "momentum": 0.9, "centered": True})):
+        pa, grads = _problem(pdtype)
+        pb = _copy(pa)
+        a = _run(cls, kwargs, pa, grads, "numpy", rounding=rounding, seed=3, min_8bit_size=0)
+        b = _run(cls, kwargs, pb, grads, "cython", rounding=rounding, seed=3, min_8bit_size=0)
+        _assert_same_bits(a, pa, b, pb)
+
+
 def test_quantize_dequantize_roundtrip_and_specials():
     x = np.concatenate([np.random.default_rng(1).standard_normal(600), [0.0] * 256])
     codes, absmax = F.quantize(F.Q8S, x)

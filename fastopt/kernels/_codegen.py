@@ -131,21 +131,37 @@ def _cython_tables():
     for tag, signed in (("S", True), ("U", False)):   # the AVX2 loops' one-gather table
         items = ", ".join(str(int(x)) for x in q.packed_table(signed))
         c.append(f"static const int32_t QPK_{tag}[{q.NB * (2 if signed else 1)}] = {{{items}}};")
+        # and the AVX-512 encoder's
+        for name, values in zip(("QAE", "QAS", "QAO", "QALH"), q.level_tables(signed)):
+            ctype = "float" if str(values.dtype) == "float32" else "int32_t"
+            items = ", ".join(_c_float(x) if ctype == "float" else str(int(x)) for x in values)
+            c.append(f"static const {ctype} {name}_{tag}[{len(values)}] = {{{items}}};")
+    c += [f"#define QEOFF {q.EOFF}", f"#define QEPS {q.EPS!r}"]
     body = "\n".join("    " + line for line in ["#include <math.h>", "#include <stdint.h>"] + c)
     simd = textwrap.indent(_Q8_SIMD, "    ")
     return ('\n\ncdef extern from *:\n    """\n' + body + "\n" + simd + '\n    """\n'
             + "\n".join(decl) + "\n" + _Q8_SIMD_DECL)
 
 
-# The 8-bit block loops' AVX2 paths (C, in the generated extension; absent from the baseline
-# build): 8 elements at a time, the same arithmetic as the scalar codecs of _codecs.py, which
-# finish each block's tail -- tests/test_int8.py checks every backend gives the NumPy
-# reference's bits.  GCC does not vectorize the table lookups (gathers) by itself.
+# The 8-bit block loops' SIMD paths (C, in the generated extension; absent from the baseline
+# build): AVX2, 8 elements at a time, the same arithmetic as the scalar codecs of _codecs.py,
+# which finish each block's tail; and, chosen at run time on a CPU with AVX-512 (F and DQ), 16
+# at a time without gathers: decoding by register permutes, encoding by arithmetic checked
+# against the exact path (_qmaps.level_tables).  tests/test_int8.py checks every backend and
+# both SIMD paths give the NumPy reference's bits.  GCC does not vectorize the table lookups
+# (gathers) by itself.
 _Q8_SIMD = r"""
 #if defined(__AVX2__)
 #include <immintrin.h>
 #define FASTOPT_Q8_SIMD 1
-static inline Py_ssize_t fastopt_q8_decode_simd(const float* map, const uint8_t* c, float a,
+/* 1: the AVX-512 paths below run (the CPU has AVX-512F and DQ; set at import, and by
+   q8_avx512()); 0: the AVX2 paths only */
+static int fastopt_q8_avx512 = 0;
+static int fastopt_q8_avx512_supported(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
+}
+static inline Py_ssize_t fastopt_q8_decode_avx2(const float* map, const uint8_t* c, float a,
                                                 float* dst, Py_ssize_t nb) {
     Py_ssize_t j = 0;
     __m256 va = _mm256_set1_ps(a);
@@ -154,6 +170,42 @@ static inline Py_ssize_t fastopt_q8_decode_simd(const float* map, const uint8_t*
         _mm256_storeu_ps(dst + j, _mm256_mul_ps(_mm256_i32gather_ps(map, idx, 4), va));
     }
     return j;
+}
+/* The 256-entry map held in 16 registers: eight two-register permutes (the low 5 bits of the
+   code) and a blend tree on bits 5, 6 and 7 -- a gather costs 3-4 times as much. */
+__attribute__((target("avx512f")))
+static Py_ssize_t fastopt_q8_decode_512(const float* map, const uint8_t* c, float a,
+                                        float* dst, Py_ssize_t nb) {
+    Py_ssize_t j = 0;
+    __m512 t[16];
+    int k;
+    const __m512 va = _mm512_set1_ps(a);
+    const __m512i b5 = _mm512_set1_epi32(32), b6 = _mm512_set1_epi32(64);
+    const __m512i b7 = _mm512_set1_epi32(128);
+    for (k = 0; k < 16; k++)
+        t[k] = _mm512_loadu_ps(map + 16 * k);
+    for (; j + 16 <= nb; j += 16) {
+        __m512i idx = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(c + j)));
+        __mmask16 m5 = _mm512_test_epi32_mask(idx, b5), m6 = _mm512_test_epi32_mask(idx, b6);
+        __mmask16 m7 = _mm512_test_epi32_mask(idx, b7);
+        __m512 r0 = _mm512_mask_blend_ps(m5, _mm512_permutex2var_ps(t[0], idx, t[1]),
+                                         _mm512_permutex2var_ps(t[2], idx, t[3]));
+        __m512 r1 = _mm512_mask_blend_ps(m5, _mm512_permutex2var_ps(t[4], idx, t[5]),
+                                         _mm512_permutex2var_ps(t[6], idx, t[7]));
+        __m512 r2 = _mm512_mask_blend_ps(m5, _mm512_permutex2var_ps(t[8], idx, t[9]),
+                                         _mm512_permutex2var_ps(t[10], idx, t[11]));
+        __m512 r3 = _mm512_mask_blend_ps(m5, _mm512_permutex2var_ps(t[12], idx, t[13]),
+                                         _mm512_permutex2var_ps(t[14], idx, t[15]));
+        r0 = _mm512_mask_blend_ps(m7, _mm512_mask_blend_ps(m6, r0, r1),
+                                  _mm512_mask_blend_ps(m6, r2, r3));
+        _mm512_storeu_ps(dst + j, _mm512_mul_ps(r0, va));
+    }
+    return j;
+}
+static inline Py_ssize_t fastopt_q8_decode_simd(const float* map, const uint8_t* c, float a,
+                                                float* dst, Py_ssize_t nb) {
+    Py_ssize_t j = fastopt_q8_avx512 ? fastopt_q8_decode_512(map, c, a, dst, nb) : 0;
+    return j + fastopt_q8_decode_avx2(map, c + j, a, dst + j, nb - j);
 }
 static inline Py_ssize_t fastopt_absmax_simd(const float* x, Py_ssize_t nb, float* m,
                                              int* bad) {
@@ -172,7 +224,7 @@ static inline Py_ssize_t fastopt_absmax_simd(const float* x, Py_ssize_t nb, floa
     *bad |= _mm256_movemask_ps(nan) != 0;
     return j;
 }
-static inline Py_ssize_t fastopt_q8_encode_simd(int is_signed, const float* x, float m,
+static inline Py_ssize_t fastopt_q8_encode_avx2(int is_signed, const float* x, float m,
                                                 uint8_t* c, Py_ssize_t nb) {
     Py_ssize_t j = 0;
     const int32_t* pk = is_signed ? QPK_S : QPK_U;
@@ -206,8 +258,94 @@ static inline Py_ssize_t fastopt_q8_encode_simd(int is_signed, const float* x, f
     }
     return j;
 }
+/* Keeps a broadcast constant in its register (GCC would otherwise rebuild it from a general
+   register in every iteration, on the port the permutes need). */
+#define FASTOPT_KEEP(v) __asm__("" : "+v"(v))
+/* The code computed instead of looked up (_qmaps.level_tables: the level from the binade and
+   one comparison, the position within the level from one multiply and subtract); the vectors
+   with a value too near a code boundary for that arithmetic are encoded again by the exact
+   AVX2 path, after each 64 vectors (a call inside the loop would cost its registers). */
+__attribute__((target("avx512f,avx512dq"), always_inline))
+static inline Py_ssize_t fastopt_q8_encode_512_body(const int is_signed, const float* x,
+                                                    float m, uint8_t* c, Py_ssize_t nb) {
+    Py_ssize_t j = 0, k;
+    uint64_t redo = 0;
+    const int32_t* et = is_signed ? QAE_S : QAE_U;
+    const __m512i e0 = _mm512_loadu_si512(et), e1 = _mm512_loadu_si512(et + 16);
+    const __m512 vs = _mm512_loadu_ps(is_signed ? QAS_S : QAS_U);
+    const __m512 vo = _mm512_loadu_ps(is_signed ? QAO_S : QAO_U);
+    const __m512i vlh = _mm512_loadu_si512(is_signed ? QALH_S : QALH_U);
+    const __m512 vm = _mm512_set1_ps(m);
+    __m512 half = _mm512_set1_ps(0.5f), lim = _mm512_set1_ps(0.5f - (float)QEPS);
+    __m512i izero = _mm512_setzero_si512(), ione = _mm512_set1_epi32(1);
+    __m512i mag = _mm512_set1_epi32(0x7FFFFFFF), e31 = _mm512_set1_epi32(31);
+    __m512i eoff = _mm512_set1_epi32(QEOFF), c127 = _mm512_set1_epi32(127);
+    __m512i mant = _mm512_set1_epi32(0x7FFFFF), f24 = _mm512_set1_epi32(0xFFFFFF);
+    __m512i byte = _mm512_set1_epi32(0xFF);
+    __m512 one = _mm512_set1_ps(1.0f);
+    if (!(m > 0.0f))
+        return 0;                   /* every code is the code of 0: the AVX2 path */
+    FASTOPT_KEEP(half); FASTOPT_KEEP(lim); FASTOPT_KEEP(izero); FASTOPT_KEEP(ione);
+    FASTOPT_KEEP(mag); FASTOPT_KEEP(e31); FASTOPT_KEEP(eoff); FASTOPT_KEEP(c127);
+    FASTOPT_KEEP(mant); FASTOPT_KEEP(f24); FASTOPT_KEEP(byte); FASTOPT_KEEP(one);
+    for (; j + 16 <= nb; j += 16) {
+        __m512 y = _mm512_div_ps(_mm512_loadu_ps(x + j), vm);
+        __m512i u = _mm512_castps_si512(y), au, e, ent, lv, lh, p;
+        __m512 t, fr;
+        __mmask16 neg = _mm512_movepi32_mask(u), up, unsure;
+        /* |y| above 1 (never, from a block's own absmax) is taken as 1; NaN stays NaN */
+        au = _mm512_castps_si512(_mm512_min_ps(one, _mm512_castsi512_ps(
+            _mm512_and_si512(u, mag))));
+        e = _mm512_min_epi32(_mm512_max_epi32(_mm512_sub_epi32(_mm512_srli_epi32(au, 23),
+                                                               eoff), izero), e31);
+        ent = _mm512_permutex2var_epi32(e0, e, e1);
+        /* past the binade's level boundary (a negative value: at or past it) */
+        up = _mm512_cmpgt_epi32_mask(_mm512_add_epi32(_mm512_and_si512(au, mant),
+                                                      _mm512_srli_epi32(u, 31)),
+                                     _mm512_and_si512(ent, f24));
+        lv = _mm512_srli_epi32(ent, 24);
+        lv = _mm512_mask_add_epi32(lv, up, lv, ione);
+        t = _mm512_sub_ps(_mm512_mul_ps(_mm512_castsi512_ps(au), _mm512_permutexvar_ps(lv, vs)),
+                          _mm512_permutexvar_ps(lv, vo));
+        fr = _mm512_sub_ps(t, _mm512_roundscale_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC));
+        /* |fr - 1/2| > 1/2 - EPS, or NaN (a NaN or infinite value) */
+        unsure = _mm512_cmp_ps_mask(_mm512_castsi512_ps(_mm512_and_si512(
+            _mm512_castps_si512(_mm512_sub_ps(fr, half)), mag)), lim, _CMP_NLE_UQ);
+        lh = _mm512_permutexvar_epi32(lv, vlh);
+        p = _mm512_cvt_roundps_epi32(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+        p = _mm512_min_epi32(_mm512_max_epi32(p, _mm512_and_si512(lh, byte)),
+                             _mm512_srli_epi32(lh, 8));
+        if (is_signed)      /* -v has the code 254 - code(v); -1 has none: the lowest, 0 */
+            p = _mm512_mask_blend_epi32(neg, _mm512_add_epi32(p, c127),
+                                        _mm512_max_epi32(_mm512_sub_epi32(c127, p), izero));
+        else                /* not above 0: the code of 0 */
+            p = _mm512_maskz_mov_epi32(~neg, p);
+        _mm_storeu_si128((__m128i*)(c + j), _mm512_cvtepi32_epi8(p));
+        redo |= (uint64_t)(unsure != 0) << ((j >> 4) & 63);
+        if (((j >> 4) & 63) == 63 || j + 32 > nb) {
+            for (; redo; redo &= redo - 1) {
+                k = (j & ~(Py_ssize_t)1023) + 16 * __builtin_ctzll(redo);
+                fastopt_q8_encode_avx2(is_signed, x + k, m, c + k, 16);
+            }
+        }
+    }
+    return j;
+}
+__attribute__((target("avx512f,avx512dq")))
+static Py_ssize_t fastopt_q8_encode_512(int is_signed, const float* x, float m, uint8_t* c,
+                                        Py_ssize_t nb) {
+    return is_signed ? fastopt_q8_encode_512_body(1, x, m, c, nb)
+                     : fastopt_q8_encode_512_body(0, x, m, c, nb);
+}
+static inline Py_ssize_t fastopt_q8_encode_simd(int is_signed, const float* x, float m,
+                                                uint8_t* c, Py_ssize_t nb) {
+    Py_ssize_t j = fastopt_q8_avx512 ? fastopt_q8_encode_512(is_signed, x, m, c, nb) : 0;
+    return j + fastopt_q8_encode_avx2(is_signed, x + j, m, c + j, nb - j);
+}
 #else
 #define FASTOPT_Q8_SIMD 0
+static int fastopt_q8_avx512 = 0;
+static int fastopt_q8_avx512_supported(void) { return 0; }
 static inline Py_ssize_t fastopt_q8_decode_simd(const float* map, const uint8_t* c, float a,
                                                 float* dst, Py_ssize_t nb) { return 0; }
 static inline Py_ssize_t fastopt_absmax_simd(const float* x, Py_ssize_t nb, float* m,
@@ -218,6 +356,8 @@ static inline Py_ssize_t fastopt_q8_encode_simd(int is_signed, const float* x, f
 """
 
 _Q8_SIMD_DECL = """    int FASTOPT_Q8_SIMD
+    int fastopt_q8_avx512
+    int fastopt_q8_avx512_supported() noexcept nogil
     Py_ssize_t fastopt_q8_decode_simd(const float* map, const uint8_t* c, float a, float* dst,
                                       Py_ssize_t nb) noexcept nogil
     Py_ssize_t fastopt_absmax_simd(const float* x, Py_ssize_t nb, float* m,
@@ -1228,6 +1368,18 @@ cdef inline void _decode_q8_f64(int fmt, uintptr_t codes, uintptr_t absmax, Py_s
         dst[j] = q[c[j]] * a
 
 
+cdef inline void _q8_codes_f32(int fmt, const float* src, float m, uint8_t* c,
+                               Py_ssize_t nb) noexcept nogil:
+    """The nearest codes of ``src[j] / m``, ``j < nb`` (the SIMD path, then the tail)."""
+    cdef Py_ssize_t j
+    if fmt == FMT_Q8S:
+        for j in range(fastopt_q8_encode_simd(1, src, m, c, nb), nb):
+            c[j] = <uint8_t>q8s_encode(src[j], m)
+    else:
+        for j in range(fastopt_q8_encode_simd(0, src, m, c, nb), nb):
+            c[j] = <uint8_t>q8u_encode(src[j], m)
+
+
 cdef inline void _encode_q8_f32(int fmt, const float* src, uintptr_t codes, uintptr_t absmax,
                                 Py_ssize_t blk, Py_ssize_t start, Py_ssize_t nb) noexcept nogil:
     """Requantize a block: its absmax (NaN if any value is NaN), then each value's nearest
@@ -1243,12 +1395,7 @@ cdef inline void _encode_q8_f32(int fmt, const float* src, uintptr_t codes, uint
     if bad:
         m = NAN
     (<float*>absmax)[blk] = m
-    if fmt == FMT_Q8S:
-        for j in range(fastopt_q8_encode_simd(1, src, m, c, nb), nb):
-            c[j] = <uint8_t>q8s_encode(src[j], m)
-    else:
-        for j in range(fastopt_q8_encode_simd(0, src, m, c, nb), nb):
-            c[j] = <uint8_t>q8u_encode(src[j], m)
+    _q8_codes_f32(fmt, src, m, c, nb)
 
 
 cdef inline void _encode_q8_f64(int fmt, const double* src, uintptr_t codes, uintptr_t absmax,
@@ -1372,6 +1519,34 @@ cdef inline void _encode_f64(int fmt, const double* src, uintptr_t dst, Py_ssize
     else:
         for j in range(nb):
             (<double*>dst)[start + j] = src[j]
+
+
+fastopt_q8_avx512 = fastopt_q8_avx512_supported()
+
+
+def q8_avx512(on=None):
+    """Whether the 8-bit codecs run their AVX-512 paths (the default where the CPU has
+    AVX-512F and DQ and this is the AVX2 build); ``on=False`` / ``True`` switches them (tests
+    run both), ``True`` raising ValueError where they cannot run.  Returns the previous
+    setting."""
+    global fastopt_q8_avx512
+    before = bool(fastopt_q8_avx512)
+    if on is not None:
+        if on and not fastopt_q8_avx512_supported():
+            raise ValueError("q8_avx512: this build or CPU has no AVX-512 8-bit codecs")
+        fastopt_q8_avx512 = 1 if on else 0
+    return before
+
+
+def encode_q8(uintptr_t src, Py_ssize_t n, float m, uintptr_t codes, bint signed):
+    """The nearest codes of the ``n`` float32 at ``src`` divided by ``m`` into the ``n`` bytes
+    at ``codes``, in blocks of BLOCK as the layout loops encode (for tests)."""
+    cdef Py_ssize_t start
+    cdef int fmt = FMT_Q8S if signed else FMT_Q8U
+    with nogil:
+        for start in range(0, n, BLOCK):
+            _q8_codes_f32(fmt, (<const float*>src) + start, m, (<uint8_t*>codes) + start,
+                          BLOCK if n - start > BLOCK else n - start)
 '''
 
 

@@ -149,3 +149,70 @@ def packed_table(signed):
         t = np.where(inside, low if sign > 0 else 0x7FFF - low, 0x7FFF)
         out.append(part.astype(np.int64) | (t << 8))
     return np.concatenate(out).astype(np.int32)
+
+
+#: the AVX-512 encoder (:func:`level_tables`): binade ``e`` of a magnitude is its float32
+#: exponent field minus ``EOFF``, clamped to [0, 31]; a value whose position within its level is
+#: within ``EPS`` of a code boundary is encoded again by the exact table path
+EOFF = 96
+EPS = 2.0 ** -12
+
+
+def level_tables(signed):
+    """``(ent, scale, offset, lohi)``: the tables of the AVX-512 encoder, which computes the
+    code of a normalised magnitude ``a`` arithmetically instead of looking it up.
+
+    The map's non-negative values are 0, seven decades ("levels") of equally spaced values
+    (bitsandbytes' construction: 2**i of them in decade i, twice that in the unsigned map),
+    and 1.  Level ``l`` of ``a`` is ``ent[e] >> 24`` (the level at the bottom of its binade
+    ``e``) plus one when ``a``'s mantissa bits exceed ``ent[e] & 0xFFFFFF`` (the one level
+    boundary inside that binade, a midpoint of the map; ``0xFFFFFF``: none); for a negative
+    value "exceed" is "reach", the tie rule mirrored.  Within the level,
+    ``t = a * scale[l] - offset[l]`` (float32, rounded at each step) is monotone in ``a`` and
+    within ``D`` of the integer ``k + 1`` at the k-th midpoint of the level (code positions
+    counted from the code of 0): so when ``t`` is at least ``EPS > D`` away from an integer its
+    floor, clamped to ``[lohi & 0xFF, lohi >> 8]``, is exactly the nearest code's position, and
+    otherwise the exact path decides.  The construction checks every assumption it uses (one
+    boundary per binade, the level structure, ``D < EPS / 4``, the signed map's symmetry) and
+    raises AssertionError if the maps ever stop fitting it; tests/test_int8.py compares the
+    compiled encoder with ``searchsorted`` around every midpoint (an offline run compared it
+    with the table path on every float32 in [-1, 1])."""
+    f32 = np.float32
+    q, mid = qmap(signed), midpoints(signed)[:-1]
+    pos0 = 127 if signed else 0
+    if signed and not (np.array_equal(-q[:127][::-1], q[128:255])
+                       and np.array_equal(-mid[:127][::-1], mid[127:254])):
+        raise AssertionError("the signed map is not symmetric")
+    counts = [1] + [2 ** (i + (0 if signed else 1)) for i in range(7)] + [1]
+    base = np.cumsum([0] + counts[:-1])
+    vals = q[pos0:].astype(np.float64)
+    decade = np.floor(np.log10(vals[1:-1])).astype(int)
+    if (vals[0] != 0 or vals[-1] != 1 or len(vals) != sum(counts)
+            or list(np.unique(decade, return_counts=True)[1]) != counts[1:-1]):
+        raise AssertionError("the map's levels are not bitsandbytes' dynamic construction")
+    scale, offset = np.zeros(16, f32), np.full(16, f32(-0.5))
+    lohi = np.zeros(16, np.int64)
+    worst = 0.0
+    for lv, (n, b) in enumerate(zip(counts, base)):
+        lohi[lv] = b | ((b + n - 1) << 8)
+        if lv in (0, len(counts) - 1):
+            offset[lv] = f32(-(b + 0.5))
+            continue
+        scale[lv] = f32(n / (0.9 * 10.0 ** (lv - 7)))
+        offset[lv] = f32(0.1 * n / 0.9 - b)
+        m = mid[pos0 + b: pos0 + b + n - 1]
+        t = (m * scale[lv]).astype(f32) - offset[lv]
+        if n > 1:
+            worst = max(worst, float(np.abs(t.astype(np.float64) - np.arange(b + 1, b + n)).max()))
+    if not worst < EPS / 4:
+        raise AssertionError(f"level positions are {worst} from the midpoints")
+    thresholds = [mid[pos0 + b - 1] for b in base[1:]]
+    ent = []
+    for e in range(32):
+        lo, hi = f32(2.0 ** (e + EOFF - 127)), f32(2.0 ** (e + EOFF - 126))
+        inside = [t for t in thresholds if lo <= t < hi]
+        if len(inside) > 1:
+            raise AssertionError("a binade holds two level boundaries")
+        field = int(inside[0].view(np.uint32)) & 0x7FFFFF if inside else 0xFFFFFF
+        ent.append(field | (sum(1 for t in thresholds if t < lo) << 24))
+    return (np.array(ent, np.int64).astype(np.int32), scale, offset, lohi.astype(np.int32))
