@@ -61,6 +61,30 @@ def floor_gbps(torch, n=1 << 26, repeats=15, huge=False):
     return 12 * n / statistics.median(ts) / 1e9
 
 
+def _q8_avx512_extension():
+    """The Cython AVX2 build when its 8-bit codecs run their AVX-512 paths here, else None."""
+    try:
+        from fastopt.kernels import cython as cy
+    except (ImportError, RuntimeError):
+        return None
+    ext = cy.variants().get("avx2")
+    return ext if ext is not None and cy.ISA == "avx2" and ext.q8_avx512() else None
+
+
+class _WithoutAvx512:
+    """An optimizer whose step runs with the AVX-512 8-bit codecs switched off."""
+
+    def __init__(self, opt, ext):
+        self.opt, self.ext, self.state = opt, ext, opt.state
+
+    def step(self):
+        self.ext.q8_avx512(False)
+        try:
+            return self.opt.step()
+        finally:
+            self.ext.q8_avx512(True)
+
+
 def state_bytes(opt, params):
     """Bytes of optimizer state per parameter element (tensors in opt.state, steps excluded)."""
     total = 0
@@ -85,6 +109,8 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--out", default=os.path.join(HERE, "results"))
     ap.add_argument("--no-first-step", action="store_true")
+    ap.add_argument("--no-peers", action="store_true",
+                    help="skip bitsandbytes and torchao (torchao compiles for tens of seconds)")
     args = ap.parse_args(argv)
 
     import torch
@@ -117,6 +143,11 @@ def main(argv=None):
     add("fastopt AdamW, float32", lambda ps: ft.AdamW(ps, lr=1e-3), f32, f32, 28)
     add("fastopt AdamW, float32 p/g, int8 state",
         lambda ps: ft.AdamW(ps, lr=1e-3, state_dtype="int8"), f32, f32, 12 + 4 + blk)
+    q8_ext = _q8_avx512_extension()
+    if q8_ext is not None:      # the same step on the AVX2 build's gather path, for comparison
+        add("fastopt AdamW, float32 p/g, int8 state, AVX2 table path",
+            lambda ps: _WithoutAvx512(ft.AdamW(ps, lr=1e-3, state_dtype="int8"), q8_ext),
+            f32, f32, 12 + 4 + blk)
     add("fastopt AdamW, bfloat16 p/g, int8 state, stochastic",
         lambda ps: ft.AdamW(ps, lr=1e-3, state_dtype="int8", rounding="stochastic"),
         bf16, bf16, 6 + 4 + blk)
@@ -129,6 +160,8 @@ def main(argv=None):
     add("fastopt AdamW, all bfloat16, stochastic",
         lambda ps: ft.AdamW(ps, lr=1e-3, rounding="stochastic"), bf16, bf16, 14)
     try:
+        if args.no_peers:
+            raise ImportError("--no-peers")
         import bitsandbytes as bnb
         bnb_version = bnb.__version__
         add("bitsandbytes AdamW8bit (CPU)", lambda ps: bnb.optim.AdamW8bit(ps, lr=1e-3),
@@ -137,6 +170,8 @@ def main(argv=None):
         bnb_version = None
         cases["bitsandbytes AdamW8bit (CPU)"] = (None, None, 16, f"not run: {exc}")
     try:
+        if args.no_peers:
+            raise ImportError("--no-peers")
         import torchao
         from torchao.optim import AdamW8bit as AoAdamW8bit
         ao_version = torchao.__version__
@@ -255,6 +290,10 @@ def render(info, rows):
         if "vs_" + peer in q:
             lines.append(f"fastopt int8 AdamW against {peer}'s AdamW8bit on the same tensors: "
                          f"**{q['vs_' + peer]:.1f}×** faster per step.")
+    gather = by.get("fastopt AdamW, float32 p/g, int8 state, AVX2 table path", {})
+    if "ms" in gather and "ms" in q:
+        lines.append(f"The int8 step with the AVX-512 codecs against the same step on the AVX2 "
+                     f"build's table (gather) path: **{gather['ms'] / q['ms']:.2f}×** faster.")
     fs = info.get("first_step_s") or {}
     if fs:
         lines.append("In a fresh interpreter, construction and first step at 2^20 (after the "

@@ -343,3 +343,19 @@ def test_torch_overhead_runs_tiny(capsys):
     assert all(v > 0 for v in out["course_mlp"].values())
     assert "torch-fused" in capsys.readouterr().out
     assert len(B.resnet18()) == 62 and sum(np.prod(s) for s in B.resnet18()) == 11_689_512
+
+
+def test_bench_formats_runs_tiny(tmp_path):
+    """bench_formats end to end at 2^13 elements without the peers: every fastopt case runs and
+    the report renders (with the AVX2-table comparison where the AVX-512 codecs run)."""
+    pytest.importorskip("torch")
+    import importlib
+    bf = importlib.import_module("bench_formats")
+    bf.main(["--n", str(1 << 13), "--rounds", "2", "--no-first-step", "--no-peers",
+             "--out", str(tmp_path)])
+    (md,) = tmp_path.glob("formats-*.md")
+    text = md.read_text()
+    assert "| fastopt AdamW, float32 p/g, int8 state | 16.06 |" in text
+    assert "| bitsandbytes AdamW8bit (CPU) | 16.00 | – |" in text       # skipped, and says so
+    if bf._q8_avx512_extension() is not None:
+        assert "AVX2 table path" in text and "faster." in text

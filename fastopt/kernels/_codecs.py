@@ -9,14 +9,21 @@ float16 and bfloat16 rounding to nearest there is NumPy's and ml_dtypes' own con
 Conventions: every integer constant is wrapped in its type (``u32(0x7FFF)``: a bare literal
 would make Numba compute in int64 or float64), and so is every integer result that must wrap
 at 32 bits (Numba does integer arithmetic in 64 bits: ``u32(h << 16)``); products that wrap go
-through :func:`mul32` (64-bit, masked: NumPy scalars, as the CUDA simulator runs them, would warn
-on a 32-bit overflow); every local is annotated with its type.
+through :func:`mul32` and :func:`add32` (64-bit, masked: NumPy scalars, as the CUDA simulator
+runs them, would warn on a 32-bit overflow; the C translation uses 32-bit unsigned arithmetic,
+which wraps by definition, so that gcc vectorizes the hash in 32-bit lanes); every local is
+annotated with its type.
 """
 
 
 def mul32(a: "u32", b: "u32") -> "u32":
     """``a * b`` modulo 2**32 (computed in 64 bits: no overflow, in C or in NumPy scalars)."""
     return u32((u64(a) * u64(b)) & u64(0xFFFFFFFF))  # noqa: F821
+
+
+def add32(a: "u32", b: "u32") -> "u32":
+    """``a + b`` modulo 2**32 (as :func:`mul32`)."""
+    return u32((u64(a) + u64(b)) & u64(0xFFFFFFFF))  # noqa: F821
 
 
 def lowbias32(x: "u32") -> "u32":
@@ -41,8 +48,7 @@ def key_offset(hi: "u32", step: "u32", seed: "u32", salt: "u32") -> "u32":
 def keyed_bits(lo: "u32", offset: "u32") -> "u32":
     """32 random bits of the element whose index has low bits ``lo``, given its block's
     :func:`key_offset`."""
-    return lowbias32(u32((u64(mul32(lo, u32(0x9E3779B1))) + u64(offset))  # noqa: F821
-                         & u64(0xFFFFFFFF)))  # noqa: F821
+    return lowbias32(add32(mul32(lo, u32(0x9E3779B1)), offset))  # noqa: F821
 
 
 def random_bits(index: "u64", step: "u32", seed: "u32", salt: "u32") -> "u32":

@@ -1329,12 +1329,22 @@ class _CodecCalls(ast.NodeTransformer):
         return node
 
 
+# codecs whose C body is the plain unsigned 32-bit operation (which wraps modulo 2**32 by the
+# C standard: the Python bodies compute the same in 64 bits and mask); gcc vectorizes these in
+# 32-bit lanes, where the masked 64-bit sums it kept in 64-bit lanes (stochastic rounding's
+# hash, twice as slow)
+_C_NATIVE = {"mul32": "a * b", "add32": "a + b"}
+
+
 def _cython_codec(fn):
     """A storage codec of :mod:`fastopt.kernels._codecs` as a ``cdef inline`` C function (the
     annotations give the C types)."""
     node = _fn_ast(fn)
     ret = _C_TYPES[node.returns.value]
     params = [f"{_C_TYPES[a.annotation.value]} {a.arg}" for a in node.args.args]
+    if fn.__name__ in _C_NATIVE:
+        return (f"cdef inline {ret} {fn.__name__}({', '.join(params)}) noexcept nogil:\n"
+                f"    return <{ret}>({_C_NATIVE[fn.__name__]})\n")
     decls, body = [], []
     for st in _body(node):
         if isinstance(st, ast.AnnAssign):
@@ -1476,17 +1486,21 @@ cdef inline void _encode_f32(int fmt, const float* src, uintptr_t dst, Py_ssize_
                                                                    seed, salt))
         if fmt == FMT_BF16 or fmt == FMT_F16:
             return
+    # stochastic: the key's high part hoisted, and the low part its own 32-bit counter (from
+    # ``lo + <uint32_t>j`` gcc built 64-bit lanes of j and narrowed them in every iteration)
     if fmt == FMT_BF16:
-        if stochastic:   # the key's high part hoisted: 32-bit lanes only
+        if stochastic:
             for j in range(nb):
-                h[j] = <uint16_t>bf16_encode(src[j], 1, keyed_bits(lo + <uint32_t>j, offset))
+                h[j] = <uint16_t>bf16_encode(src[j], 1, keyed_bits(lo, offset))
+                lo = lo + 1
         else:
             for j in range(nb):
                 h[j] = <uint16_t>bf16_encode(src[j], 0, 0)
     elif fmt == FMT_F16:
         if stochastic:
             for j in range(nb):
-                h[j] = <uint16_t>f16_encode(src[j], 1, keyed_bits(lo + <uint32_t>j, offset))
+                h[j] = <uint16_t>f16_encode(src[j], 1, keyed_bits(lo, offset))
+                lo = lo + 1
         else:
             for j in range(nb):
                 h[j] = <uint16_t>f16_encode(src[j], 0, 0)
