@@ -18,7 +18,10 @@ isolated): the loop generator ``fastopt/kernels/_codegen.py`` is loaded by path.
 * The portable build targets the baseline ISA (no ``-march``).  On x86-64, when the compiler takes
   ``-mavx2``, the same source is also built as ``fastopt.kernels._cython_avx2`` (AVX2 without
   FMA, so the arithmetic and its rounding are unchanged); ``fastopt.kernels.cython`` uses it
-  only when the running CPU has AVX2.  ``FASTOPT_NO_AVX2=1`` skips that variant.
+  only when the running CPU has AVX2.  ``FASTOPT_NO_AVX2=1`` skips that variant.  Likewise
+  ``fastopt.kernels._cython_avx512`` (AVX-512 F/DQ/BW/VL, 16-lane vectors; FMA is available
+  there but ``-ffp-contract=off`` keeps a*b+c unfused, so the bits are the same), used where
+  the CPU has those; ``FASTOPT_NO_AVX512=1`` skips it.
 * The extension is optional: no Cython, a broken compiler (``CC=false``) or a failed compile
   prints a warning and the install goes on without it.
 """
@@ -138,6 +141,16 @@ def _avx2_wanted():
     return _compiler_accepts(["-mavx2"])
 
 
+AVX512_FLAGS = ["-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl",
+                "-mprefer-vector-width=512"]
+
+
+def _avx512_wanted():
+    if _flag("FASTOPT_NO_AVX512") or platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    return _compiler_accepts(AVX512_FLAGS)
+
+
 def _extensions():
     if _flag("FASTOPT_NO_CYTHON"):
         return []
@@ -176,6 +189,11 @@ def _extensions():
         exts.append(ext("fastopt.kernels._cython_avx2",
                         _write_if_changed(os.path.join(GENERATED, "_cython_avx2.pyx"), pyx),
                         ["-mavx2"]))
+    if not msvc and _avx512_wanted():
+        # FMA comes with AVX-512F; -ffp-contract=off (in opt) keeps every a*b+c unfused
+        exts.append(ext("fastopt.kernels._cython_avx512",
+                        _write_if_changed(os.path.join(GENERATED, "_cython_avx512.pyx"), pyx),
+                        AVX512_FLAGS))
     try:
         exts = cythonize(exts, compiler_directives={"language_level": "3"}, quiet=True)
     except Exception as exc:  # noqa: BLE001
@@ -188,7 +206,7 @@ def _extensions():
 
 class optional_build_ext(build_ext):
     """build_ext that turns any failure into a warning: the extension is an optional speed-up.
-    The baseline and the AVX2 builds compile in parallel (one job per core)."""
+    The baseline, AVX2 and AVX-512 builds compile in parallel (one job per core)."""
 
     def finalize_options(self):
         super().finalize_options()

@@ -62,17 +62,18 @@ def floor_gbps(torch, n=1 << 26, repeats=15, huge=False):
 
 
 def _q8_avx512_extension():
-    """The Cython AVX2 build when its 8-bit codecs run their AVX-512 paths here, else None."""
+    """The Cython build in use when its 8-bit codecs run their AVX-512 paths here, else None."""
     try:
         from fastopt.kernels import cython as cy
     except (ImportError, RuntimeError):
         return None
-    ext = cy.variants().get("avx2")
-    return ext if ext is not None and cy.ISA == "avx2" and ext.q8_avx512() else None
+    ext = cy.extension
+    return ext if cy.ISA != "baseline" and ext.q8_avx512() else None
 
 
 class _WithoutAvx512:
-    """An optimizer whose step runs with the AVX-512 8-bit codecs switched off."""
+    """An optimizer whose step runs with the AVX-512 8-bit codecs switched off (their AVX2
+    gather path: in the AVX-512 build the rest of the step stays 16 lanes wide)."""
 
     def __init__(self, opt, ext):
         self.opt, self.ext, self.state = opt, ext, opt.state
@@ -145,7 +146,7 @@ def main(argv=None):
         lambda ps: ft.AdamW(ps, lr=1e-3, state_dtype="int8"), f32, f32, 12 + 4 + blk)
     q8_ext = _q8_avx512_extension()
     if q8_ext is not None:      # the same step on the AVX2 build's gather path, for comparison
-        add("fastopt AdamW, float32 p/g, int8 state, AVX2 table path",
+        add("fastopt AdamW, float32 p/g, int8 state, AVX2 gather codecs",
             lambda ps: _WithoutAvx512(ft.AdamW(ps, lr=1e-3, state_dtype="int8"), q8_ext),
             f32, f32, 12 + 4 + blk)
     add("fastopt AdamW, bfloat16 p/g, int8 state, stochastic",
@@ -290,9 +291,9 @@ def render(info, rows):
         if "vs_" + peer in q:
             lines.append(f"fastopt int8 AdamW against {peer}'s AdamW8bit on the same tensors: "
                          f"**{q['vs_' + peer]:.1f}×** faster per step.")
-    gather = by.get("fastopt AdamW, float32 p/g, int8 state, AVX2 table path", {})
+    gather = by.get("fastopt AdamW, float32 p/g, int8 state, AVX2 gather codecs", {})
     if "ms" in gather and "ms" in q:
-        lines.append(f"The int8 step with the AVX-512 codecs against the same step on the AVX2 "
+        lines.append(f"The int8 step with the AVX-512 codecs against the same step with the AVX2 "
                      f"build's table (gather) path: **{gather['ms'] / q['ms']:.2f}×** faster.")
     fs = info.get("first_step_s") or {}
     if fs:

@@ -358,4 +358,4 @@ def test_bench_formats_runs_tiny(tmp_path):
     assert "| fastopt AdamW, float32 p/g, int8 state | 16.06 |" in text
     assert "| bitsandbytes AdamW8bit (CPU) | 16.00 | – |" in text       # skipped, and says so
     if bf._q8_avx512_extension() is not None:
-        assert "AVX2 table path" in text and "faster." in text
+        assert "AVX2 gather codecs" in text and "faster." in text

@@ -42,10 +42,10 @@ def _wrapper():
     return importlib.import_module("fastopt.kernels.cython")
 
 
-@pytest.fixture(scope="module", params=["baseline", "avx2"])
+@pytest.fixture(scope="module", params=["baseline", "avx2", "avx512"])
 def cy(request):
     """The backend bound to each extension build (the portable one and, where built and this
-    CPU has AVX2, the AVX2 one); restored afterwards."""
+    CPU has them, the AVX2 and AVX-512 ones); restored afterwards."""
     mod = _wrapper()
     if request.param not in mod.variants():
         pytest.skip(f"no {request.param} build usable here")
@@ -105,6 +105,11 @@ def test_every_build_matches_its_sources():
     if (platform.machine().lower() in ("x86_64", "amd64") and mod._cpu_has("AVX2")
             and os.environ.get("FASTOPT_NO_AVX2") != "1"):
         assert "avx2" in mod.variants(), "the AVX2 build is missing on an AVX2 machine"
+    if (platform.machine().lower() in ("x86_64", "amd64")
+            and all(mod._cpu_has(f) for f in ("AVX512F", "AVX512DQ", "AVX512BW", "AVX512VL"))
+            and os.environ.get("FASTOPT_NO_AVX512") != "1"):
+        assert "avx512" in mod.variants(), "the AVX-512 build is missing on an AVX-512 machine"
+        assert mod.ISA == "avx512" or os.environ.get("FASTOPT_CYTHON_ISA")
 
 
 def test_a_stale_build_is_refused(monkeypatch):

@@ -102,10 +102,11 @@ def _cython_paths():
         return []
     from fastopt.kernels import cython as cy
     paths = [("baseline", False)]
-    if "avx2" in cy.variants():
-        paths.append(("avx2", False))
-        if cy.variants()["avx2"].q8_avx512():      # on by default where the CPU has it
-            paths.append(("avx2", True))
+    for build in ("avx2", "avx512"):
+        if build in cy.variants():
+            paths.append((build, False))
+            if cy.variants()[build].q8_avx512():      # on by default where the CPU has it
+                paths.append((build, True))
     return paths
 
 
@@ -119,7 +120,7 @@ def cython_path(request):
     build, avx512 = request.param
     isa = cy.ISA
     cy._use(build)
-    before = cy.extension.q8_avx512(avx512) if build == "avx2" else None
+    before = cy.extension.q8_avx512(avx512) if build != "baseline" else None
     yield cy.extension
     if before is not None:
         cy.extension.q8_avx512(before)

@@ -1,9 +1,10 @@
 """Cython backend: the compiled extension built from :mod:`fastopt.kernels._codegen`'s ``.pyx``.
 
-setup.py generates the ``.pyx`` from the rules at build time and compiles it twice on x86-64:
-``_cython`` for the baseline ISA and ``_cython_avx2`` (AVX2 without FMA, ``-ffp-contract=off``
-everywhere: the same arithmetic, so the same bits, in 8-wide vectors), used where the CPU has
-AVX2 unless ``FASTOPT_CYTHON_ISA=baseline``.
+setup.py generates the ``.pyx`` from the rules at build time and compiles it three times on
+x86-64: ``_cython`` for the baseline ISA, ``_cython_avx2`` (AVX2 without FMA) and
+``_cython_avx512`` (AVX-512 F/DQ/BW/VL, 16-wide vectors), all with ``-ffp-contract=off``: the
+same arithmetic, so the same bits.  The widest build the CPU runs is used, unless
+``FASTOPT_CYTHON_ISA`` names another (``baseline``, ``avx2``).
 
 A build that does not match the installed sources is refused: each extension carries the
 ``SOURCE_HASH`` of the rules and the generator it was built from, and this module raises
@@ -56,6 +57,13 @@ def _import_builds():
             pass
         else:
             found["avx2"] = _cython_avx2
+    if all(_cpu_has(f) for f in ("AVX2", "AVX512F", "AVX512DQ", "AVX512BW", "AVX512VL")):
+        try:
+            from . import _cython_avx512
+        except ImportError:
+            pass
+        else:
+            found["avx512"] = _cython_avx512
     expected = _codegen.source_hash()
     for name, ext in found.items():
         got = getattr(ext, "SOURCE_HASH", None)
@@ -77,19 +85,21 @@ def variants():
 
 
 def _use(name):
-    """Bind the backend to the extension build ``name`` (``'baseline'`` or ``'avx2'``)."""
+    """Bind the backend to the extension build ``name`` (``'baseline'``, ``'avx2'`` or
+    ``'avx512'``)."""
     global ISA, OPENMP, extension
     extension = _BUILDS[name]
     ISA, OPENMP = name, bool(extension.OPENMP)
 
 
-#: Which build is used: ``'avx2'`` where built and supported, else ``'baseline'``.
+#: Which build is used: the widest built and supported (``'avx512'``, ``'avx2'``,
+#: ``'baseline'``), or the one ``FASTOPT_CYTHON_ISA`` names where it is.
 ISA = "baseline"
 #: True when that build was compiled with OpenMP.
 OPENMP = False
 extension = None
-_use("baseline" if os.environ.get("FASTOPT_CYTHON_ISA", "") == "baseline"
-     else "avx2" if "avx2" in _BUILDS else "baseline")
+_use(os.environ.get("FASTOPT_CYTHON_ISA", "") if os.environ.get("FASTOPT_CYTHON_ISA", "")
+     in _BUILDS else next(b for b in ("avx512", "avx2", "baseline") if b in _BUILDS))
 
 _TAG = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 
@@ -220,7 +230,8 @@ class CythonBackend(HostBackend):
         return bool(fn(_address(array), array.size, config.PARALLEL_THRESHOLD))
 
     def detail(self):
-        isa = "AVX2 kernels" if ISA == "avx2" else "baseline-ISA kernels"
+        isa = {"avx2": "AVX2 kernels", "avx512": "AVX-512 kernels"}.get(ISA,
+                                                                     "baseline-ISA kernels")
         if OPENMP:
             n = extension.max_threads()
             return f"built with OpenMP, {n} thread{'s' if n != 1 else ''}, {isa}"
