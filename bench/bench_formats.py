@@ -294,7 +294,7 @@ def render(info, rows):
     gather = by.get("fastopt AdamW, float32 p/g, int8 state, AVX2 gather codecs", {})
     if "ms" in gather and "ms" in q:
         lines.append(f"The int8 step with the AVX-512 codecs against the same step with the AVX2 "
-                     f"build's table (gather) path: **{gather['ms'] / q['ms']:.2f}×** faster.")
+                     f"gather codecs: **{gather['ms'] / q['ms']:.2f}×** faster.")
     fs = info.get("first_step_s") or {}
     if fs:
         lines.append("In a fresh interpreter, construction and first step at 2^20 (after the "
