@@ -174,6 +174,54 @@ def test_exact_and_separable_passes(backend, dtype):
     assert np.all(params[0][:, 4] != 0)
 
 
+
+def _factor_inputs(dtype, B, n, m, seed, kind):
+    rng = np.random.default_rng(seed)
+    g_rows = rng.random(B * n) * 10.0 ** rng.integers(-12, 4, B * n)
+    g_cols = rng.random(B * m) * 10.0 ** rng.integers(-12, 4, B * m)
+    rv = rng.random(B * n).astype(dtype)
+    cv = rng.random(B * m).astype(dtype)
+    if kind == "dead":          # a dead row and column: the clamp can act
+        g_rows[0] = g_cols[-1] = 0.0
+        rv[0] = cv[-1] = 0.0
+    elif kind == "nonfinite":
+        g_rows[1 % (B * n)] = np.nan
+        g_cols[0] = np.inf
+    return g_rows, g_cols, rv, cv
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", ["plain", "dead", "nonfinite"])
+@pytest.mark.parametrize("w", [0.3, 0.9])
+def test_compiled_factor_helpers_give_the_numpy_twins_bits(dtype, kind, w):
+    """The host arithmetic between a matrix's passes (the factors' lerp, the sums of the row
+    factors, the separable scales): the Cython helpers and their NumPy twins give the same
+    bits (so every backend does, with or without the extension), separable or not."""
+    from fastopt.optimizers import _adafactor as A
+    if A._ext() is None:
+        pytest.skip("the Cython extension is not built")
+    for B, n, m in [(1, 5, 7), (3, 17, 4), (2, 1, 130)]:
+        g_rows, g_cols, rv, cv = _factor_inputs(dtype, B, n, m, B * n * m, kind)
+        out = {}
+        for compiled in (True, False):
+            r, c = rv.copy(), cv.copy()
+            sums = A._factors(g_rows, g_cols, r, c, B, n, m, w, m, n, compiled=compiled)
+            mean = np.maximum((sums / n).astype(dtype), dtype(1e-3))
+            rm, rs, cs = (np.full(B * n, 7, dtype), np.full(B * n, 7, dtype),
+                          np.full(B * m, 7, dtype))
+            sep = A._scales(r, c, mean, B, n, m, 1e-30, -1.0, rm, rs, cs, compiled=compiled)
+            out[compiled] = (r, c, sums, sep, rm, rs, cs)
+        for a, b in zip(out[True], out[False]):
+            np.testing.assert_array_equal(a, b)
+        assert out[True][3] is (kind == "plain")
+        # the lerp as written: torch's lerp_ of row_var towards sqrt(g)**2 / m in the dtype
+        norm = np.sqrt(g_rows).astype(dtype)
+        with np.errstate(all="ignore"):
+            want = rv + dtype(w) * (norm * norm / dtype(m) - rv) if w < 0.5 else \
+                norm * norm / dtype(m) - (norm * norm / dtype(m) - rv) * (dtype(1) - dtype(w))
+        np.testing.assert_array_equal(out[True][0], want)
+
+
 def test_state_shapes_and_bytes():
     w, b = np.zeros((4, 3, 5), np.float32), np.zeros(5, np.float32)
     opt = fastopt.Adafactor({"w": w, "b": b})

@@ -1063,7 +1063,7 @@ point that steps each row of a table of buffers: ``table`` is the address of ``c
 """
 from cython.parallel cimport parallel, prange
 from libc.math cimport sqrt, sqrtf
-from libc.math cimport fabs, fabsf, NAN
+from libc.math cimport fabs, fabsf, NAN, INFINITY
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free, malloc
 
@@ -1564,6 +1564,111 @@ def encode_q8(uintptr_t src, Py_ssize_t n, float m, uintptr_t codes, bint signed
 '''
 
 
+# Adafactor's factors: the host arithmetic between a matrix's passes
+# (fastopt.optimizers._adafactor), one call each instead of some twenty NumPy operations on
+# vectors of rows and columns; the NumPy twin there (_factors_numpy, _scales_numpy) does the
+# same operations in the same order, so the bits are the same with or without this extension.
+_CYTHON_ADAFACTOR = """
+
+cdef inline {c} _af_lerp_{t}({c} start, {c} end, {c} wt, bint small) noexcept nogil:
+    # torch's lerp_ in the parameter's dtype (the weight and 1 - weight in it)
+    if small:
+        return start + wt * (end - start)
+    return end - (end - start) * (<{c}>1 - wt)
+
+
+def adafactor_factors_{t}(uintptr_t g_rows, uintptr_t g_cols, uintptr_t row_var,
+                          uintptr_t col_var, Py_ssize_t B, Py_ssize_t n, Py_ssize_t m,
+                          double w, double row_count, double col_count, uintptr_t row_sums):
+    \"\"\"Adafactor's factors of ``B`` matrices of ``n x m``, in place: ``row_var[i] =
+    lerp(row_var[i], sqrt(g_rows[i])**2 / row_count, w)`` (the norm rounded to {c} first, as
+    torch's ``norm(...).square_().div_(...)``), ``col_var`` likewise from ``g_cols`` (float64
+    sums); ``row_sums[b]`` (float64) is the sum of matrix ``b``'s new ``row_var``, added in
+    order.\"\"\"
+    cdef const double* gr = <const double*>g_rows
+    cdef const double* gc = <const double*>g_cols
+    cdef {c}* rv = <{c}*>row_var
+    cdef {c}* cv = <{c}*>col_var
+    cdef double* out = <double*>row_sums
+    cdef {c} wt = <{c}>w
+    cdef {c} rc = <{c}>row_count
+    cdef {c} cc = <{c}>col_count
+    cdef {c} norm
+    cdef bint small = fabs(w) < 0.5
+    cdef Py_ssize_t b, i, j
+    cdef double s
+    with nogil:
+        for b in range(B):
+            s = 0
+            for i in range(b * n, b * n + n):
+                norm = <{c}>sqrt(gr[i])
+                rv[i] = _af_lerp_{t}(rv[i], norm * norm / rc, wt, small)
+                s = s + <double>rv[i]
+            out[b] = s
+        for j in range(B * m):
+            norm = <{c}>sqrt(gc[j])
+            cv[j] = _af_lerp_{t}(cv[j], norm * norm / cc, wt, small)
+
+
+def adafactor_scales_{t}(uintptr_t row_var, uintptr_t col_var, uintptr_t mean, Py_ssize_t B,
+                         Py_ssize_t n, Py_ssize_t m, double eps1_sq, double grad_sign,
+                         uintptr_t row_mean, uintptr_t row_scale, uintptr_t col_scale):
+    \"\"\"Whether the update of these factors is separable (torch's clamp ``max(r*c/mean,
+    eps1**2)`` active nowhere, every value finite: see ``fastopt.optimizers._adafactor``);
+    then ``row_scale[i] = grad_sign * (1/sqrt(row_var[i]/mean[b]))`` and ``col_scale[j] =
+    1/sqrt(col_var[j])``, else ``row_mean[i] = mean[b]`` (``mean``: one per matrix).\"\"\"
+    cdef const {c}* rv = <const {c}*>row_var
+    cdef const {c}* cv = <const {c}*>col_var
+    cdef const {c}* mn = <const {c}*>mean
+    cdef {c}* rm = <{c}*>row_mean
+    cdef {c}* rs = <{c}*>row_scale
+    cdef {c}* cs = <{c}*>col_scale
+    cdef {c} r, gs = <{c}>grad_sign
+    cdef {c} lo_r = INFINITY
+    cdef {c} lo_c = INFINITY
+    cdef {c} hi_r = 0
+    cdef {c} hi_c = 0
+    cdef bint finite = 1, separable
+    cdef Py_ssize_t b, i, j
+    cdef double lo, hi
+    with nogil:
+        for b in range(B):
+            finite = finite & _finite_{t}(mn[b])
+            for i in range(b * n, b * n + n):
+                r = rv[i] / mn[b]
+                finite = finite & _finite_{t}(rv[i]) & _finite_{t}(r)
+                lo_r = r if r < lo_r else lo_r
+                hi_r = r if r > hi_r else hi_r
+                rs[i] = r
+        for j in range(B * m):
+            finite = finite & _finite_{t}(cv[j])
+            lo_c = cv[j] if cv[j] < lo_c else lo_c
+            hi_c = cv[j] if cv[j] > hi_c else hi_c
+        lo = <double>lo_r * <double>lo_c
+        hi = <double>hi_r * <double>hi_c
+        separable = finite and lo > eps1_sq * 1.001 and lo > 0.0 and hi < {fmax} / 4
+        if separable:
+            for i in range(B * n):
+                rs[i] = gs * (<{c}>1 / {sqrt}(rs[i]))
+            for j in range(B * m):
+                cs[j] = <{c}>1 / {sqrt}(cv[j])
+        else:
+            for b in range(B):
+                for i in range(b * n, b * n + n):
+                    rm[i] = mn[b]
+    return separable
+"""
+
+
+def _cython_adafactor():
+    """The Adafactor host helpers of :data:`_CYTHON_ADAFACTOR` for float32 and float64."""
+    import numpy as np
+    return "".join(_CYTHON_ADAFACTOR.format(
+        t=t, c=c, sqrt=sq, fmax=repr(float(np.finfo(d).max)))
+        for t, c, sq, d in (("f32", "float", "sqrtf", np.float32),
+                            ("f64", "double", "sqrt", np.float64)))
+
+
 def _cython_layout_variant(sig, tag, ctype, flags, helper_names):
     """The storage-layout loop of one (rule, compute dtype, flags) variant: blocks of 256
     elements; per block each array of another format is decoded into a per-thread scratch
@@ -1670,6 +1775,7 @@ def cython_source(mod=None):
     for fn in load_codecs():
         out.append("\n\n" + _cython_codec(fn))
     out.append(_CYTHON_BLOCK_CODECS)
+    out.append(_cython_adafactor())
     for tag in DTYPES:
         for fn in hs:
             out.append("\n\n" + _cython_helper(fn, tag, names))

@@ -8,7 +8,9 @@ and the step per parameter is (see :data:`fastopt.specs.ADAFACTOR` for the bytes
 
 * a matrix ``B x n x m``: the grid rule ``adafactor_sq`` (row and column sums of ``g*g``, the
   sum of ``p*p``), the factors updated on the host (``R + B*m`` values, torch's operations in
-  the parameter's dtype), ``adafactor_factored`` (the sum of ``u*u``), then
+  the parameter's dtype; the mean of each matrix's row factors from their float64 sum, in
+  order), in two calls of compiled helpers (:func:`_factors`, :func:`_scales`; NumPy twins of
+  the same bits without the Cython extension), ``adafactor_factored`` (the sum of ``u*u``), then
   ``adafactor_factored_apply`` (the update): three passes over the elements.  Where torch's
   clamp ``max(r*c/rmean, eps1**2)`` is active nowhere (the host checks the factors' extremes;
   every factor finite) the update is separable, ``g*rsqrt(r/rmean)*rsqrt(c)``, and passes 2
@@ -26,6 +28,7 @@ param groups, checks, clipping, ``nonfinite``, checkpoints are the shared ones);
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -61,6 +64,155 @@ def _lerp(start, end, w, dtype):
     return end - (end - start) * (dtype.type(1.0) - wt)
 
 
+# -- the factors' host arithmetic ---------------------------------------------------------------
+# Two compiled helpers of the Cython extension (fastopt.kernels._codegen._CYTHON_ADAFACTOR)
+# where it is built, else their NumPy twins below: the same operations in the same order (the
+# row sums added one after the other in float64), so the same bits either way, on every
+# backend (tests/test_adafactor.py compares them).  One call each instead of some twenty NumPy
+# operations per matrix: on the course MLP that was most of the step.
+
+def _factors_numpy(g_rows, g_cols, row_var, col_var, B, n, m, w, row_count, col_count):
+    dt = row_var.dtype
+    for x, g, count in ((row_var, g_rows, row_count), (col_var, g_cols, col_count)):
+        norm = np.sqrt(g).astype(dt)
+        x[...] = _lerp(x, norm * norm / dt.type(count), w, dt)
+    if not n:
+        return np.zeros(B)
+    # (cumsum: one addition after the other, as the compiled loop)
+    return np.cumsum(row_var.reshape(B, n), axis=1, dtype=np.float64)[:, -1].copy()
+
+
+def _scales_numpy(row_var, col_var, mean, B, n, m, eps1_sq, grad_sign, row_mean, row_scale,
+                  col_scale):
+    dt = row_var.dtype
+    with np.errstate(all="ignore"):
+        ratio = (row_var.reshape(B, n) / mean[:, None]).reshape(-1)
+    ok = bool(np.isfinite(mean).all() and np.isfinite(row_var).all()
+              and np.isfinite(ratio).all() and np.isfinite(col_var).all())
+    lo = hi = 0.0
+    if ok:
+        lo = float(ratio.min(initial=np.inf)) * float(col_var.min(initial=np.inf))
+        hi = float(ratio.max(initial=0.0)) * float(col_var.max(initial=0.0))
+    separable = ok and lo > eps1_sq * 1.001 and lo > 0.0 and hi < float(np.finfo(dt).max) / 4
+    one = dt.type(1.0)
+    if separable:
+        row_scale[...] = dt.type(grad_sign) * (one / np.sqrt(ratio))
+        col_scale[...] = one / np.sqrt(col_var)
+    else:
+        row_scale[...] = ratio
+        row_mean[...] = np.repeat(mean, n)
+    return separable
+
+
+def _compiled():
+    """The Cython extension in use when it is importable (any build: the helpers are scalar
+    C, the same in each), else None."""
+    try:
+        from ..kernels import cython as cy
+    except (ImportError, RuntimeError):
+        return None
+    return cy.extension
+
+
+_EXT = []
+
+
+def _ext():
+    if not _EXT:
+        _EXT.append(_compiled())
+    return _EXT[0]
+
+
+def _addr(a):
+    return a.__array_interface__["data"][0]
+
+
+def _factors(g_rows, g_cols, row_var, col_var, B, n, m, w, row_count, col_count,
+             compiled=None):
+    """Adafactor's factors of ``B`` matrices of ``n x m`` updated in place from this step's
+    float64 row and column sums of ``g*g``: ``row_var = lerp(row_var, norm**2/row_count, w)``
+    with the norm ``sqrt(sum)`` rounded to the dtype (torch's ``norm(g, dim=-1).square_()
+    .div_(m)``), ``col_var`` likewise; returns each matrix's float64 sum of its new row factors
+    (for their mean).  ``compiled``: False for the NumPy twin (tests)."""
+    ext = _ext() if compiled is None else (_ext() if compiled else None)
+    if ext is None:
+        return _factors_numpy(g_rows, g_cols, row_var, col_var, B, n, m, w, row_count,
+                              col_count)
+    g_rows = np.ascontiguousarray(g_rows, dtype=np.float64)
+    g_cols = np.ascontiguousarray(g_cols, dtype=np.float64)
+    out = np.empty(B)
+    fn = ext.adafactor_factors_f32 if row_var.dtype == np.float32 else \
+        ext.adafactor_factors_f64
+    fn(_addr(g_rows), _addr(g_cols), _addr(row_var), _addr(col_var), B, n, m, float(w),
+       float(row_count), float(col_count), _addr(out))
+    return out
+
+
+def _scales(row_var, col_var, mean, B, n, m, eps1_sq, grad_sign, row_mean, row_scale,
+            col_scale, compiled=None):
+    """Whether the update is separable (torch's clamp ``max(r*c/rmean, eps1**2)`` active
+    nowhere, checked on the factors' extremes with a margin for their rounding; every factor
+    finite): then ``row_scale = grad_sign * (1/sqrt(row_var/mean))`` and ``col_scale =
+    1/sqrt(col_var)``, else ``row_mean`` is each matrix's ``mean`` for its rows (and
+    ``row_scale`` the ratios).  ``mean``: one per matrix, clamped; all arrays contiguous."""
+    ext = _ext() if compiled is None else (_ext() if compiled else None)
+    if ext is None:
+        return _scales_numpy(row_var, col_var, mean, B, n, m, eps1_sq, grad_sign, row_mean,
+                             row_scale, col_scale)
+    mean = np.ascontiguousarray(mean, dtype=row_var.dtype)
+    fn = ext.adafactor_scales_f32 if row_var.dtype == np.float32 else ext.adafactor_scales_f64
+    return bool(fn(_addr(row_var), _addr(col_var), _addr(mean), B, n, m, float(eps1_sq),
+                   float(grad_sign), _addr(row_mean), _addr(row_scale), _addr(col_scale)))
+
+
+
+class _Factors:
+    """:func:`_factors` and :func:`_scales` bound to one matrix step's host arrays (the
+    compiled helpers to their addresses, computed once: as the passes are bound)."""
+
+    __slots__ = ("rv", "cv", "rm", "rs", "cs", "B", "n", "m", "counts", "gr", "gc", "sums",
+                 "mean", "_f", "_s")
+
+    def __init__(self, rv, cv, rm, rs, cs, B, n, m, row_count, col_count):
+        self.rv, self.cv, self.rm, self.rs, self.cs = rv, cv, rm, rs, cs
+        self.B, self.n, self.m, self.counts = B, n, m, (float(row_count), float(col_count))
+        self.gr, self.gc, self.sums = np.empty(B * n), np.empty(B * m), np.empty(B)
+        self.mean = np.empty(B, rv.dtype)
+        ext = _ext()
+        self._f = self._s = None
+        if ext is not None:
+            t = "f32" if rv.dtype == np.float32 else "f64"
+            a = _addr
+            self._f = functools.partial(getattr(ext, f"adafactor_factors_{t}"), a(self.gr),
+                                        a(self.gc), a(rv), a(cv), B, n, m)
+            self._s = functools.partial(getattr(ext, f"adafactor_scales_{t}"), a(rv), a(cv),
+                                        a(self.mean), B, n, m)
+            self._f = (self._f, a(self.sums))
+            self._s = (self._s, a(rm), a(rs), a(cs))
+
+    def factors(self, g_rows, g_cols, w):
+        """:func:`_factors` of this step's float64 sums (the row sums of the factors: kept
+        until the next call)."""
+        np.copyto(self.gr, g_rows)
+        np.copyto(self.gc, g_cols)
+        if self._f is None:
+            self.sums[...] = _factors_numpy(self.gr, self.gc, self.rv, self.cv, self.B, self.n,
+                                            self.m, w, *self.counts)
+        else:
+            fn, out = self._f
+            fn(float(w), *self.counts, out)
+        return self.sums
+
+    def scales(self, mean, eps1_sq, grad_sign):
+        """:func:`_scales` with each matrix's clamped ``mean``."""
+        np.copyto(self.mean, mean)
+        if self._s is None:
+            return _scales_numpy(self.rv, self.cv, self.mean, self.B, self.n, self.m, eps1_sq,
+                                 grad_sign, self.rm, self.rs, self.cs)
+        fn, rm, rs, cs = self._s
+        return bool(fn(float(eps1_sq), float(grad_sign), rm, rs, cs))
+
+
 class TensorStep:
     """One parameter's Adafactor step on a backend: the kernels bound to its flat parameter,
     gradient and state arrays (``state``: ``{name: 1-D array}`` of :func:`factored_shapes`'s
@@ -68,7 +220,7 @@ class TensorStep:
 
     __slots__ = ("be", "shape", "size", "dtype", "param", "grad", "state", "kernels", "rows",
                  "_vec1", "_vec2", "_mean", "_scale", "_cols", "separable", "whole", "reduce",
-                 "_gaddr", "_whole_size", "_batches")
+                 "_gaddr", "_whole_size", "_batches", "_fx")
 
     def __init__(self, be, shape, param, grad, state, *, whole=None, reduce=None):
         """``shape``: the arrays' (a shard's, for a sharded tensor); ``whole``: the whole
@@ -93,7 +245,7 @@ class TensorStep:
         self._batches = int(np.prod(self.shape[:-2], dtype=np.int64))
         self.dtype = np.dtype(param.dtype)
         self.rows = [self.size]
-        self._vec1 = self._vec2 = self._gaddr = None
+        self._vec1 = self._vec2 = self._gaddr = self._fx = None
         if len(self.shape) < 2:
             self.kernels = None
         else:
@@ -131,6 +283,10 @@ class TensorStep:
         else:
             self._vec1, self._vec2 = (be.bind(k, [arrays]) for k in ks)
             self._gaddr = None
+
+    def _host(self, x):
+        """``x`` itself on a host backend, else a host copy of it (and of its values)."""
+        return x if isinstance(x, np.ndarray) else np.asarray(self.be.to_numpy(x))
 
     def release(self):
         """Drop the gradient (and whatever holds it) until the next call's."""
@@ -175,53 +331,47 @@ class TensorStep:
                 rows, cols = k_sq((self.param, self.grad), (grad_sign,))
             else:     # an empty shard: its sums are zeros
                 rows, cols = np.zeros((B * n, 2)), np.zeros((B, 1, m))
-            p_sq = float(np.sum(rows[:, 0]))
+            p_sq = float(rows[:, 0].sum())
             g_rows, g_cols = rows[:, 1], cols[:, 0, :].reshape(-1)
             if red is not None:   # a shard: the sums over the whole rows, columns, tensor
                 p_sq = float(red("total", np.array([p_sq]))[0])
                 g_rows, g_cols = red("rows", g_rows), red("cols", g_cols)
-            # torch: norm(g, dim).square_().div_(size): the norms in the parameter's dtype
-            row_norm = np.sqrt(g_rows).astype(dt)
-            col_norm = np.sqrt(g_cols).astype(dt)
-            row_mean = row_norm * row_norm / dt.type(self.whole[-1])
-            col_mean = col_norm * col_norm / dt.type(self.whole[-2])
+            # the factors (torch: norm(g, dim).square_().div_(size) in the parameter's dtype,
+            # lerp_ into row_var and col_var, row_var.mean(dim=-2).clamp_(min=eps1) per matrix
+            # for its rows), on host copies for a device backend
             rv, cv = self.state["row_var"], self.state["col_var"]
-            row_var = _lerp(np.asarray(be.to_numpy(rv)), row_mean, w, dt)
-            col_var = _lerp(np.asarray(be.to_numpy(cv)), col_mean, w, dt)
-            # torch: row_var.mean(dim=-2).clamp_(min=eps1), once per matrix, for its rows
-            if red is None:
-                mean = row_var.reshape(-1, n).mean(axis=1, dtype=dt)
-            else:         # (a shard of the rows: their sum over the whole column of rows)
-                total = red("cols", row_var.reshape(B, n).sum(axis=1, dtype=np.float64))
-                mean = (total / self.whole[-2]).astype(dt)
-            mean = np.where(mean < dt.type(eps1), dt.type(eps1), mean).astype(dt)
-            be.copy_from_numpy(rv, row_var)
-            be.copy_from_numpy(cv, col_var)
-            row_mean = np.repeat(mean, n)
-            ratio = row_var / row_mean
+            host = isinstance(rv, np.ndarray)
+            fx = self._fx
+            if fx is None or not host:    # (a device backend: on host copies, every step)
+                h = self._host
+                fx = _Factors(h(rv), h(cv), h(self._mean), h(self._scale), h(self._cols), B, n,
+                              m, self.whole[-1], self.whole[-2])
+                if host:
+                    self._fx = fx
+            sums = fx.factors(g_rows, g_cols, w)
+            if red is not None:   # (a shard of the rows: their sum over the whole column)
+                sums = red("cols", sums)
+            mean = np.maximum((sums / self.whole[-2]).astype(dt), dt.type(eps1))
+            if not host:
+                be.copy_from_numpy(rv, fx.rv)
+                be.copy_from_numpy(cv, fx.cv)
             # torch's u = rsqrt(max(r*c/rmean, eps1**2))*g: where the clamp is nowhere active
             # (checked on the factors, with a margin for their rounding) it is separable,
             # g*rsqrt(r/rmean)*rsqrt(c) to a few ulps: no division or square root per element
-            with np.errstate(all="ignore"):
-                lo = float(np.min(ratio, initial=np.inf)) * float(np.min(col_var, initial=np.inf))
-                hi = float(np.max(ratio, initial=0.0)) * float(np.max(col_var, initial=0.0))
-            self.separable = bool(
-                np.isfinite(row_var).all() and np.isfinite(col_var).all()
-                and np.isfinite(mean).all() and lo > eps1_sq * 1.001 and lo > 0.0
-                and hi < float(np.finfo(dt).max) / 4)
+            self.separable = fx.scales(mean, eps1_sq, grad_sign)
+            hs, hc, hm = fx.rs, fx.cs, fx.rm
             if self.separable:
-                one = dt.type(1.0)
-                row_scale = one / np.sqrt(ratio)
-                col_scale = one / np.sqrt(col_var)
-                be.copy_from_numpy(self._scale, dt.type(grad_sign) * row_scale)
-                be.copy_from_numpy(self._cols, col_scale)
+                if hs is not self._scale:
+                    be.copy_from_numpy(self._scale, hs)
+                    be.copy_from_numpy(self._cols, hc)
                 if self.size:
                     rows, _ = k_su((self.grad, self._scale, self._cols), ())
             else:
-                be.copy_from_numpy(self._mean, row_mean)
+                if hm is not self._mean:
+                    be.copy_from_numpy(self._mean, hm)
                 if self.size:
                     rows, _ = k_u((self.grad, rv, self._mean, cv), (grad_sign, eps1_sq, 1.0))
-            u_sq = float(np.sum(rows[:, 0])) if self.size else 0.0
+            u_sq = float(rows[:, 0].sum()) if self.size else 0.0
             if red is not None:
                 u_sq = float(red("total", np.array([u_sq]))[0])
         root_n = math.sqrt(whole)
@@ -233,8 +383,11 @@ class TensorStep:
         if self.kernels is None:
             self._vec2(scalars, t)
         elif self.separable:
-            be.copy_from_numpy(self._scale, dt.type(-alpha / denom) * (dt.type(grad_sign)
-                                                                     * row_scale))
+            # (the row scales times the step: (-alpha/denom) * (grad_sign * 1/sqrt(r/rmean)))
+            hs = self._fx.rs if self._fx is not None else self._host(self._scale)
+            np.multiply(hs, dt.type(-alpha / denom), out=hs)
+            if hs is not self._scale:
+                be.copy_from_numpy(self._scale, hs)
             k_sapply((self.param, self.grad, self._scale, self._cols), (decay,))
         else:
             k_apply((self.param, self.grad, rv, self._mean, cv), scalars)
