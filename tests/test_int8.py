@@ -101,30 +101,60 @@ def _cython_paths():
     if "cython" not in HOST_BACKENDS:
         return []
     from fastopt.kernels import cython as cy
-    paths = [("baseline", False)]
+    paths = [("baseline", False, False)]
     for build in ("avx2", "avx512"):
         if build in cy.variants():
-            paths.append((build, False))
-            if cy.variants()[build].q8_avx512():      # on by default where the CPU has it
-                paths.append((build, True))
+            ext = cy.variants()[build]
+            paths.append((build, False, False))
+            if ext.q8_avx512():      # on by default where the CPU has it
+                paths.append((build, True, False))
+                if ext.q8_vbmi():    # likewise: the decoder's byte-permute path
+                    paths.append((build, True, True))
     return paths
 
 
-CYTHON_PATHS = [pytest.param(p, id=f"{p[0]}{'-avx512' if p[1] else ''}") for p in _cython_paths()]
+CYTHON_PATHS = [pytest.param(p, id=f"{p[0]}{'-avx512' if p[1] else ''}{'-vbmi' if p[2] else ''}")
+                for p in _cython_paths()]
 
 
 @pytest.fixture
 def cython_path(request):
     """Bind the Cython backend to one build and 8-bit SIMD path; restored afterwards."""
     from fastopt.kernels import cython as cy
-    build, avx512 = request.param
+    build, avx512, vbmi = request.param
     isa = cy.ISA
     cy._use(build)
-    before = cy.extension.q8_avx512(avx512) if build != "baseline" else None
+    before = (cy.extension.q8_avx512(avx512), cy.extension.q8_vbmi(vbmi)) \
+        if build != "baseline" else None
     yield cy.extension
     if before is not None:
-        cy.extension.q8_avx512(before)
+        cy.extension.q8_avx512(before[0])
+        cy.extension.q8_vbmi(before[1])
     cy._use(isa)
+
+
+@pytest.mark.parametrize("cython_path", CYTHON_PATHS, indirect=True)
+@pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
+def test_cython_decoder_gives_map_times_absmax(cython_path, signed):
+    """Every path of the compiled block decoder (scalar, AVX2 gathers, AVX-512 register
+    permutes, VBMI byte permutes): every code in every position of a block, each block its
+    own absmax (NaN, zero, infinite and subnormal ones among them), odd lengths for the
+    tails."""
+    rng = np.random.default_rng(11)
+    qmap = Q.qmap(signed).astype(np.float32)
+    for n in (4096, 256 * 3 + 77, 63, 1):
+        codes = rng.integers(0, 256, n).astype(np.uint8)
+        codes[:256 * (n // 256)] = np.tile(np.arange(256, dtype=np.uint8), n // 256)[
+            rng.permutation(256 * (n // 256))]
+        nblocks = -(-n // 256)
+        absmax = (rng.uniform(0, 2, nblocks) * 10.0 ** rng.integers(-40, 3, nblocks)).astype(
+            np.float32)
+        absmax[:4] = [np.nan, 0.0, np.inf, 1e-40][:min(4, nblocks)]
+        got = np.empty(n, np.float32)
+        cython_path.decode_q8(codes.ctypes.data, n, absmax.ctypes.data, got.ctypes.data, signed)
+        with np.errstate(all="ignore"):
+            want = qmap[codes] * np.repeat(absmax, 256)[:n]
+        np.testing.assert_array_equal(got, want, err_msg=f"n={n}")
 
 
 def _want_codes(signed, x, m):

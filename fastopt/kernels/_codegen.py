@@ -146,8 +146,9 @@ def _cython_tables():
 # The 8-bit block loops' SIMD paths (C, in the generated extension; absent from the baseline
 # build): AVX2, 8 elements at a time, the same arithmetic as the scalar codecs of _codecs.py,
 # which finish each block's tail; and, chosen at run time on a CPU with AVX-512 (F and DQ), 16
-# at a time without gathers: decoding by register permutes, encoding by arithmetic checked
-# against the exact path (_qmaps.level_tables).  tests/test_int8.py checks every backend and
+# at a time without gathers: decoding by register permutes (64 at a time by byte permutes where
+# the CPU has VBMI as well), encoding by arithmetic checked against the exact path
+# (_qmaps.level_tables).  tests/test_int8.py checks every backend and
 # both SIMD paths give the NumPy reference's bits.  GCC does not vectorize the table lookups
 # (gathers) by itself.
 _Q8_SIMD = r"""
@@ -202,18 +203,106 @@ static Py_ssize_t fastopt_q8_decode_512(const float* map, const uint8_t* c, floa
     }
     return j;
 }
+/* 1: the decoder below runs (the CPU has AVX-512 VBMI as well; set at import, and by
+   q8_vbmi()); 0: fastopt_q8_decode_512 does all */
+static int fastopt_q8_vbmi = 0;
+static int fastopt_q8_vbmi_supported(void) {
+    return fastopt_q8_avx512_supported() && __builtin_cpu_supports("avx512bw")
+        && __builtin_cpu_supports("avx512vbmi");
+}
+/* the maps' byte planes (byte k of every entry of QMAP_S, then of QMAP_U), and the order the
+   codes are permuted into; filled once, at import */
+static uint8_t fastopt_q8_planes[2][4][256] __attribute__((aligned(64)));
+static uint8_t fastopt_q8_order[64] __attribute__((aligned(64)));
+static int fastopt_q8_planes_init(void) {
+    int s, k, q, L, i;
+    for (s = 0; s < 2; s++)
+        for (q = 0; q < 256; q++) {
+            uint32_t u;
+            memcpy(&u, (s ? QMAP_U : QMAP_S) + q, 4);
+            for (k = 0; k < 4; k++)
+                fastopt_q8_planes[s][k][q] = (uint8_t)(u >> (8 * k));
+        }
+    /* position 16L + 4q + i (lane L of unpacked register q) takes code 16q + 4L + i */
+    for (L = 0; L < 4; L++)
+        for (q = 0; q < 4; q++)
+            for (i = 0; i < 4; i++)
+                fastopt_q8_order[16 * L + 4 * q + i] = (uint8_t)(16 * q + 4 * L + i);
+    return fastopt_q8_vbmi_supported();
+}
+/* 64 codes at a time, the map as four byte planes (byte k of every entry: 256 bytes, four
+   registers each): per plane two 128-entry byte permutes and a blend on bit 7 of the code,
+   then the planes interleaved into 64 float32 by two rounds of unpacks, the codes first
+   permuted so that the unpacks' lane order comes out in order -- 31 instructions for what
+   takes the 16-register path 88. */
+__attribute__((target("avx512f,avx512bw,avx512vbmi")))
+static Py_ssize_t fastopt_q8_decode_vbmi(const float* map, const uint8_t* c, float a,
+                                         float* dst, Py_ssize_t nb) {
+    Py_ssize_t j = 0;
+    __m512i t[4][4];
+    int k, q;
+    const __m512 va = _mm512_set1_ps(a);
+    const __m512i perm = _mm512_load_si512(fastopt_q8_order);
+    uint8_t (*planes)[256] = fastopt_q8_planes[map == QMAP_S ? 0 : 1];
+    if (nb < 64)
+        return 0;
+    for (k = 0; k < 4; k++)
+        for (q = 0; q < 4; q++)
+            t[k][q] = _mm512_load_si512(planes[k] + 64 * q);
+    for (; j + 64 <= nb; j += 64) {
+        __m512i idx = _mm512_permutexvar_epi8(perm, _mm512_loadu_si512(c + j));
+        __mmask64 hi = _mm512_movepi8_mask(idx);
+        __m512i b[4], w0, w1, w2, w3;
+        for (k = 0; k < 4; k++)
+            b[k] = _mm512_mask_blend_epi8(hi, _mm512_permutex2var_epi8(t[k][0], idx, t[k][1]),
+                                          _mm512_permutex2var_epi8(t[k][2], idx, t[k][3]));
+        w0 = _mm512_unpacklo_epi8(b[0], b[1]);
+        w1 = _mm512_unpackhi_epi8(b[0], b[1]);
+        w2 = _mm512_unpacklo_epi8(b[2], b[3]);
+        w3 = _mm512_unpackhi_epi8(b[2], b[3]);
+        _mm512_storeu_ps(dst + j, _mm512_mul_ps(_mm512_castsi512_ps(
+            _mm512_unpacklo_epi16(w0, w2)), va));
+        _mm512_storeu_ps(dst + j + 16, _mm512_mul_ps(_mm512_castsi512_ps(
+            _mm512_unpackhi_epi16(w0, w2)), va));
+        _mm512_storeu_ps(dst + j + 32, _mm512_mul_ps(_mm512_castsi512_ps(
+            _mm512_unpacklo_epi16(w1, w3)), va));
+        _mm512_storeu_ps(dst + j + 48, _mm512_mul_ps(_mm512_castsi512_ps(
+            _mm512_unpackhi_epi16(w1, w3)), va));
+    }
+    return j;
+}
 static inline Py_ssize_t fastopt_q8_decode_simd(const float* map, const uint8_t* c, float a,
                                                 float* dst, Py_ssize_t nb) {
-    Py_ssize_t j = fastopt_q8_avx512 ? fastopt_q8_decode_512(map, c, a, dst, nb) : 0;
+    Py_ssize_t j = fastopt_q8_vbmi && fastopt_q8_avx512 ?
+        fastopt_q8_decode_vbmi(map, c, a, dst, nb) : 0;
+    j += fastopt_q8_avx512 ? fastopt_q8_decode_512(map, c + j, a, dst + j, nb - j) : 0;
     return j + fastopt_q8_decode_avx2(map, c + j, a, dst + j, nb - j);
+}
+__attribute__((target("avx512f")))
+static Py_ssize_t fastopt_absmax_512(const float* x, Py_ssize_t nb, float* m, int* bad) {
+    Py_ssize_t j = 0;
+    __m512 acc = _mm512_setzero_ps();
+    __mmask16 nan = 0;
+    float r;
+    for (; j + 16 <= nb; j += 16) {
+        __m512 v = _mm512_loadu_ps(x + j);
+        acc = _mm512_max_ps(_mm512_abs_ps(v), acc);     /* a NaN lane keeps acc */
+        nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    }
+    r = _mm512_reduce_max_ps(acc);
+    *m = r > *m ? r : *m;
+    *bad |= nan != 0;
+    return j;
 }
 static inline Py_ssize_t fastopt_absmax_simd(const float* x, Py_ssize_t nb, float* m,
                                              int* bad) {
-    Py_ssize_t j = 0;
+    Py_ssize_t j0 = fastopt_q8_avx512 ? fastopt_absmax_512(x, nb, m, bad) : 0, j = 0;
     __m256 acc = _mm256_setzero_ps(), nan = _mm256_setzero_ps();
     const __m256 mag = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
     float lanes[8];
     int k;
+    x += j0;
+    nb -= j0;
     for (; j + 8 <= nb; j += 8) {
         __m256 v = _mm256_loadu_ps(x + j);
         acc = _mm256_max_ps(_mm256_and_ps(v, mag), acc);     /* a NaN lane keeps acc */
@@ -222,7 +311,7 @@ static inline Py_ssize_t fastopt_absmax_simd(const float* x, Py_ssize_t nb, floa
     _mm256_storeu_ps(lanes, acc);
     for (k = 0; k < 8; k++) *m = lanes[k] > *m ? lanes[k] : *m;
     *bad |= _mm256_movemask_ps(nan) != 0;
-    return j;
+    return j0 + j;
 }
 static inline Py_ssize_t fastopt_q8_encode_avx2(int is_signed, const float* x, float m,
                                                 uint8_t* c, Py_ssize_t nb) {
@@ -346,6 +435,9 @@ static inline Py_ssize_t fastopt_q8_encode_simd(int is_signed, const float* x, f
 #define FASTOPT_Q8_SIMD 0
 static int fastopt_q8_avx512 = 0;
 static int fastopt_q8_avx512_supported(void) { return 0; }
+static int fastopt_q8_vbmi = 0;
+static int fastopt_q8_vbmi_supported(void) { return 0; }
+static int fastopt_q8_planes_init(void) { return 0; }
 static inline Py_ssize_t fastopt_q8_decode_simd(const float* map, const uint8_t* c, float a,
                                                 float* dst, Py_ssize_t nb) { return 0; }
 static inline Py_ssize_t fastopt_absmax_simd(const float* x, Py_ssize_t nb, float* m,
@@ -358,6 +450,9 @@ static inline Py_ssize_t fastopt_q8_encode_simd(int is_signed, const float* x, f
 _Q8_SIMD_DECL = """    int FASTOPT_Q8_SIMD
     int fastopt_q8_avx512
     int fastopt_q8_avx512_supported() noexcept nogil
+    int fastopt_q8_vbmi
+    int fastopt_q8_vbmi_supported() noexcept nogil
+    int fastopt_q8_planes_init() noexcept nogil
     Py_ssize_t fastopt_q8_decode_simd(const float* map, const uint8_t* c, float a, float* dst,
                                       Py_ssize_t nb) noexcept nogil
     Py_ssize_t fastopt_absmax_simd(const float* x, Py_ssize_t nb, float* m,
@@ -1096,31 +1191,34 @@ cdef extern from *:
      * (56 dependent scalar additions a chunk kept the read-only passes at 0.65 of the
      * bandwidth); every lane is added in the same order, so the bits are the loops'. */
     #if defined(__GNUC__) || defined(__clang__)
-    typedef float fastopt_v4f __attribute__((vector_size(16)));
-    typedef double fastopt_v4d __attribute__((vector_size(32)));
+    typedef float fastopt_v8f __attribute__((vector_size(32)));
+    typedef double fastopt_v8d __attribute__((vector_size(64)));
+    /* (8 lanes a vector: one 256-bit add per 8 terms and one 512-bit conversion and add
+       where the build has them, pairs or quadruples of narrower ones elsewhere -- the
+       same additions per lane either way; 4-lane halves cost the AVX-512 build a third
+       of the read-only passes' time in shuffles) */
     static inline void fastopt_fold8_f32(const float* t, double* lane) {{
-        fastopt_v4f a, b, c, d;
-        fastopt_v4d la, lb;
-        memcpy(&a, t, 16); memcpy(&b, t + 4, 16);
+        fastopt_v8f a, c;
+        fastopt_v8d la;
+        memcpy(&a, t, 32);
         for (int q = 1; q < 8; q++) {{
-            memcpy(&c, t + 8 * q, 16); memcpy(&d, t + 8 * q + 4, 16);
-            a = a + c; b = b + d;
+            memcpy(&c, t + 8 * q, 32);
+            a = a + c;
         }}
-        memcpy(&la, lane, 32); memcpy(&lb, lane + 4, 32);
-        la = la + __builtin_convertvector(a, fastopt_v4d);
-        lb = lb + __builtin_convertvector(b, fastopt_v4d);
-        memcpy(lane, &la, 32); memcpy(lane + 4, &lb, 32);
+        memcpy(&la, lane, 64);
+        la = la + __builtin_convertvector(a, fastopt_v8d);
+        memcpy(lane, &la, 64);
     }}
     static inline void fastopt_fold8_f64(const double* t, double* lane) {{
-        fastopt_v4d a, b, c, d, la, lb;
-        memcpy(&a, t, 32); memcpy(&b, t + 4, 32);
+        fastopt_v8d a, c, la;
+        memcpy(&a, t, 64);
         for (int q = 1; q < 8; q++) {{
-            memcpy(&c, t + 8 * q, 32); memcpy(&d, t + 8 * q + 4, 32);
-            a = a + c; b = b + d;
+            memcpy(&c, t + 8 * q, 64);
+            a = a + c;
         }}
-        memcpy(&la, lane, 32); memcpy(&lb, lane + 4, 32);
-        la = la + a; lb = lb + b;
-        memcpy(lane, &la, 32); memcpy(lane + 4, &lb, 32);
+        memcpy(&la, lane, 64);
+        la = la + a;
+        memcpy(lane, &la, 64);
     }}
     #else
     static inline void fastopt_fold8_f32(const float* t, double* lane) {{
@@ -1536,6 +1634,7 @@ cdef inline void _encode_f64(int fmt, const double* src, uintptr_t dst, Py_ssize
 
 
 fastopt_q8_avx512 = fastopt_q8_avx512_supported()
+fastopt_q8_vbmi = fastopt_q8_planes_init()
 
 
 def q8_avx512(on=None):
@@ -1550,6 +1649,31 @@ def q8_avx512(on=None):
             raise ValueError("q8_avx512: this build or CPU has no AVX-512 8-bit codecs")
         fastopt_q8_avx512 = 1 if on else 0
     return before
+
+
+def q8_vbmi(on=None):
+    """Whether the 8-bit decoder runs its AVX-512 VBMI path (byte permutes; the default where
+    the CPU has VBMI and the AVX-512 paths run); ``on=False`` / ``True`` switches it (tests
+    run both), ``True`` raising ValueError where it cannot run.  Returns the previous
+    setting."""
+    global fastopt_q8_vbmi
+    before = bool(fastopt_q8_vbmi)
+    if on is not None:
+        if on and not fastopt_q8_vbmi_supported():
+            raise ValueError("q8_vbmi: this build or CPU has no AVX-512 VBMI decoder")
+        fastopt_q8_vbmi = 1 if on else 0
+    return before
+
+
+def decode_q8(uintptr_t codes, Py_ssize_t n, uintptr_t absmax, uintptr_t dst, bint signed):
+    """The ``n`` codes at ``codes`` as float32 (``map[code] * absmax[block]``) into ``dst``,
+    in blocks of BLOCK as the layout loops decode (for tests)."""
+    cdef Py_ssize_t start
+    cdef int fmt = FMT_Q8S if signed else FMT_Q8U
+    with nogil:
+        for start in range(0, n, BLOCK):
+            _decode_q8_f32(fmt, codes, absmax, start // BLOCK, start,
+                           BLOCK if n - start > BLOCK else n - start, (<float*>dst) + start)
 
 
 def encode_q8(uintptr_t src, Py_ssize_t n, float m, uintptr_t codes, bint signed):
