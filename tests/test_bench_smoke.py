@@ -359,3 +359,12 @@ def test_bench_formats_runs_tiny(tmp_path):
     assert "| bitsandbytes AdamW8bit (CPU) | 16.00 | – |" in text       # skipped, and says so
     if bf._q8_avx512_extension() is not None:
         assert "AVX2 gather codecs" in text and "faster." in text
+
+
+def test_adafactor_passes_runs_tiny(capsys):
+    """bench/adafactor_passes.py on a 64 x 96 matrix: every pass and both floors timed."""
+    pytest.importorskip("torch")
+    B = _load("fastopt_bench_adafactor_passes", "adafactor_passes.py")
+    out = B.main(["--rows", "64", "--cols", "96", "--rounds", "2", "--floor-n", "4096"])
+    assert all(out[k] > 0 for k in ("triad_gbps", "dot_gbps", "sums", "u*u", "update"))
+    assert out["step_ms"] > 0 and "of its floor" in capsys.readouterr().out
