@@ -6,7 +6,8 @@ own implementations (and schedulefree's), at 2^24 float32 elements, in one proce
 Each case is one optimizer over one parameter of ``n`` elements with its gradient set once; a
 round times one ``step()`` of every case in turn (the VM's bandwidth drift hits all alike), each
 figure is the median over rounds.  The floor is an in-place triad (torch's ``a.add_(b, alpha=s)``
-over 2^26 float32, 12 bytes per element) measured before and after the rounds; a case's floor
+over 2^26 float32, 12 bytes per element) timed once in every round (the median; also before
+and after the rounds, for the report); a case's floor
 time is its bytes per element (every array the rule reads, every one it writes: ``Spec.
 bytes_per_element``) times ``n`` over that bandwidth, and "of floor" is floor time / measured.
 The triad runs on torch's own allocations, in 4 KiB pages as the parameters and gradients are;
@@ -188,16 +189,30 @@ def main(argv=None):
     floors = [floor_gbps(torch)]
     reads = [read_floor_gbps(torch)]
     times = {k: [] for k, v in cases.items() if v[0] is not None}
+    # the floors in every round as well (the triad first, the dot last): this VM's bandwidth
+    # drifts by a third within a run, and a floor taken only before and after can miss it
+    fn = 1 << 26
+    fa, fb = torch.ones(fn), torch.ones(fn)
+    fa.add_(fb, alpha=1e-7)
+    torch.dot(fa, fb)
+    round_triad, round_dot = [], []
     for _ in range(args.rounds):
+        t0 = time.perf_counter()
+        fa.add_(fb, alpha=1e-7)
+        round_triad.append(12 * fn / (time.perf_counter() - t0) / 1e9)
         for name in times:
             step = cases[name][0]
             t0 = time.perf_counter()
             step()
             times[name].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        torch.dot(fa, fb)
+        round_dot.append(8 * fn / (time.perf_counter() - t0) / 1e9)
+    del fa, fb
     floors.append(floor_gbps(torch))
     reads.append(read_floor_gbps(torch))
-    gbps = statistics.median(floors)
-    rgbps = statistics.median(reads)
+    gbps = statistics.median(round_triad)
+    rgbps = statistics.median(round_dot)
     huge = floor_gbps(torch, huge=True)     # (for the report: what huge pages allow)
 
     rows = []
@@ -219,6 +234,8 @@ def main(argv=None):
 
     info = dict(n=n, rounds=args.rounds, floor_gbps=gbps, floors=floors, floor_huge_gbps=huge,
                 read_floor_gbps=rgbps, read_floors=reads,
+                floor_range=[min(round_triad), max(round_triad)],
+                read_floor_range=[min(round_dot), max(round_dot)],
                 machine=_machine(),
                 cores=os.cpu_count(), torch=torch.__version__,
                 fastopt_backend="cython" if backend_status()["cython"][0] else "numba",
@@ -247,13 +264,16 @@ def render(info, rows):
              f"{info['schedulefree']}; fastopt.torch on the {info['fastopt_backend']} backend; "
              f"{info['date']}.  `python bench/bench_optimizers.py` (one process, "
              f"{info['rounds']} interleaved rounds, medians).  Floor: in-place triad "
-             f"{info['floor_gbps']:.1f} GB/s (before/after: "
-             f"{', '.join(f'{x:.1f}' for x in info['floors'])}), on torch's own allocations "
+             f"{info['floor_gbps']:.1f} GB/s (median of one run per round, "
+             f"{info['floor_range'][0]:.1f}-{info['floor_range'][1]:.1f}; before/after the "
+             f"rounds: {', '.join(f'{x:.1f}' for x in info['floors'])}), on torch's own "
+             f"allocations "
              f"like the parameters and gradients here (4 KiB pages); the same triad on huge "
              f"pages, as fastopt.torch allocates its state: "
              f"{info.get('floor_huge_gbps', float('nan')):.1f} GB/s.  Read-only floor (the "
              f"bytes of passes that only read, marked r): `torch.dot` over two 2^26 float32, "
-             f"{info['read_floor_gbps']:.1f} GB/s (before/after: "
+             f"{info['read_floor_gbps']:.1f} GB/s (per round "
+             f"{info['read_floor_range'][0]:.1f}-{info['read_floor_range'][1]:.1f}; before/after: "
              f"{', '.join(f'{x:.1f}' for x in info['read_floors'])}).", "",
              "| case | bytes/elem | ms/step | GB/s | of floor | of triad | fastopt × faster |",
              "|---|---|---|---|---|---|---|"]

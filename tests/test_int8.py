@@ -179,7 +179,7 @@ def test_cython_encoder_gives_the_exact_nearest_code(cython_path, signed):
     near = (mid.view(np.int32)[:, None] + np.arange(-300, 301)[None, :]).ravel()
     near = np.abs(near.view(np.float32))
     near = near[near <= 1]
-    for m in (1.0, 0.0073, 3.0, 2.5e-30):
+    for m in (1.0, 0.0073, 3.0, 2.5e-30, 0.61803, 1.7e-7, 4.9e3, 2.0 ** -125, 3e-39):
         f = np.float32(m)
         x = np.concatenate([near * f, -near * f, rng.uniform(-m, m, 20011),
                             (rng.uniform(-1, 1, 20011) * 10.0 ** rng.uniform(-9, 0, 20011)) * m,
@@ -197,24 +197,28 @@ def test_cython_encoder_gives_the_exact_nearest_code(cython_path, signed):
 
 @pytest.mark.skipif(not any(p[1] for p in _cython_paths()), reason="no AVX-512 on this CPU")
 @pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
-def test_avx512_encoder_equals_the_table_path_on_every_float32(signed):
-    """The AVX-512 encoder computes codes arithmetically (_qmaps.level_tables): it is compared
-    with the AVX2 table path on every float32 in [-1, 1] (about 2.1e9 values, some seconds)."""
+@pytest.mark.parametrize("m", [1.0, 0.7301, 3.1e-3], ids=["m=1", "m=0.7301", "m=3.1e-3"])
+def test_avx512_encoder_equals_the_table_path_on_every_float32(signed, m):
+    """The AVX-512 encoder computes codes arithmetically (_qmaps.level_tables), from x times
+    1/m where a division would be exact: it is compared with the AVX2 table path (x / m) on
+    every float32 x in [-m, m] (about 2.1e9 values each, some seconds), for a block maximum of
+    1 (1/m exact) and two whose reciprocal is rounded."""
     from fastopt.kernels import cython as cy
     ext = cy.variants()["avx2"]
     before = ext.q8_avx512()
     chunk = 1 << 23
     a, b = np.empty(chunk, np.uint8), np.empty(chunk, np.uint8)
-    top = int(np.float32(1).view(np.uint32))
+    m = np.float32(m)
+    top = int(m.view(np.uint32))
     try:
         for sign in (0, 1 << 31):
             for start in range(0, top + 1, chunk):
                 bits = np.arange(start, min(start + chunk, top + 1), dtype=np.uint32) | sign
                 x = bits.view(np.float32)
                 ext.q8_avx512(False)
-                ext.encode_q8(x.ctypes.data, x.size, np.float32(1), a.ctypes.data, signed)
+                ext.encode_q8(x.ctypes.data, x.size, m, a.ctypes.data, signed)
                 ext.q8_avx512(True)
-                ext.encode_q8(x.ctypes.data, x.size, np.float32(1), b.ctypes.data, signed)
+                ext.encode_q8(x.ctypes.data, x.size, m, b.ctypes.data, signed)
                 bad = np.flatnonzero(a[:x.size] != b[:x.size])
                 assert bad.size == 0, (f"{bad.size} codes differ, first at {x[bad[0]]!r}: "
                                        f"table path {a[bad[0]]}, AVX-512 {b[bad[0]]}")

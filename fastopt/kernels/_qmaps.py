@@ -175,8 +175,9 @@ def level_tables(signed):
     otherwise the exact path decides.  The construction checks every assumption it uses (one
     boundary per binade, the level structure, ``D < EPS / 4``, the signed map's symmetry) and
     raises AssertionError if the maps ever stop fitting it; tests/test_int8.py compares the
-    compiled encoder with ``searchsorted`` around every midpoint (an offline run compared it
-    with the table path on every float32 in [-1, 1])."""
+    compiled encoder with ``searchsorted`` around every midpoint, and with the table path on
+    every float32 in [-m, m] for three block maxima m (the encoder takes x * (1/m), the
+    table path x / m)."""
     f32 = np.float32
     q, mid = qmap(signed), midpoints(signed)[:-1]
     pos0 = 127 if signed else 0
@@ -214,5 +215,9 @@ def level_tables(signed):
         if len(inside) > 1:
             raise AssertionError("a binade holds two level boundaries")
         field = int(inside[0].view(np.uint32)) & 0x7FFFFF if inside else 0xFFFFFF
+        if inside and not 16 <= field <= 0x7FFFFF - 16:
+            # (the encoder's x * (1/m) marks values within 8 units of the boundary unsure,
+            # comparing mantissas within the binade)
+            raise AssertionError("a level boundary is within 16 units of its binade's end")
         ent.append(field | (sum(1 for t in thresholds if t < lo) << 24))
     return (np.array(ent, np.int64).astype(np.int32), scale, offset, lohi.astype(np.int32))
