@@ -29,19 +29,29 @@ pytestmark = pytest.mark.skipif(
     reason="transparent huge pages are not available here (Linux, THP 'madvise' or 'always')")
 
 
-def _huge_kb(t):
-    """AnonHugePages of the mapping holding the middle of ``t``'s memory."""
+def _mapping(t):
+    """``(AnonHugePages in kB, VmFlags)`` of the mapping holding the middle of ``t``'s memory
+    (VmFlags ``hg``: advised with MADV_HUGEPAGE)."""
     addr = t.data_ptr() + t.numel() * t.element_size() // 2
-    inside = False
+    inside, kb, flags = False, 0, set()
     with open("/proc/self/smaps") as fh:
         for line in fh:
             head = line.split(None, 1)[0]
             if "-" in head and all(c in "0123456789abcdef-" for c in head):
+                if inside:
+                    break
                 lo, hi = (int(x, 16) for x in head.split("-"))
                 inside = lo <= addr < hi
             elif inside and head == "AnonHugePages:":
-                return int(line.split()[1])
-    return 0
+                kb = int(line.split()[1])
+            elif inside and head == "VmFlags:":
+                flags = set(line.split()[1:])
+    return kb, flags
+
+
+def _huge_kb(t):
+    """AnonHugePages of the mapping holding the middle of ``t``'s memory."""
+    return _mapping(t)[0]
 
 
 def _stepped(n=N, **kw):
@@ -53,13 +63,19 @@ def _stepped(n=N, **kw):
 
 
 def test_state_and_flat_buffers_are_in_huge_pages():
+    """Every buffer is advised (the mapping's ``hg`` flag: fastopt's part); the kernel backs
+    advised memory with huge pages when it has free 2 MiB frames (under fragmentation, as late
+    in a long test run, it may fall back to 4 KiB pages for some: seen once in a CI run), so
+    most of the five are checked to hold huge pages."""
     p, opt = _stepped()
-    for name in ("exp_avg", "exp_avg_sq"):
-        assert _huge_kb(opt.state[p][name]) >= 2048, name
     q, opt2 = _stepped(flatten=True)
-    for t, what in ((q, "flat parameters"), (q.grad, "flat gradients"),
-                    (opt2.state[q]["exp_avg"], "flat state")):
-        assert _huge_kb(t) >= 2048, what
+    buffers = [(opt.state[p]["exp_avg"], "exp_avg"), (opt.state[p]["exp_avg_sq"], "exp_avg_sq"),
+               (q, "flat parameters"), (q.grad, "flat gradients"),
+               (opt2.state[q]["exp_avg"], "flat state")]
+    for t, what in buffers:
+        assert "hg" in _mapping(t)[1], f"{what}: not advised into huge pages"
+    huge = [what for t, what in buffers if _huge_kb(t) >= 2048]
+    assert len(huge) >= 3, f"huge pages only in {huge}"
     # (the values: the first step's moments, (1 - beta1)*g and (1 - beta2)*g*g)
     torch.testing.assert_close(opt.state[p]["exp_avg"], 0.1 * p.grad)
     torch.testing.assert_close(opt.state[p]["exp_avg_sq"], 0.001 * p.grad * p.grad)
