@@ -11,6 +11,7 @@ torch = pytest.importorskip("torch")
 
 import fastopt  # noqa: E402
 import fastopt.torch as ft  # noqa: E402
+from _support import HOST_BACKENDS  # noqa: E402
 
 STEPS = 50
 #: measured: the largest deviation over CASES x flatten is 2.2e-6 relative (1.5e-5 absolute on
@@ -453,6 +454,32 @@ def test_params_without_grad_are_skipped(case):
         assert sa.keys() == sb.keys()
         if "step" in sa:
             assert float(sa["step"]) == float(sb["step"])
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+def test_an_empty_parameter_first_in_a_run(backend):
+    """An empty tensor joins any run of tensors laid end to end; first in one, its data_ptr()
+    (0, or anywhere) was taken as the run's address, and the kernel wrote the next tensors'
+    elements there (a segmentation fault): the run's address is its first non-empty tensor's.
+    Stepped as torch.optim.Adam, alone in a group and after another parameter."""
+    rng = np.random.default_rng(0)
+    for layout in ("alone", "after"):
+        vals = [rng.standard_normal(5).astype(np.float32), np.zeros(0, np.float32),
+                rng.standard_normal(64).astype(np.float32)]
+        mine = [torch.tensor(v, requires_grad=True) for v in vals]
+        ref = [torch.tensor(v, requires_grad=True) for v in vals]
+        groups = (lambda ps: [{"params": ps[:1]}, {"params": ps[1:]}]) if layout == "alone" \
+            else (lambda ps: ps)
+        opt = ft.Adam(groups(mine), lr=0.1, backend=backend)
+        tref = torch.optim.Adam(groups(ref), lr=0.1)
+        for step in range(3):
+            for a, b in zip(mine, ref):
+                a.grad = torch.randn(a.shape, generator=torch.Generator().manual_seed(step))
+                b.grad = a.grad.clone()
+            opt.step()
+            tref.step()
+        for a, b in zip(mine, ref):
+            torch.testing.assert_close(a.detach(), b.detach())
 
 
 def test_untouched_param_keeps_no_state():

@@ -532,7 +532,10 @@ class FusedOptimizer(_TorchOptimizer):
             for run in runs:
                 full = [columns[0][k] for k in run]
                 n = sum(t.numel() for t in full)
-                rows.append((n, [0 if col[run[0]] is None else col[run[0]].data_ptr()
+                # (a run's address is its first non-empty tensor's: an empty tensor joins any
+                # run, and its own data_ptr() may be 0 or anywhere)
+                first = next((k for k in run if columns[0][k].numel()), run[0])
+                rows.append((n, [0 if col[first] is None else col[first].data_ptr()
                                  for col in columns]))
             call = be.bind_addresses(kernel, rows, bases=bases, seed=self._seed)
             # the runs and their bases: what a step plan (._plan) needs to rebind the call to
