@@ -85,6 +85,14 @@ class Spec:
     #: of ``apply_rule`` over that tensor; each parameter is its own kernel row
     apply_rule: str = ""
     apply_scalars: object = None
+    #: the two passes with 8-bit state (LAMB): ``(first, second)`` rules over the same arrays
+    #: (parameter, gradient, state), the first only reading (its sums), the second computing
+    #: the state again, storing it and updating the parameter: a second pass that read the
+    #: 8-bit state back would see a second moment rounded to 0 where the first moment is not.
+    #: ``q8_apply_scalars(scalars, group, t, lr, sums)``: the second's scalars from the
+    #: first's (clipping included)
+    q8_rules: tuple = ()
+    q8_apply_scalars: object = None
     #: the optimizer class has its own step (Adafactor: state not shaped like the parameters,
     #: per-tensor scalars from several passes): ``rule``/``apply_rule`` are not run on their own
     #: by the spec-driven kernel tests and benchmarks (its kernels: tests/test_adafactor.py)
@@ -951,8 +959,13 @@ def _lamb_apply_scalars(g, t, lr, sums):
     return (-lr * _lamb_trust(*sums), inv_bc1, inv_bc2_sqrt, g["eps"], g["weight_decay"])
 
 
+def _lamb_update_scalars(scalars, g, t, lr, sums):
+    return tuple(scalars) + (-lr * _lamb_trust(*sums),)
+
+
 LAMB = Spec(
     name="LAMB", rule="lamb", apply_rule="lamb_apply", apply_scalars=_lamb_apply_scalars,
+    q8_rules=("lamb_norms", "lamb_update"), q8_apply_scalars=_lamb_update_scalars,
     summary="LAMB: Adam's direction scaled per tensor by the trust ratio ||p||/||u||.",
     math=r"""
 .. math::
@@ -966,7 +979,11 @@ LAMB = Spec(
 if ``maximize``.  The norms are per parameter tensor, so the step is two fused passes over each:
 the first updates the moments and sums ``p*p`` and ``u*u`` (reads p, g, m, v; writes m, v), the
 second recomputes ``u`` from the new moments and writes p (reads p, m, v): 40 bytes per float32
-element, against 48 for a pass that stores ``u`` and a third that applies it.""",
+element, against 48 for a pass that stores ``u`` and a third that applies it.  With 8-bit state
+the first pass only reads (p, g and the codes) and the second computes the moments again from
+the codes and the gradient, stores them and writes p, so the update uses this step's moments
+before they are quantized (as bitsandbytes' 8-bit steps): 26 bytes per element with float32
+parameters.""",
     hypers=(Hyper("lr", 1e-3, C.lr, _LR),
             Hyper("betas", (0.9, 0.999), C.betas, "``(beta1, beta2)``, each in [0, 1)."),
             Hyper("eps", 1e-6, C.nonneg, "Added to the denominator."),
@@ -991,9 +1008,7 @@ array([2.6464, 4.3536])""",
     references="You et al., \"Large Batch Optimization for Deep Learning: Training BERT in 76 "
                "minutes\", ICLR 2020 (arXiv:1904.00962, 2019).",
     notes="No torch.optim equivalent.  Bias correction is always on; the trust ratio uses "
-          "the norms themselves (the paper's scaling function ``phi`` is the identity).  "
-          "Parameters and state in float32 or float64 (the per-tensor reduction is compiled "
-          "for those only).",
+          "the norms themselves (the paper's scaling function ``phi`` is the identity).",
 )
 
 
@@ -1200,10 +1215,12 @@ bytes per element.  torch's for-loop makes about 12 passes over a matrix.""",
                "Cost\", ICML 2018 (arXiv:1804.04235); torch.optim.Adafactor.",
     notes="State: ``row_var`` and ``col_var`` (torch's shapes: the parameter's with the last, "
           "respectively the second-to-last, dimension 1) for 2 or more dimensions, "
-          "``variance`` for fewer.  Parameters in float32 or float64 with their state in the "
-          "same dtype (its row, column and tensor sums are compiled for those).  eps1=None "
-          "is each parameter's own dtype's epsilon (torch takes the first parameter's dtype "
-          "for the whole group).",
+          "``variance`` for fewer, stored in ``state_dtype`` (None: the parameter's dtype, as "
+          "torch); with ``state_dtype=\"int8\"`` a vector of at least ``min_8bit_size`` "
+          "elements keeps 8-bit ``variance`` codes (and ``variance_absmax``), the factors of a "
+          "matrix (``n + m`` values) stay float32.  eps1=None is each parameter's own dtype's "
+          "epsilon (torch takes the first parameter's dtype for the whole group; bfloat16's "
+          "is 2**-7).",
 )
 
 #: Every optimizer, in the order the docs list them.

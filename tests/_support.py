@@ -8,6 +8,7 @@ import os
 import numpy as np
 
 import fastopt
+from fastopt.kernels import formats as F
 from fastopt.specs import SPECS
 
 #: Tolerances of a backend run in the given dtype against the float64 NumPy reference.
@@ -36,9 +37,10 @@ OPTIMIZERS_UNDER_TEST = [(_case_id(s, k), getattr(fastopt, s.name), kw)
 #: encode around a rule is generated the same way for every rule, so the later families' options
 #: are covered by the float32/float64 conformance and non-finite tests; running all of them
 #: through every layout would add minutes of compilation to each CI run for no new path.
-#: LAMB (a per-tensor reduction, compiled for float32/float64 storage only) has no layouts.
+#: Adafactor (its own per-tensor step and factored state) has its own format tests
+#: (tests/test_adafactor.py).
 FORMAT_CASES = [(_case_id(s, k), getattr(fastopt, s.name), kw)
-                for i, s in enumerate(SPECS) if not s.apply_rule
+                for i, s in enumerate(SPECS) if not s.own_step
                 for j, (k, kw) in enumerate(s.cases.items()) if i < 6 or j == 0]
 
 
@@ -85,3 +87,25 @@ def run_kernel(backend, spec, group, param, grads, steps, readonly=False, state=
                         spec.apply_scalars(group, t, float(group["lr"]), sums))
         spec.advance(group, t, float(group["lr"]))
     return [param] + [s for s in state if s is not None]
+
+
+def reference_step(backend, spec, group, flags, t, arrays, formats, scalars, **layout):
+    """One step of ``spec``'s rule(s) over one parameter on ``backend`` in float64 (a float64
+    reference of the same format on the NumPy backend): ``arrays`` = parameter, gradient,
+    state (None unused), then the absmax of each 8-bit state; ``layout``: ``rounding``,
+    ``base``, ``seed``, ``step`` of :meth:`Backend.run`.  A two-pass spec (LAMB) runs its
+    second pass with the tensor's sums (with 8-bit state: its ``q8_rules``)."""
+    q8 = bool(spec.q8_rules) and any(f in F.QUANTIZED for f in formats)
+    first, second = spec.q8_rules if q8 else (spec.rule, spec.apply_rule)
+    lr = float(group["lr"])
+    sums = backend.run(first, np.float64, flags, arrays, scalars, formats=formats, **layout)
+    if not second:
+        return
+    if q8:
+        backend.run(second, np.float64, flags, arrays,
+                    spec.q8_apply_scalars(scalars, group, t, lr, sums), formats=formats,
+                    **layout)
+    else:
+        backend.run(second, np.float64, flags, [arrays[0], *arrays[2:]],
+                    spec.apply_scalars(group, t, lr, sums), formats=(formats[0], *formats[2:]),
+                    **layout)

@@ -445,12 +445,8 @@ def test_torch_adapter_rejects_before_changing_anything():
     with pytest.raises(RuntimeError, match="sparse"):
         opt2.step()
     assert not opt2.state     # no state was created either
-    with pytest.raises(TypeError, match="float32 or float64"):
-        ft.Adafactor([torch.zeros(3, 4, dtype=torch.bfloat16, requires_grad=True)])
     with pytest.raises(ValueError, match="flatten=True"):
         ft.Adafactor.__mro__[1](([a]), dict(ft.Adafactor([a]).defaults), flatten=True)
-    with pytest.raises(ValueError, match="state_dtype='int8'"):
-        ft.Adafactor([a], state_dtype="int8")
     with pytest.raises(ValueError, match=r"has shape \(3, 4\), expected \(3, 1\)"):
         opt.load_state_dict({"state": {0: {"step": torch.tensor(1.0),
                                            "row_var": torch.zeros(3, 4),
@@ -470,8 +466,9 @@ def test_torch_adapter_rejects_before_changing_anything():
     (dict(d=0.5), ValueError, "Invalid d"),
     (dict(weight_decay=-0.1), ValueError, "Invalid weight_decay"),
     (dict(maximize="no"), TypeError, "maximize"),
-    (dict(state_dtype="int8"), ValueError, "state_dtype='int8'"),
-    (dict(state_dtype="bfloat16"), ValueError, "state_dtype='bfloat16'"),
+    (dict(state_dtype="int4"), ValueError, "state_dtype must be one of"),
+    (dict(rounding="down"), ValueError, "rounding must be 'nearest' or"),
+    (dict(seed=-1), ValueError, "seed must be in"),
 ])
 @pytest.mark.parametrize("api", ["numpy", "torch"])
 def test_invalid_hyperparameters(api, kw, exc, match):
@@ -483,9 +480,312 @@ def test_invalid_hyperparameters(api, kw, exc, match):
             ft.Adafactor([torch.zeros(2, 3, requires_grad=True)], **kw)
 
 
-def test_half_precision_parameters_are_refused():
+# -- storage formats: 16-bit parameters and gradients, 16-bit and 8-bit state -------------------
+def _bf16():
     import ml_dtypes
-    with pytest.raises(TypeError, match="float32 or float64"):
-        fastopt.Adafactor([np.zeros((2, 3), ml_dtypes.bfloat16)])
-    with pytest.raises(ValueError, match="state_dtype='float32'"):
-        fastopt.Adafactor([np.zeros((2, 3))], state_dtype="float32")    # float64 params
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+#: a matrix of several row blocks, a batch of matrices, a vector long enough for 8-bit state
+#: (min_8bit_size=1000 below), a short vector, a scalar
+FMT_SHAPES = [(GRID_ROWS + 5, 67), (3, 4, 6), (1500,), (9,), ()]
+FMT_KW = dict(lr=0.05, eps=(1e-3, 1e-3), weight_decay=0.1)
+
+
+def _fmt_layouts():
+    bf16 = _bf16()
+    return [  # (id, parameter dtype, gradient dtype, state_dtype, rounding)
+        ("bf16-all-nearest", bf16, bf16, None, "nearest"),
+        ("bf16-f32grad-f32state-stochastic", bf16, np.dtype(np.float32), "float32",
+         "stochastic"),
+        ("f16-bf16state-stochastic", np.dtype(np.float16), np.dtype(np.float16), "bfloat16",
+         "stochastic"),
+        ("f32-bf16state-nearest", np.dtype(np.float32), np.dtype(np.float32), "bfloat16",
+         "nearest"),
+        ("bf16-int8-stochastic", bf16, bf16, "int8", "stochastic"),
+        ("f32-int8-nearest", np.dtype(np.float32), np.dtype(np.float32), "int8", "nearest"),
+    ]
+
+
+FMT_LAYOUTS = [pytest.param(*lay[1:], id=lay[0]) for lay in _fmt_layouts()]
+
+
+def _fmt_problem(pdtype, gdtype, seed=0, steps=6):
+    rng = np.random.default_rng(seed)
+    params = [np.array(rng.standard_normal(s), dtype=pdtype) for s in FMT_SHAPES]
+    grads = [[np.array(rng.standard_normal(s) * 0.5, dtype=gdtype) for s in FMT_SHAPES]
+             for _ in range(steps)]
+    return params, grads
+
+
+def _fmt_reference(params, grads, kw, state_dtype, rounding, seed, min_8bit_size=1000):
+    """The float64 reference of the same formats, written plainly from torch.optim.Adafactor's
+    algorithm: per parameter and step, everything decoded to float64; the factors of a
+    matrix updated, rounded into their storage and used as stored (their mean too); a vector's
+    second moment used as computed and stored rounded (8-bit: requantized); the parameter
+    rounded into its storage -- stochastic rounding with the counter-based bits of (seed, step,
+    the element's index among the parameters of its dtype, array: 0 the parameter, 2 the
+    variance or row factors, 3 the column factors)."""
+    from fastopt.kernels import formats as F
+    from fastopt.optimizers._adafactor import eps1_of, state_formats
+    params = [p.copy() for p in params]
+    offsets, seen = [], {}
+    for p in params:
+        offsets.append(seen.get(p.dtype, 0))
+        seen[p.dtype] = offsets[-1] + p.size
+    group = fastopt.Adafactor.spec.defaults() | kw
+    sign = -1.0 if group.get("maximize") else 1.0
+    lr, wd, d = group["lr"], group["weight_decay"], group["d"]
+    state = []
+    for p in params:
+        fmts = state_formats(p.shape, F.tag(p.dtype), state_dtype, min_8bit_size)
+        if p.ndim >= 2:
+            B, n, m = int(np.prod(p.shape[:-2])), p.shape[-2], p.shape[-1]
+            state.append({name: np.zeros(size, F.storage_dtype(fmts[name]))
+                          for name, size in (("row_var", B * n), ("col_var", B * m))})
+        elif fmts["variance"] in F.QUANTIZED:
+            state.append({"variance": F.quantize(F.Q8U, np.zeros(p.size, np.float32))})
+        else:
+            state.append({"variance": np.zeros(p.size, F.storage_dtype(fmts["variance"]))})
+        state[-1]["fmts"] = fmts
+
+    def store(fmt, x, out, base, t, salt):
+        bits = None
+        if rounding == "stochastic":
+            bits = F.random_bits(np.arange(base, base + x.size, dtype=np.uint64), t, seed, salt)
+        F.encode(fmt, x, out, rounding, bits)
+
+    def lerp(a, b, w):
+        return a + w * (b - a)
+
+    for t in range(1, len(grads) + 1):
+        w = float(t) ** group["beta2_decay"]
+        rho = min(lr, 1.0 / np.sqrt(t))
+        for i, (p, st) in enumerate(zip(params, state)):
+            pfmt, fmts = F.tag(p.dtype), st["fmts"]
+            x = F.decode(pfmt, p.reshape(-1), np.float64)
+            g = sign * F.decode(F.tag(grads[t - 1][i].dtype), grads[t - 1][i].reshape(-1),
+                                np.float64)
+            eps1 = eps1_of(group, p.dtype)
+            alpha = max(group["eps"][1], np.sqrt(np.mean(x * x)) if x.size else 0.0) * rho
+            x = x * (1.0 - lr * wd)
+            if p.ndim >= 2:
+                B, n, m = int(np.prod(p.shape[:-2])), p.shape[-2], p.shape[-1]
+                g2 = (g * g).reshape(B, n, m)
+                for name, new, salt in (("row_var", g2.mean(axis=2).ravel(), 2),
+                                        ("col_var", g2.mean(axis=1).ravel(), 3)):
+                    old = F.decode(fmts[name], st[name], np.float64)
+                    store(fmts[name], lerp(old, new, w), st[name], offsets[i], t, salt)
+                r = F.decode(fmts["row_var"], st["row_var"], np.float64).reshape(B, n, 1)
+                c = F.decode(fmts["col_var"], st["col_var"], np.float64).reshape(B, 1, m)
+                mean = np.maximum(r.mean(axis=1, keepdims=True), eps1)
+                var = (r * c / mean).ravel()
+            else:
+                v = st["variance"]
+                q8 = isinstance(v, tuple)
+                old = F.dequantize(F.Q8U, *v, np.float64) if q8 else \
+                    F.decode(fmts["variance"], v, np.float64)
+                var = lerp(old, g * g, w)
+                if q8:
+                    F.quantize(F.Q8U, var, *v)
+                else:
+                    store(fmts["variance"], var, v, offsets[i], t, 2)
+            u = g / np.sqrt(np.maximum(var, eps1 * eps1))
+            rms_u = np.sqrt(np.mean(u * u)) if u.size else 0.0
+            x = x - alpha / max(1.0, rms_u / d) * u
+            out = p.reshape(-1)
+            store(pfmt, x, out, offsets[i], t, 0)
+    return params, state
+
+
+def _raw(a):
+    """An array's bytes (any shape, 0-d included)."""
+    return np.asarray(a).reshape(-1).view(np.uint8)
+
+
+def _units(a, b):
+    """|a - b| in units of the last place of a's format, at b's magnitude (at least 10% of b's
+    RMS: near zero one unit of the inputs is many of the result's)."""
+    a64, b64 = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    mant = {1: 4, 2: 8 if a.dtype == _bf16() else 11, 4: 24, 8: 53}[a.dtype.itemsize]
+    floor = 0.1 * np.sqrt(np.mean(b64 ** 2)) if b64.size else 0.0
+    return np.abs(a64 - b64) / (np.maximum(np.abs(b64), max(floor, 1e-30)) * 2.0 ** (1 - mant))
+
+
+#: the NumPy backend and the Cython extension against the reference; Numba gives Cython's bits
+#: (the next test: every layout, serial and threaded), so it is not run a third time here (its
+#: loops compile on first use, several seconds per layout and pass)
+REFERENCE_BACKENDS = [b for b in HOST_BACKENDS if b != "numba"] or HOST_BACKENDS
+
+
+@pytest.mark.parametrize("pdtype, gdtype, state_dtype, rounding", FMT_LAYOUTS)
+@pytest.mark.parametrize("backend", REFERENCE_BACKENDS)
+def test_storage_formats_match_the_float64_reference_of_the_same_formats(
+        backend, pdtype, gdtype, state_dtype, rounding):
+    """Every layout against :func:`_fmt_reference`: the parameters and the stored state most
+    often the reference's bits, the rest a few units of their format apart (float32
+    arithmetic against float64, both rounded to the same formats with the same random bits;
+    stochastic rounding turns a last-bit difference into a whole unit now and then)."""
+    from fastopt.kernels import formats as F
+    params, grads = _fmt_problem(pdtype, gdtype)
+    before = [p.copy() for p in params]
+    opt = fastopt.Adafactor(params, backend=backend, state_dtype=state_dtype,
+                            rounding=rounding, seed=13, min_8bit_size=1000, **FMT_KW)
+    for g in grads:
+        opt.step(g)
+    ref, ref_state = _fmt_reference(before, grads, FMT_KW, state_dtype, rounding, 13)
+    units = 2 if rounding == "nearest" else 8
+    for i, (p, r) in enumerate(zip(params, ref)):
+        assert p.dtype == pdtype
+        if pdtype.itemsize == 2:
+            same = p.reshape(-1).view(np.uint16) == r.reshape(-1).view(np.uint16)
+            assert same.mean() >= 0.9, (i, same.mean())
+            assert (_units(p, r) <= units).mean() >= 0.999 and _units(p, r).max() <= 64, i
+        else:     # (float32 parameters: float32 arithmetic against float64's)
+            assert np.isclose(p, r, rtol=1e-5, atol=1e-6).mean() >= 0.999, i
+        live = opt.state[i]
+        for name, want in ref_state[i].items():
+            if name == "fmts":
+                continue
+            fmt = ref_state[i]["fmts"][name]
+            got = live[name].reshape(-1)
+            if fmt in F.QUANTIZED:
+                assert got.dtype == np.uint8 and live[name + "_absmax"].dtype == np.float32
+                assert (got == want[0]).mean() >= 0.97, (i, name)
+                np.testing.assert_allclose(live[name + "_absmax"], want[1], rtol=1e-3)
+                continue
+            assert got.dtype == F.storage_dtype(fmt), (i, name)
+            assert (_units(got, want) <= units).mean() >= 0.99, (i, name)
+            if got.dtype.itemsize == 2:   # (the same random bits: mostly the same rounding)
+                assert (_raw(got) == _raw(want)).reshape(-1, 2).all(axis=1).mean() >= 0.9, \
+                    (i, name)
+
+
+@pytest.mark.parametrize("pdtype, gdtype, state_dtype, rounding", FMT_LAYOUTS)
+def test_storage_formats_same_bits_on_the_compiled_backends_and_threads(
+        pdtype, gdtype, state_dtype, rounding, monkeypatch):
+    """Numba and Cython, serial and split over threads: the same parameters and state, bit for
+    bit (the same sums in the same order, the same codecs and random bits)."""
+    backends = [b for b in HOST_BACKENDS if b != "numpy"]
+    runs = []
+    for threshold in (1, 1 << 40):
+        monkeypatch.setattr(config, "PARALLEL_THRESHOLD", threshold)
+        for b in backends:
+            params, grads = _fmt_problem(pdtype, gdtype, seed=2)
+            opt = fastopt.Adafactor(params, backend=b, state_dtype=state_dtype,
+                                    rounding=rounding, seed=5, min_8bit_size=1000, **FMT_KW)
+            for g in grads:
+                opt.step(g)
+            runs.append((params, opt.state))
+    for params, st in runs[1:]:
+        for i, (a, b) in enumerate(zip(runs[0][0], params)):
+            np.testing.assert_array_equal(_raw(a), _raw(b), err_msg=str(i))
+            for name, v in runs[0][1][i].items():
+                if name != "step":
+                    np.testing.assert_array_equal(_raw(v), _raw(st[i][name]), err_msg=name)
+
+
+@pytest.mark.parametrize("backend", REFERENCE_BACKENDS)
+def test_storage_formats_resume_bit_for_bit_and_convert(backend, tmp_path):
+    """bfloat16 parameters with 8-bit and bfloat16 state, stochastic rounding: a checkpoint
+    written half-way and loaded into a fresh optimizer continues bit for bit; loaded into one
+    with another ``state_dtype`` it converts (dequantized, rounded) instead of failing."""
+    bf16 = _bf16()
+    for state_dtype in ("int8", "bfloat16"):
+        options = dict(backend=backend, state_dtype=state_dtype, rounding="stochastic",
+                       seed=3, min_8bit_size=1000, **FMT_KW)
+        params, grads = _fmt_problem(bf16, bf16, seed=4, steps=8)
+        a = [p.copy() for p in params]
+        opt = fastopt.Adafactor(a, **options)
+        for g in grads[:4]:
+            opt.step(g)
+        fastopt.save(opt, tmp_path / "ada.npz")
+        b = [p.copy() for p in a]
+        opt2 = fastopt.Adafactor(b, **options)
+        fastopt.load(opt2, tmp_path / "ada.npz")
+        for g in grads[4:]:
+            opt.step(g)
+            opt2.step(g)
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(_raw(x), _raw(y))
+        if state_dtype == "int8":
+            assert opt.state[2]["variance"].dtype == np.uint8
+        other = fastopt.Adafactor([p.copy() for p in a], **{**options, "state_dtype": "float32"})
+        other.load_state_dict(opt.state_dict())
+        from fastopt.kernels import formats as F
+        for i, st in opt.state.items():
+            for name, v in st.items():
+                if name == "step" or name.endswith("_absmax"):
+                    continue
+                got = other.state[i][name]
+                assert got.dtype == np.float32
+                want = F.dequantize(F.Q8U, v, st[name + "_absmax"]).reshape(v.shape) \
+                    if v.dtype == np.uint8 else v.astype(np.float32)
+                np.testing.assert_array_equal(got, want)
+        assert other.step(grads[0])
+
+
+@pytest.mark.parametrize("backend", REFERENCE_BACKENDS)
+def test_state_formats_and_bytes(backend):
+    """Where each format keeps what: the factors of a matrix in the state dtype (float32 under
+    int8: n + m values), a vector's variance as 8-bit codes from min_8bit_size elements."""
+    bf16 = _bf16()
+    params, grads = _fmt_problem(bf16, bf16)
+    for state_dtype, want in ((None, bf16), ("float32", np.float32), ("bfloat16", bf16),
+                              ("int8", np.float32)):
+        opt = fastopt.Adafactor([p.copy() for p in params], backend=backend,
+                                state_dtype=state_dtype, min_8bit_size=1000, **FMT_KW)
+        opt.step(grads[0])
+        st = opt.state
+        assert st[0]["row_var"].dtype == want and st[0]["col_var"].dtype == want
+        assert st[3]["variance"].dtype == want              # 9 elements: never 8-bit
+        if state_dtype == "int8":
+            assert st[2]["variance"].dtype == np.uint8
+            assert st[2]["variance_absmax"].shape == (6,)   # ceil(1500 / 256)
+        else:
+            assert st[2]["variance"].dtype == want and "variance_absmax" not in st[2]
+
+
+def test_eps1_none_is_the_parameters_own_epsilon():
+    """torch's eps1=None is the parameter dtype's machine epsilon: bfloat16's is 2**-7."""
+    from fastopt.optimizers._adafactor import eps1_of
+    group = {"eps": (None, 1e-3)}
+    assert eps1_of(group, _bf16()) == 2.0 ** -7
+    assert eps1_of(group, np.float16) == 2.0 ** -10
+    assert eps1_of(group, np.float32) == 2.0 ** -23
+
+
+@pytest.mark.parametrize("backend", REFERENCE_BACKENDS)
+@pytest.mark.parametrize("state_dtype, rounding", [(None, "stochastic"), ("int8", "nearest")])
+def test_torch_adapter_half_tensors_match_the_numpy_api(backend, state_dtype, rounding):
+    """fastopt.torch.Adafactor on bfloat16 tensors (float32 gradients on one): the NumPy API's
+    bits, state for state (torch's names; 8-bit ``variance`` with ``variance_absmax``)."""
+    bf16 = _bf16()
+    params, grads = _fmt_problem(bf16, bf16, seed=6)
+    options = dict(backend=backend, state_dtype=state_dtype, rounding=rounding, seed=9,
+                   min_8bit_size=1000, **FMT_KW)
+    ref = fastopt.Adafactor([p.copy() for p in params], **options)
+    tps = [torch.from_numpy(p.reshape(-1).view(np.int16).copy()).view(torch.bfloat16)
+           .reshape(p.shape).requires_grad_() for p in params]
+    if hasattr(tps[0], "grad_dtype"):
+        tps[0].grad_dtype = None
+    opt = ft.Adafactor(tps, **options)
+    for gs in grads:
+        gs = list(gs)
+        gs[0] = gs[0].astype(np.float32)                    # a float32 gradient
+        ref.step(gs)
+        for tp, g in zip(tps, gs):
+            tp.grad = torch.from_numpy(g.copy()) if g.dtype == np.float32 else \
+                torch.from_numpy(g.reshape(-1).view(np.int16).copy()).view(torch.bfloat16) \
+                .reshape(g.shape)
+        opt.step()
+    for i, tp in enumerate(tps):
+        got = tp.detach().view(torch.int16).numpy()
+        np.testing.assert_array_equal(_raw(got), _raw(ref.params[i]), err_msg=str(i))
+        for name, v in ref.state[i].items():
+            if name == "step":
+                continue
+            t = opt.state[tp][name]
+            h = t.view(torch.int16).numpy() if t.dtype is torch.bfloat16 else t.numpy()
+            assert np.asarray(v).dtype.itemsize == h.dtype.itemsize, (i, name)
+            np.testing.assert_array_equal(_raw(h), _raw(v), err_msg=f"{i} {name}")

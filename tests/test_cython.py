@@ -179,12 +179,12 @@ def test_serial_and_threaded_are_bitwise_equal(cy, spec, kw, dtype, threshold):
 
 @pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"),
                     reason="other targets may contract a*b+c into FMA")
-@pytest.mark.parametrize("spec, kw", [p for p in PARAMS if not p.values[0].apply_rule])
+@pytest.mark.parametrize("spec, kw", PARAMS)
 def test_float32_math_stays_float32(cy, spec, kw):
     """Same operations in the same order (torch's), all in float32 (sqrtf, no promotion to
     double): on x86-64 (SSE/AVX2, no FMA contraction) the result equals NumPy's float32
-    reference bit for bit.  (Not LAMB: its trust ratio comes from float64 sums, added in 64 lanes
-    per block of 4096 there and pairwise by NumPy: the same to ~1e-16, not bitwise.)"""
+    reference bit for bit (LAMB too: its trust ratio's float64 sums are added in the same
+    order there, 64 lanes per block of 4096)."""
     param, grads = _problem(4097, np.float32, seed=3)
     want = _run(get_backend("numpy"), spec, kw, param.copy(), grads)
     got = _run(cy, spec, kw, param.copy(), grads)

@@ -19,7 +19,7 @@ from fastopt import kernels
 from fastopt.kernels import _codecs as C
 from fastopt.kernels import formats as F
 from fastopt.specs import SPECS
-from _support import FORMAT_CASES, HOST_BACKENDS, kernel_group
+from _support import FORMAT_CASES, HOST_BACKENDS, kernel_group, reference_step
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 F16 = np.dtype(np.float16)
@@ -176,8 +176,8 @@ def _reference(cls, kwargs, params, grads, state_dtype, rounding, seed, steps=ST
             st = [state[k].get(n) for n in spec.state_names]
             formats = (F.tag(p.dtype), F.tag(g[k].dtype), *[sfmt if a is not None else None
                                                             for a in st])
-            be.run(spec.rule, np.float64, flags, [p, g[k], *st], sc, formats=formats,
-                   rounding=rounding, base=offsets[k], seed=seed, step=t)
+            reference_step(be, spec, group, flags, t, [p, g[k], *st], formats, sc,
+                           rounding=rounding, base=offsets[k], seed=seed, step=t)
         spec.advance(group, t, float(group["lr"]))
     return params, state
 

@@ -16,7 +16,7 @@ from fastopt import kernels
 from fastopt.kernels import _codecs as C
 from fastopt.kernels import _qmaps as Q
 from fastopt.kernels import formats as F
-from _support import FORMAT_CASES, HOST_BACKENDS, kernel_group
+from _support import FORMAT_CASES, HOST_BACKENDS, kernel_group, reference_step
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 COMPILED = [b for b in HOST_BACKENDS if b != "numpy"]
@@ -312,7 +312,7 @@ def _reference(cls, kwargs, params, grads, steps=5, min_8bit_size=4096):
             formats = (F.tag(p.dtype), F.tag(g[k].dtype), *[s[0] if s else None for s in st])
             arrays = [p.reshape(-1), g[k].reshape(-1), *[s[1] if s else None for s in st]]
             arrays += [s[2] for s in st if s and s[2] is not None]
-            be.run(spec.rule, np.float64, flags, arrays, sc, formats=formats)
+            reference_step(be, spec, group, flags, t, arrays, formats, sc)
         spec.advance(group, t, float(group["lr"]))
     return params, state
 
@@ -502,3 +502,29 @@ def test_state_bytes_per_parameter():
     st = opt.state[0]
     nbytes = sum(v.nbytes for k, v in st.items() if k != "step")
     assert nbytes == 2 * p.size + 2 * 4 * (p.size // 256)
+
+
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+def test_lamb_8bit_second_pass_uses_this_steps_moments(backend):
+    """LAMB's second pass with 8-bit state computes the moments again from the stored codes and
+    the gradient (``spec.q8_rules``) instead of reading back what the first pass stored: a
+    gradient 1e-4 of its block's largest has a second moment under the unsigned map's smallest
+    code (it is stored as 0) but a first moment the signed map keeps, and ``m/(sqrt(0) + eps)``
+    would move that element about 100 times too far.  Its moves here are float32 state's."""
+    n = 4096
+    g = np.full(n, 1e-4, np.float32)
+    g[::256] = 1.0                          # each block: one large gradient, the rest tiny
+    runs = {}
+    for state_dtype in ("float32", "int8"):
+        p = np.ones(n, np.float32)
+        opt = fastopt.LAMB([p], lr=0.01, backend=backend, state_dtype=state_dtype)
+        start = p.copy()
+        for _ in range(3):
+            opt.step([g])
+        runs[state_dtype] = p - start
+    tiny = np.ones(n, bool)
+    tiny[::256] = False
+    assert opt.state[0]["exp_avg_sq"].dtype == np.uint8
+    assert (opt.state[0]["exp_avg_sq"][tiny] == 0).all()    # (the stored second moment: 0)
+    ratio = runs["int8"][tiny] / runs["float32"][tiny]
+    assert 0.8 < ratio.min() and ratio.max() < 1.25, (ratio.min(), ratio.max())

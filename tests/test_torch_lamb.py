@@ -1,7 +1,8 @@
 """fastopt.torch.LAMB: the NumPy API's LAMB bit for bit (same kernels, one row per tensor),
 the paper's Algorithm 2 with non-contiguous and gradient-less parameters, checkpoints that
-resume bit for bit, ``max_grad_norm`` against ``clip_grad_norm_``, and the formats it refuses
-before changing anything (DDP and FSDP2: tests/test_torch_distributed.py)."""
+resume bit for bit, ``max_grad_norm`` against ``clip_grad_norm_``, 16-bit parameters and
+16-bit or 8-bit state as the NumPy API's, and a re-typed parameter refused before anything
+changes (DDP and FSDP2: tests/test_torch_distributed.py)."""
 import io
 
 import numpy as np
@@ -146,30 +147,68 @@ def test_max_grad_norm_matches_clip_grad_norm():
         np.testing.assert_allclose(p.detach().numpy(), q.detach().numpy(), **TOL[np.float32])
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half_precision_parameters_are_refused(dtype):
-    with pytest.raises(TypeError, match=r"float32 or float64 only"):
-        ft.LAMB([torch.zeros(8, dtype=dtype, requires_grad=True)])
+def _np(t):
+    """A tensor's values as a NumPy array of its dtype (bfloat16 as ml_dtypes')."""
+    import ml_dtypes
+    t = t.detach()
+    if t.dtype is torch.bfloat16:
+        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16).copy()
+    return t.numpy().copy()
 
 
-@pytest.mark.parametrize("state_dtype", ["int8", "bfloat16"])
-def test_other_state_dtypes_are_refused(state_dtype):
-    with pytest.raises(ValueError, match=f"state_dtype='{state_dtype}'"):
-        ft.LAMB([torch.zeros(8, requires_grad=True)], state_dtype=state_dtype)
+# (the adapter's path is the same on every backend; the NumPy API's layouts are compared across
+# backends in tests/test_formats.py and tests/test_int8.py: Numba's compile on first use is not
+# run again here)
+@pytest.mark.parametrize("backend", [b for b in HOST_BACKENDS if b != "numba"] or HOST_BACKENDS)
+@pytest.mark.parametrize("pdtype, gdtype, state_dtype, rounding", [
+    (torch.bfloat16, torch.bfloat16, None, "stochastic"),
+    (torch.bfloat16, torch.float32, "int8", "nearest"),
+    (torch.float16, torch.float16, "bfloat16", "stochastic"),
+    (torch.float32, torch.float32, "int8", "stochastic"),
+], ids=["bf16", "bf16-f32grad-int8", "f16-bf16state", "f32-int8"])
+def test_storage_formats_match_numpy_api_bit_for_bit(backend, pdtype, gdtype, state_dtype,
+                                                     rounding):
+    """bfloat16/float16 parameters, 16-bit and 8-bit state, stochastic rounding: the NumPy
+    API's LAMB on the same values, bit for bit (the same kernels; the 8-bit state in
+    bitsandbytes' keys here, ``exp_avg``/``exp_avg_absmax`` there)."""
+    p0, grads = _problem(np.float32, seed=3)
+    tps = [torch.tensor(a).to(pdtype).requires_grad_() for a in p0]
+    for t in tps:
+        if gdtype is not pdtype and hasattr(t, "grad_dtype"):
+            t.grad_dtype = None        # torch >= 2.10: allow a float32 .grad on a half tensor
+    nps = [_np(t) for t in tps]
+    options = dict(lr=0.02, weight_decay=0.01, state_dtype=state_dtype, rounding=rounding,
+                   seed=7, min_8bit_size=1000)
+    ref = fastopt.LAMB(nps, backend=backend, **options)
+    opt = ft.LAMB(tps, backend=backend, **options)
+    for gs in grads[:6]:
+        tg = [torch.tensor(g).to(gdtype) for g in gs]
+        ref.step([_np(g) for g in tg])
+        for p, g in zip(tps, tg):
+            p.grad = g
+        opt.step()
+    for k, (t, a) in enumerate(zip(tps, nps)):
+        assert t.dtype is pdtype
+        np.testing.assert_array_equal(_np(t).view(np.uint8), a.view(np.uint8), err_msg=str(k))
+        st, want = opt.state[t], ref.state[k]
+        q8 = state_dtype == "int8"
+        for j, name in enumerate(("exp_avg", "exp_avg_sq"), start=1):
+            got = st[f"state{j}" if q8 else name]
+            np.testing.assert_array_equal(_np(got).view(np.uint8), want[name].view(np.uint8),
+                                          err_msg=f"{k} {name}")
+            if name + "_absmax" in want:
+                assert got.dtype is torch.uint8
+                np.testing.assert_array_equal(st[f"absmax{j}"].numpy(), want[name + "_absmax"])
 
 
-def test_float32_state_of_float64_parameters_is_refused():
-    with pytest.raises(ValueError, match="parameters' dtype"):
-        ft.LAMB([torch.zeros(8, dtype=torch.float64, requires_grad=True)],
-                state_dtype="float32")
-
-
-def test_retyped_parameter_is_refused_before_anything_changes():
-    """``p.data`` turned bfloat16 after a step: the next step raises naming the parameter, and no
-    parameter or state (of any tensor, in any param group) has changed."""
+@pytest.mark.parametrize("cls", [ft.LAMB, ft.Adam])
+def test_retyped_parameter_is_refused_before_anything_changes(cls):
+    """``p.data`` turned bfloat16 after a step, its float32 state left behind: the next step
+    raises naming the parameter, and no parameter or state (of any tensor, in any param group)
+    has changed."""
     p0, grads = _problem(np.float32, seed=9)
     ps = _tensors(p0)
-    opt = ft.LAMB([{"params": ps[:3]}, {"params": ps[3:]}], lr=0.01)
+    opt = cls([{"params": ps[:3]}, {"params": ps[3:]}], lr=0.01)
     _set_grads(ps, grads[0])
     opt.step()
     ps[4].grad = None
@@ -178,7 +217,8 @@ def test_retyped_parameter_is_refused_before_anything_changes():
     ps[4].grad = torch.tensor(grads[1][4]).to(torch.bfloat16)
     before = [p.detach().clone() for p in ps]
     state = {k: {n: v.clone() for n, v in opt.state[p].items()} for k, p in enumerate(ps)}
-    with pytest.raises(TypeError, match=r"param_groups\[1\].*bfloat16.*float32 or float64 only"):
+    with pytest.raises(TypeError, match=r"param_groups\[1\].*bfloat16.*has state 'exp_avg' of "
+                                        r"dtype torch.float32.*nothing was changed"):
         opt.step()
     for k, p in enumerate(ps):
         assert torch.equal(p.detach(), before[k])

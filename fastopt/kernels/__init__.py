@@ -16,10 +16,10 @@ per-step scalars as Python floats.  ``bind`` checks the rows once; the returned 
 nothing but run the loops, so an optimizer binds when its buffers change and calls every step.
 ``backend.run(rule, dtype, flags, arrays, scalars)`` does all three for one row (tests,
 benchmarks).  A *grid* rule (Adafactor's factored second moment: row and column values, row
-and column sums) is compiled by ``backend.grid(rule, dtype, flags)`` and run over one
-parameter seen as matrices by ``backend.run_grid(kernel, arrays, n, m, scalars)``.  A rule with ``sums`` (a reduction, :mod:`fastopt.kernels.rules`) also returns,
-from ``call``, one tuple of float totals per row (every row, empty ones included), and ``run``
-returns the row's tuple; such rules run on arrays of the compute dtype only.
+and column sums) is compiled by ``backend.grid(rule, dtype, flags, formats)`` and run over one
+parameter seen as matrices by ``backend.run_grid(kernel, arrays, n, m, scalars)``.  A rule with
+``sums`` (a reduction, :mod:`fastopt.kernels.rules`) also returns, from ``call``, one tuple of
+float totals per row (every row, empty ones included), and ``run`` returns the row's tuple.
 
 Storage formats (:mod:`fastopt.kernels.formats`): ``kernel(..., formats=..., rounding=...)``
 names each array's format (``"bf16"``, ``"f16"``, ``"f32"``, ``"f64"``; ``None`` for an unused
@@ -90,15 +90,19 @@ class Kernel:
             raise ValueError(f"rounding must be one of {F.ROUNDINGS}, got {rounding!r}")
         self.native = all(f in (None, own) for f in self.formats)
         self.rounding = "nearest" if self.native else rounding
-        #: the arrays stored as 8-bit codes (each row then ends with their absmax arrays)
+        #: the arrays stored as 8-bit codes (each row then ends with their absmax arrays):
+        #: state the rule writes (requantized per block) or only reads (decoded: LAMB's and
+        #: Adafactor's second passes)
         self.quantized = tuple(a for a, f in zip(sig.arrays, self.formats)
                                if f in F.QUANTIZED)
         for a in self.quantized:
-            if a not in sig.written or a == sig.arrays[0]:
-                raise ValueError(f"{sig.name}: {a} cannot be 8-bit (only written state can)")
-        if sig.sums and not self.native:
-            raise TypeError(f"{sig.name}: a reduction runs on arrays of its compute dtype "
-                            f"({self.dtype}) only, got formats {self.formats}")
+            if a == sig.arrays[0] or sig.grid:
+                raise ValueError(f"{sig.name}: {a} cannot be 8-bit (only state can)")
+        if sig.grid:
+            for a, f in zip(sig.arrays, self.formats):
+                if (a in sig.rows or a in sig.cols) and f != own:
+                    raise ValueError(f"{sig.name}: {a} (one value per row or column) must be "
+                                     f"in the compute dtype ({self.dtype}), got {f!r}")
         self.name = variant_name(sig, self.dtype.name, self.flags)
         if not self.native:
             self.name += "_L_" + F.layout_name(self.formats, self.rounding).replace(".", "_")
@@ -113,18 +117,15 @@ class Kernel:
         return f"<fastopt kernel {self.name}>"
 
 
-class GridKernel:
-    """A compiled variant of a grid rule (one compute dtype, one combination of flags)."""
+class GridKernel(Kernel):
+    """A compiled variant of a grid rule (one compute dtype, one combination of flags, one
+    storage layout: the element arrays -- parameter, gradient -- in any float format, the row
+    and column arrays in the compute dtype)."""
 
-    __slots__ = ("sig", "dtype", "flags", "name", "impl")
+    __slots__ = ()
 
-    def __init__(self, sig, dtype, flags):
-        from ._codegen import variant_name
-        self.sig, self.dtype, self.flags, self.impl = sig, np.dtype(dtype), tuple(flags), None
-        self.name = variant_name(sig, self.dtype.name, self.flags)
-
-    def __repr__(self):
-        return f"<fastopt grid kernel {self.name}>"
+    def __init__(self, sig, dtype, flags, formats=None, rounding="nearest"):
+        super().__init__(sig, dtype, flags, None, formats, rounding)
 
 
 def grid_columns(part, batches, blocks):
@@ -177,11 +178,14 @@ class Backend:
         raise NotImplementedError
 
     # -- grid rules (a parameter as B matrices of n x m: Adafactor's factored moment) --------
-    def grid(self, rule, dtype, flags=()):
+    def grid(self, rule, dtype, flags=(), formats=None, rounding="nearest"):
         """The compiled variant of the grid rule ``rule`` (see :mod:`fastopt.kernels.rules`)
-        for compute ``dtype`` and ``flags``, cached; run it with :meth:`run_grid`."""
+        for compute ``dtype``, ``flags`` and the storage ``formats`` of its arrays (None: all
+        in ``dtype``; the element arrays may be 16-bit, the row and column arrays are in
+        ``dtype``), cached; run it with :meth:`run_grid`."""
         dtype = np.dtype(dtype)
-        key = ("grid", rule, dtype, tuple(bool(f) for f in flags))
+        key = ("grid", rule, dtype, tuple(bool(f) for f in flags),
+               None if formats is None else tuple(formats), rounding)
         k = self._kernels.get(key)
         if k is None:
             sig = rule_signature(rule)
@@ -192,16 +196,21 @@ class Backend:
             if dtype not in _SUPPORTED:
                 check_dtype("param", dtype)
                 raise TypeError(f"compute dtype {dtype}: grid rules compute in float32 or "
-                                f"float64, on arrays of that dtype")
-            k = GridKernel(sig, dtype, key[3])
+                                f"float64")
+            if formats is not None and len(formats) != len(sig.arrays):
+                raise ValueError(f"rule {rule!r} has {len(sig.arrays)} arrays, got "
+                                 f"{len(formats)} formats")
+            k = GridKernel(sig, dtype, key[3], formats, rounding)
             k.impl = self._compile_grid(k)
             self._kernels[key] = k
         return k
 
-    def run_grid(self, kernel, arrays, n, m, scalars):
-        """Run a grid kernel once over ``arrays`` (the rule's arrays in order, 1-D, of the
-        kernel's dtype: ``R*m`` values each for the element arrays, ``R`` for the ``rows``
-        arrays, ``(R // n)*m`` for the ``cols`` arrays, with ``R`` a multiple of ``n``).
+    def run_grid(self, kernel, arrays, n, m, scalars, base=0, seed=0, step=0):
+        """Run a grid kernel once over ``arrays`` (the rule's arrays in order, 1-D, each of
+        its format's storage dtype: ``R*m`` values each for the element arrays, ``R`` for the
+        ``rows`` arrays, ``(R // n)*m`` for the ``cols`` arrays, with ``R`` a multiple of
+        ``n``).  ``base``, ``seed`` and ``step``: stochastic rounding's element index of the
+        first element, seed and step (as :meth:`bind`'s).
 
         Returns ``(rows, cols)`` as host float64 arrays: the ``sums`` of each row, ``(R,
         len(sums))``, and the ``col_sums`` of each column of each matrix, ``(R // n,
@@ -220,28 +229,30 @@ class Backend:
             raise ValueError(f"{kernel.name}: {size} elements are not matrices of {n} x {m}")
         want = {a: (R if a in sig.rows else R // n * m if a in sig.cols else R * m)
                 for a in sig.arrays}
-        for name, a in zip(sig.arrays, arrays):
-            if np.dtype(a.dtype) != kernel.dtype or a.ndim != 1 or a.shape[0] != want[name]:
-                raise ValueError(f"{kernel.name}: {name} must be a 1-D {kernel.dtype} array of "
+        for name, a, dt in zip(sig.arrays, arrays, kernel.storage):
+            if np.dtype(a.dtype) != dt or a.ndim != 1 or a.shape[0] != want[name]:
+                raise ValueError(f"{kernel.name}: {name} must be a 1-D {dt} array of "
                                  f"{want[name]} values, got {a.dtype} {a.shape}")
-        return self._grid(kernel, arrays, n, m, R, tuple(float(x) for x in scalars))
+        return self._grid(kernel, arrays, n, m, R, tuple(float(x) for x in scalars),
+                          (int(base), int(seed), int(step)))
 
-    def bind_grid(self, kernel, n, m, R, fixed=None):
+    def bind_grid(self, kernel, n, m, R, fixed=None, base=0, seed=0):
         """A grid kernel bound to its sizes (``R`` rows of ``m`` elements in matrices of ``n``
         rows), for a caller that runs it every step on arrays it laid out itself:
-        ``call(arrays, scalars) -> (rows, cols)`` as :meth:`run_grid`, without its checks (the
-        arrays must be what run_grid would accept).  On the host the outputs are allocated
-        once: a call's ``rows`` and ``cols`` are overwritten by the next call.  ``fixed``:
-        ``{index: array}`` of the arrays every call passes again (the caller keeps them
-        alive); a backend may bind their memory once."""
-        def call(arrays, scalars):
-            return self.run_grid(kernel, arrays, n, m, scalars)
+        ``call(arrays, scalars, step=0) -> (rows, cols)`` as :meth:`run_grid`, without its
+        checks (the arrays must be what run_grid would accept).  On the host the outputs are
+        allocated once: a call's ``rows`` and ``cols`` are overwritten by the next call.
+        ``fixed``: ``{index: array}`` of the arrays every call passes again (the caller keeps
+        them alive); a backend may bind their memory once.  ``base``, ``seed``: stochastic
+        rounding's (see :meth:`run_grid`)."""
+        def call(arrays, scalars, step=0):
+            return self.run_grid(kernel, arrays, n, m, scalars, base, seed, step)
         return call
 
     def _compile_grid(self, kernel):  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _grid(self, kernel, arrays, n, m, R, scalars):  # pragma: no cover - abstract
+    def _grid(self, kernel, arrays, n, m, R, scalars, rnd):  # pragma: no cover - abstract
         raise NotImplementedError
 
     def bind(self, kernel, rows, bases=None, seed=0):  # pragma: no cover - abstract
@@ -350,7 +361,7 @@ class HostBackend(Backend):
 
     device = "cpu"
 
-    def _grid(self, kernel, arrays, n, m, R, scalars):
+    def _grid(self, kernel, arrays, n, m, R, scalars, rnd):
         """Host backends: the outputs allocated here, the loop (:meth:`_grid_loop`) fills the
         row sums and the per-block column sums, :func:`grid_columns` adds the blocks."""
         from ._codegen import GRID_ROWS
@@ -359,14 +370,14 @@ class HostBackend(Backend):
         B, nb = R // n, -(-n // GRID_ROWS)
         o_rows = np.zeros((R, ns) if ns else (1, 1))
         o_part = np.zeros((B * nb, nc, m) if nc else (1, 1, 1))
-        self._grid_loop(kernel, arrays, n, m, R, scalars, o_rows, o_part)
+        self._grid_loop(kernel, arrays, n, m, R, scalars, o_rows, o_part, rnd)
         rows = o_rows if ns else np.zeros((R, 0))
         cols = grid_columns(o_part, B, nb) if nc else np.zeros((B, 0, m))
         return rows, cols
 
-    def bind_grid(self, kernel, n, m, R, fixed=None):
+    def bind_grid(self, kernel, n, m, R, fixed=None, base=0, seed=0):
         if type(self)._grid is not HostBackend._grid:   # (the NumPy oracle: its own _grid)
-            return super().bind_grid(kernel, n, m, R)
+            return super().bind_grid(kernel, n, m, R, base=base, seed=seed)
         from ._codegen import GRID_ROWS
         sig = kernel.sig
         ns, nc = len(sig.sums), len(sig.col_sums)
@@ -380,21 +391,23 @@ class HostBackend(Backend):
         rows = o_rows if ns else np.zeros((R, 0))
         empty = np.zeros((B, 0, m))
         loop = self._grid_loop
-        by_address = self._grid_by_address(kernel, n, m, R, fixed or {}, o_rows, o_part)
+        base, seed = int(base), int(seed)
+        by_address = self._grid_by_address(kernel, n, m, R, fixed or {}, o_rows, o_part, base,
+                                           seed)
         if by_address is not None:
-            def call(arrays, scalars):
-                by_address(arrays, scalars)
+            def call(arrays, scalars, step=0):
+                by_address(arrays, scalars, step)
                 return rows, (grid_columns(o_part, B, nb) if nc else empty)
             return call
 
-        def call(arrays, scalars):
-            loop(kernel, arrays, n, m, R, scalars, o_rows, o_part)
+        def call(arrays, scalars, step=0):
+            loop(kernel, arrays, n, m, R, scalars, o_rows, o_part, (base, seed, int(step)))
             return rows, (grid_columns(o_part, B, nb) if nc else empty)
         return call
 
-    def _grid_by_address(self, kernel, n, m, R, fixed, o_rows, o_part):
-        """A backend whose grid entry takes addresses: ``run(arrays, scalars)`` with the
-        ``fixed`` arrays' and the outputs' addresses taken once; else None."""
+    def _grid_by_address(self, kernel, n, m, R, fixed, o_rows, o_part, base, seed):
+        """A backend whose grid entry takes addresses: ``run(arrays, scalars, step)`` with
+        the ``fixed`` arrays' and the outputs' addresses taken once; else None."""
         return None
 
     def sumsq(self, array):

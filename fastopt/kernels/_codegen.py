@@ -691,19 +691,43 @@ def _prefetch_ahead(tag):
     return PREFETCH_BYTES // (4 if tag == "f32" else 8)
 
 
-def _numba_grid(sig, np_name, name, flags, kind, rng):
+def _grid_access(sig, np_name, layout, elem="v_{a}[j]"):
+    """A grid loop's element load and store: ``load(a)`` the expression of element ``j`` of
+    row ``i`` (``elem``: its storage expression, ``v_<a>[j]`` in the row's view) in the compute
+    dtype, ``store(a, value)`` the statement writing it; with a storage ``layout``
+    (``(formats, stochastic)``) decoded and encoded, the element's index in stochastic
+    rounding's counter ``lo + j`` (from ``ubase``)."""
+    if layout is None:
+        return (lambda a: elem.format(a=a)), (lambda a, v: f"{elem.format(a=a)} = {v}")
+    formats, stochastic = layout
+    fmt = dict(zip(sig.arrays, formats))
+    ctag = "f32" if np_name == "float32" else "f64"
+    return ((lambda a: _load(fmt[a], ctag, a, elem.format(a=a))),
+            (lambda a, v: _store(fmt[a], ctag, a, v, sig.arrays.index(a), stochastic,
+                                 elem.format(a=a), "lo + j")))
+
+
+def _numba_grid(sig, np_name, name, flags, kind, rng, layout=None):
     """A grid rule's loop: blocks of GRID_ROWS rows (``rng``: prange or range over the
     blocks); per row the element loop in chunks of SUM_LANES elements (row values loaded once,
     column values at ``b*m + j``): each chunk's sum terms go to a buffer, then into the row's
     float64 lanes and, for the ``col_sums``, into the block's column sums ``o_cols[k]``; the
     lanes are added in order into ``o_rows[i]``.  (Chunks, not whole rows, so the memory streams
     never stop for long: a row's separate loops over its buffered terms halved the first
-    pass's bandwidth.)  The additions are in the same order as Cython's."""
+    pass's bandwidth.)  The additions are in the same order as Cython's.  ``layout``:
+    ``(formats, stochastic)`` of a storage layout (:func:`_grid_access`; the loop then also
+    takes stochastic rounding's ``base``, ``step`` and ``seed``)."""
     ns, nw, L = len(sig.sums), len(sig.written), SUM_LANES
     first = sig.elements[0]
     args = _loop_args(sig) + ["n", "m", "o_rows", "o_cols"]
+    if layout is not None:
+        args += ["base", "step", "seed"]
     lines = [f"\n@_{kind}", f"def {name}_{kind}({', '.join(args)}):"]
     lines += [f"    {s} = np.{np_name}(s_{s})" for s in sig.scalars]
+    if layout is not None:
+        lines += ["    ubase = np.uint64(base)", "    ustep = np.uint32(step)",
+                  "    useed = np.uint32(seed)"]
+    element, store = _grid_access(sig, np_name, layout)
     lines += [f"    R = a_{first}.size // m if m > 0 else 0",
               "    nb = (n + GRID_ROWS - 1) // GRID_ROWS",
               "    nblk = (R // n) * nb if n > 0 else 0",
@@ -720,9 +744,10 @@ def _numba_grid(sig, np_name, name, flags, kind, rng):
     lines += [f"            v_{a} = a_{a}[lo:lo + m]" for a in sig.elements]
     lines += [f"            x_{a} = a_{a}[i]" for a in sig.rows]
     lines += [f"            v_{a} = a_{a}[b * m:b * m + m]" for a in sig.cols]
-    load = (lambda a: f"x_{a}" if a in sig.rows else f"v_{a}[j]")
+    load = (lambda a: f"x_{a}" if a in sig.rows else
+            f"v_{a}[j]" if a in sig.cols else element(a))
     body = [f"r = {_call(sig, flags, load)}"]
-    body += _stores(sig, flags, lambda a, v: f"v_{a}[j] = {v}")
+    body += _stores(sig, flags, store)
     if not ns:
         lines.append("            for j in range(m):")
         lines += ["                " + x for x in body]
@@ -817,9 +842,8 @@ def numba_source(mod=None):
                               f"    for b in {rng}(nb):",
                               "        lo = b * SUM_BLOCK",
                               "        hi = min(n, lo + SUM_BLOCK)",
-                              f"        m = hi - lo",
-                              f"        m{L} = m - m % {L}",
-                              ]
+                              "        m = hi - lo",
+                              f"        mL = m - m % {L}"]
                     lines += [f"        t{j} = np.empty(SUM_BLOCK, dtype=np.{np_name})"
                               for j in range(ns)]
                     # the element loop on views of the block (LLVM vectorizes it only so)
@@ -831,23 +855,8 @@ def numba_source(mod=None):
                         sig, flags, lambda a, v: f"v_{a}[i] = {v}")]
                     lines += [vcall] + vstores
                     lines += [f"            t{j}[i] = r[{nw + j}]" for j in range(ns)]
-                    lines += [f"        lane{j} = np.zeros({L})" for j in range(ns)]
-                    lines.append(f"        for c in range(0, m{L}, {L}):")
-                    for j in range(ns):
-                        lines += [f"            for l in range({L}):",
-                                  f"                lane{j}[l] += np.float64(t{j}[c + l])"]
-                    lines += [f"        for i in range(m{L}, m):"]
-                    lines += [f"            lane{j}[i - m{L}] += np.float64(t{j}[i])"
-                              for j in range(ns)]
-                    lines += [f"        acc{j} = 0.0" for j in range(ns)]
-                    lines += [f"        for l in range({L}):"]
-                    lines += [f"            acc{j} += lane{j}[l]" for j in range(ns)]
-                    lines += [f"        part[b, {j}] = acc{j}" for j in range(ns)]
-                    lines += [f"    tot{j} = 0.0" for j in range(ns)]
-                    lines.append("    for b in range(nb):")
-                    lines += [f"        tot{j} += part[b, {j}]" for j in range(ns)]
-                    lines.append(f"    return ({''.join(f'tot{j}, ' for j in range(ns))})")
-                    out.append("\n".join(lines) + "\n")
+                    inner, after = _numba_sum_tail(ns)
+                    out.append("\n".join(lines + inner + after) + "\n")
     return "".join(out)
 
 
@@ -907,15 +916,22 @@ def cuda_source(mod=None):
     return "".join(out)
 
 
-def _cuda_grid(sig, np_name, name, flags):
+def _cuda_grid(sig, np_name, name, flags, layout=None):
     """A grid rule's kernel: blocks stride over the rows, a block's threads over the row's
     columns; each thread adds its row sums in float64 and then atomically into ``o_rows[i]``,
-    and each element's column terms atomically into ``o_cols[b, c, j]`` (float64)."""
+    and each element's column terms atomically into ``o_cols[b, c, j]`` (float64).
+    ``layout``: as :func:`_numba_grid`'s."""
     ns, nw = len(sig.sums), len(sig.written)
     first = sig.elements[0]
     args = _loop_args(sig) + ["n", "m", "o_rows", "o_cols"]
+    if layout is not None:
+        args += ["base", "step", "seed"]
     lines = ["\n@cuda.jit", f"def {name}({', '.join(args)}):"]
     lines += [f"    {s} = np.{np_name}(s_{s})" for s in sig.scalars]
+    if layout is not None:
+        lines += ["    ubase = np.uint64(base)", "    ustep = np.uint32(step)",
+                  "    useed = np.uint32(seed)"]
+    element, store = _grid_access(sig, np_name, layout, "a_{a}[lo + j]")
     lines += [f"    R = a_{first}.shape[0] // m if m > 0 else 0",
               "    for i in range(cuda.blockIdx.x, R, cuda.gridDim.x):",
               "        b = i // n", "        lo = i * m"]
@@ -923,10 +939,9 @@ def _cuda_grid(sig, np_name, name, flags):
     lines += [f"        x_{a} = a_{a}[i]" for a in sig.rows]
     lines.append("        for j in range(cuda.threadIdx.x, m, cuda.blockDim.x):")
     load = (lambda a: f"x_{a}" if a in sig.rows else
-            (f"a_{a}[b * m + j]" if a in sig.cols else f"a_{a}[lo + j]"))
+            (f"a_{a}[b * m + j]" if a in sig.cols else element(a)))
     lines.append(f"            r = {_call(sig, flags, load)}")
-    lines += ["            " + x for x in _stores(sig, flags,
-                                                  lambda a, v: f"a_{a}[lo + j] = {v}")]
+    lines += ["            " + x for x in _stores(sig, flags, store)]
     lines += [f"            acc{j} += np.float64(r[{nw + j}])" for j in range(ns)]
     for c, cname in enumerate(sig.col_sums):
         j = sig.sums.index(cname)
@@ -938,131 +953,193 @@ def _cuda_grid(sig, np_name, name, flags):
 # -- storage layouts (Numba and CUDA): one module per variant, generated when first used -------
 
 #: how a compiled loop reads an element of each format, as ``(expression, compute tag)``
-def _load(fmt, ctag, a):
+def _load(fmt, ctag, a, elem=None):
+    """The expression of an element of array ``a`` (format ``fmt``) in the compute dtype;
+    ``elem`` is the element's storage expression (default ``a_<a>[i]``)."""
+    elem = elem or f"a_{a}[i]"
     c = "np.float32" if ctag == "f32" else "np.float64"
     if fmt in ("q8s", "q8u"):   # map[code] * the block's (old) absmax, in float32
-        expr = f"QMAP_{fmt[-1].upper()}[a_{a}[i]] * o_{a}"
+        expr = f"QMAP_{fmt[-1].upper()}[{elem}] * o_{a}"
         return expr if ctag == "f32" else f"np.float64({expr})"
     if fmt in ("f32", "f64"):
-        return f"a_{a}[i]" if fmt == ctag else f"{c}(a_{a}[i])"
+        return elem if fmt == ctag else f"{c}({elem})"
     decode = {"bf16": "bf16_decode", "f16": "f16_decode"}[fmt]
-    expr = f"{decode}(np.uint32(a_{a}[i]))"
+    expr = f"{decode}(np.uint32({elem}))"
     return expr if ctag == "f32" else f"np.float64({expr})"
 
 
-def _store(fmt, ctag, a, value, k, stochastic):
+def _store(fmt, ctag, a, value, k, stochastic, elem=None, index="i"):
+    """The statement storing ``value`` into array ``a`` (format ``fmt``, not 8-bit): ``elem``
+    the element's storage expression (default ``a_<a>[i]``), ``index`` its position in the
+    row (stochastic rounding's element index, counted from ``ubase``)."""
+    elem = elem or f"a_{a}[i]"
     if fmt in ("f32", "f64"):
-        return f"a_{a}[i] = {value}" if fmt == ctag else \
-            f"a_{a}[i] = np.{'float32' if fmt == 'f32' else 'float64'}({value})"
+        return f"{elem} = {value}" if fmt == ctag else \
+            f"{elem} = np.{'float32' if fmt == 'f32' else 'float64'}({value})"
     encode = {"bf16": "bf16_encode", "f16": "f16_encode"}[fmt]
     x = value if ctag == "f32" else f"np.float32({value})"
-    r = f"random_bits(ubase + np.uint64(i), ustep, useed, np.uint32({k}))" if stochastic \
+    r = f"random_bits(ubase + np.uint64({index}), ustep, useed, np.uint32({k}))" if stochastic \
         else "np.uint32(0)"
-    return f"a_{a}[i] = np.uint16({encode}({x}, {stochastic}, {r}))"
+    return f"{elem} = np.uint16({encode}({x}, {stochastic}, {r}))"
 
 
-def _q8_numba_loop(sig, ctag, flags, formats, rounding, head, rng):
-    """A Numba loop of a layout with 8-bit state: blocks of 256 (``rng``: ``prange`` or
-    ``range`` over blocks); per block the rule runs twice over its elements, first to find each
-    8-bit array's new absmax (nothing written), then to store every array -- the 8-bit ones as
-    the nearest code of value / new absmax -- and the new absmax last (the second pass decodes
-    with the old one).  Both passes compute the same values, so no block buffer is needed."""
+def _layout_parts(sig, ctag, flags, formats, rounding):
+    """What every layout loop of a variant needs: the formats by array, the used 8-bit arrays
+    (all, and those the rule writes), the rule's call (``r = rule(...)``, elements decoded),
+    the stores of the written arrays (8-bit ones as the nearest code of value / ``m_<a>``,
+    the block's new absmax) and the sums' terms."""
     stochastic = rounding == "stochastic"
-    np_name = DTYPES[ctag][0]
     fmt = dict(zip(sig.arrays, formats))
     used = sig.used(flags)
-    qs = [a for a in sig.arrays if fmt[a] in ("q8s", "q8u")]
+    qs = [a for a in sig.arrays if a in used and fmt[a] in ("q8s", "q8u")]
+    qw = [a for a in qs if a in sig.written]
     call = f"r = {_call(sig, flags, lambda a: _load(fmt[a], ctag, a))}"
-    lines = [head]
-    lines += [f"    {s} = np.{np_name}(s_{s})" for s in sig.scalars]
-    lines += ["    ubase = np.uint64(base)", "    ustep = np.uint32(step)",
-              "    useed = np.uint32(seed)", f"    n = a_{sig.arrays[0]}.size",
-              "    nblk = (n + 255) // 256", f"    for blk in {rng}(nblk):",
-              "        i0 = blk * 256", "        i1 = min(i0 + 256, n)"]
-    for a in qs:
-        lines += [f"        o_{a} = x_{a}[blk]", f"        m_{a} = np.float32(0.0)",
-                  f"        b_{a} = False"]
-    lines += ["        for i in range(i0, i1):", "            " + call]
-    for a in qs:
-        w = sig.written.index(a)
-        lines += [f"            v = np.float32(r[{w}])", "            av = abs(v)",
-                  f"            if av > m_{a}:", f"                m_{a} = av",
-                  "            if v != v:", f"                b_{a} = True"]
-    for a in qs:
-        lines += [f"        if b_{a}:", f"            m_{a} = np.float32(np.nan)"]
-    lines += ["        for i in range(i0, i1):", "            " + call]
+    stores = []
     for k, a in enumerate(sig.arrays):
         if a in sig.written and a in used:
             w = sig.written.index(a)
-            if a in qs:
-                lines.append(f"            a_{a}[i] = np.uint8({fmt[a]}_encode("
-                             f"np.float32(r[{w}]), m_{a}))")
+            if a in qw:
+                stores.append(f"a_{a}[i] = np.uint8({fmt[a]}_encode(np.float32(r[{w}]), m_{a}))")
             else:
-                lines.append("            " + _store(fmt[a], ctag, a, f"r[{w}]", k, stochastic))
-    for a in qs:
-        lines.append(f"        x_{a}[blk] = m_{a}")
-    return "\n".join(lines) + "\n"
+                stores.append(_store(fmt[a], ctag, a, f"r[{w}]", k, stochastic))
+    return fmt, qs, qw, call, stores
 
 
-def _q8_cuda_kernel(sig, ctag, flags, formats, rounding, head):
-    """The CUDA kernel of a layout with 8-bit state: one thread block of 256 threads per block
-    of 256 elements (grid-stride over blocks); each thread updates one element, the block's new
-    absmax is a shared-memory reduction (NaN propagates), then each thread stores its code."""
-    stochastic = rounding == "stochastic"
+def _numba_layout_loop(sig, ctag, flags, formats, rounding, head, rng):
+    """A Numba loop of one storage layout (``rng``: ``prange`` or ``range``): each element
+    decoded, updated by the rule in the compute dtype and encoded.
+
+    * Written 8-bit state: blocks of 256; per block the rule runs twice over its elements,
+      first to find each 8-bit array's new absmax (nothing written), then to store every array
+      -- the 8-bit ones as the nearest code of value / new absmax -- and the new absmax last
+      (the second pass decodes with the old one).  Both passes compute the same values, so no
+      block buffer is needed.  8-bit state only read is decoded with its block's absmax.
+    * A reduction (``sums``): the same blocks of SUM_BLOCK elements, SUM_LANES float64 lanes
+      and order of additions as the native loops (:func:`numba_source`), so the totals do not
+      depend on the threads; the 8-bit blocks of 256 nest in them."""
     np_name = DTYPES[ctag][0]
-    fmt = dict(zip(sig.arrays, formats))
-    used = sig.used(flags)
-    qs = [a for a in sig.arrays if fmt[a] in ("q8s", "q8u")]
-    call = f"r = {_call(sig, flags, lambda a: _load(fmt[a], ctag, a))}"
+    fmt, qs, qw, call, stores = _layout_parts(sig, ctag, flags, formats, rounding)
+    ns, nw, L = len(sig.sums), len(sig.written), SUM_LANES
+    terms = [f"t{j}[i - lo] = r[{nw + j}]" for j in range(ns)]
     lines = [head]
     lines += [f"    {s} = np.{np_name}(s_{s})" for s in sig.scalars]
     lines += ["    ubase = np.uint64(base)", "    ustep = np.uint32(step)",
-              "    useed = np.uint32(seed)", f"    n = a_{sig.arrays[0]}.shape[0]",
-              "    nblk = (n + 255) // 256", "    t = cuda.threadIdx.x"]
-    lines += [f"    sm_{a} = cuda.shared.array(256, np.float32)" for a in qs]
-    lines += ["    for blk in range(cuda.blockIdx.x, nblk, cuda.gridDim.x):",
-              "        i = blk * 256 + t"]
-    lines += [f"        o_{a} = x_{a}[blk]" for a in qs]
-    lines += ["        if i < n:", "            " + call]
-    for a in qs:
-        lines.append(f"            sm_{a}[t] = abs(np.float32(r[{sig.written.index(a)}]))")
-    lines += ["        else:"] + [f"            sm_{a}[t] = np.float32(0.0)" for a in qs]
-    lines += ["        cuda.syncthreads()", "        h = 128", "        while h > 0:",
-              "            if t < h:"]
-    for a in qs:
-        lines += [f"                p = sm_{a}[t]", f"                q = sm_{a}[t + h]",
-                  f"                sm_{a}[t] = p if (p > q or p != p) else q"]
-    lines += ["            cuda.syncthreads()", "            h //= 2"]
-    lines += [f"        m_{a} = sm_{a}[0]" for a in qs]
-    lines += ["        if i < n:", "            " + call]
-    for k, a in enumerate(sig.arrays):
-        if a in sig.written and a in used:
-            w = sig.written.index(a)
-            if a in qs:
-                lines.append(f"            a_{a}[i] = np.uint8({fmt[a]}_encode("
-                             f"np.float32(r[{w}]), m_{a}))")
-            else:
-                lines.append("            " + _store(fmt[a], ctag, a, f"r[{w}]", k, stochastic))
-    lines.append("        cuda.syncthreads()")
-    lines += ["        if t == 0:"] + [f"            x_{a}[blk] = m_{a}" for a in qs]
-    return "\n".join(lines) + "\n"
+              "    useed = np.uint32(seed)", f"    n = a_{sig.arrays[0]}.size"]
+
+    def elements(ind, i0, i1, rng_="range"):
+        """The elements [i0, i1) (with written 8-bit state: one block of 256)."""
+        p = " " * ind
+        out = []
+        if qw:
+            for a in qw:
+                out += [f"{p}m_{a} = np.float32(0.0)", f"{p}b_{a} = False"]
+            out += [f"{p}for i in range({i0}, {i1}):", f"{p}    {call}"]
+            for a in qw:
+                w = sig.written.index(a)
+                out += [f"{p}    v = np.float32(r[{w}])", f"{p}    av = abs(v)",
+                        f"{p}    if av > m_{a}:", f"{p}        m_{a} = av",
+                        f"{p}    if v != v:", f"{p}        b_{a} = True"]
+            for a in qw:
+                out += [f"{p}if b_{a}:", f"{p}    m_{a} = np.float32(np.nan)"]
+            out += [f"{p}for i in range({i0}, {i1}):", f"{p}    {call}"]
+        else:
+            out += [f"{p}for i in {rng_}({i0}, {i1}):"]
+            out += [f"{p}    o_{a} = x_{a}[i // 256]" for a in qs]
+            out += [f"{p}    {call}"]
+        out += [f"{p}    {x}" for x in stores + terms]
+        return out
+
+    def blocks(ind, b0, b1, rng_):
+        p = " " * ind
+        out = [f"{p}for blk in {rng_}({b0}, {b1}):", f"{p}    i0 = blk * 256",
+               f"{p}    i1 = min(i0 + 256, n)"]
+        out += [f"{p}    o_{a} = x_{a}[blk]" for a in qs]
+        out += elements(ind + 4, "i0", "i1")
+        out += [f"{p}    x_{a}[blk] = m_{a}" for a in qw]
+        return out
+
+    if not ns:
+        if qw:
+            lines += blocks(4, "0", "(n + 255) // 256", rng)
+        else:
+            lines += elements(4, "0", "n", rng)
+        return "\n".join(lines) + "\n"
+    lines += ["    nb = (n + SUM_BLOCK - 1) // SUM_BLOCK", f"    part = np.zeros((nb, {ns}))",
+              f"    for b in {rng}(nb):", "        lo = b * SUM_BLOCK",
+              "        hi = min(n, lo + SUM_BLOCK)", "        m = hi - lo", f"        mL = m - m % {L}"]
+    lines += [f"        t{j} = np.empty(SUM_BLOCK, dtype=np.{np_name})" for j in range(ns)]
+    lines += blocks(8, "lo // 256", "(hi + 255) // 256", "range") if qw else \
+        elements(8, "lo", "hi")
+    inner, after = _numba_sum_tail(ns)
+    return "\n".join(lines + inner + after) + "\n"
 
 
-def _layout_loop(sig, ctag, flags, formats, rounding, head, body_indent, loop_line):
-    stochastic = rounding == "stochastic"
+def _numba_sum_tail(ns):
+    """A Numba reduction's end (every element of block ``b`` has put its terms in ``t<j>[0:m]``):
+    the terms into SUM_LANES float64 lanes (element ``i`` into lane ``i % SUM_LANES``, in order),
+    the lanes in order into ``part[b]``; after the blocks' loop, the blocks in order, returned.
+    Returns (the lines inside the blocks' loop, the lines after it), indented for them."""
+    L = SUM_LANES
+    inner = [f"        lane{j} = np.zeros({L})" for j in range(ns)]
+    inner.append(f"        for c in range(0, mL, {L}):")
+    for j in range(ns):
+        inner += [f"            for l in range({L}):",
+                  f"                lane{j}[l] += np.float64(t{j}[c + l])"]
+    inner += ["        for i in range(mL, m):"]
+    inner += [f"            lane{j}[i - mL] += np.float64(t{j}[i])" for j in range(ns)]
+    inner += [f"        acc{j} = 0.0" for j in range(ns)]
+    inner += [f"        for l in range({L}):"]
+    inner += [f"            acc{j} += lane{j}[l]" for j in range(ns)]
+    inner += [f"        part[b, {j}] = acc{j}" for j in range(ns)]
+    after = [f"    tot{j} = 0.0" for j in range(ns)]
+    after.append("    for b in range(nb):")
+    after += [f"        tot{j} += part[b, {j}]" for j in range(ns)]
+    after.append(f"    return ({''.join(f'tot{j}, ' for j in range(ns))})")
+    return inner, after
+
+
+def _cuda_layout_kernel(sig, ctag, flags, formats, rounding, head):
+    """The CUDA kernel of one storage layout.  Without written 8-bit state: a grid-stride loop
+    (8-bit state only read is decoded with its block's absmax).  With it: one thread block of
+    256 threads per block of 256 elements (grid-stride over blocks); each thread updates one
+    element, the block's new absmax is a shared-memory reduction (NaN propagates), then each
+    thread stores its code.  A reduction: each thread's terms summed in float64, added to
+    ``out`` atomically at the end (so the last bits may vary between runs)."""
     np_name = DTYPES[ctag][0]
+    fmt, qs, qw, call, stores = _layout_parts(sig, ctag, flags, formats, rounding)
+    ns, nw = len(sig.sums), len(sig.written)
+    acc = [f"acc{j} += np.float64(r[{nw + j}])" for j in range(ns)]
     lines = [head]
     lines += [f"    {s} = np.{np_name}(s_{s})" for s in sig.scalars]
     lines += ["    ubase = np.uint64(base)", "    ustep = np.uint32(step)",
-              "    useed = np.uint32(seed)", loop_line]
-    fmt = dict(zip(sig.arrays, formats))
-    ind = " " * body_indent
-    lines.append(ind + f"r = {_call(sig, flags, lambda a: _load(fmt[a], ctag, a))}")
-    used = sig.used(flags)
-    for k, a in enumerate(sig.arrays):
-        if a in sig.written and a in used:
-            lines.append(ind + _store(fmt[a], ctag, a, f"r[{sig.written.index(a)}]",
-                                      k, stochastic))
+              "    useed = np.uint32(seed)", f"    n = a_{sig.arrays[0]}.shape[0]"]
+    lines += [f"    acc{j} = np.float64(0.0)" for j in range(ns)]
+    if not qw:
+        lines += ["    start = cuda.grid(1)", "    stride = cuda.gridsize(1)",
+                  "    for i in range(start, n, stride):"]
+        lines += [f"        o_{a} = x_{a}[i // 256]" for a in qs]
+        lines += ["        " + x for x in [call] + stores + acc]
+    else:
+        lines += ["    nblk = (n + 255) // 256", "    t = cuda.threadIdx.x"]
+        lines += [f"    sm_{a} = cuda.shared.array(256, np.float32)" for a in qw]
+        lines += ["    for blk in range(cuda.blockIdx.x, nblk, cuda.gridDim.x):",
+                  "        i = blk * 256 + t"]
+        lines += [f"        o_{a} = x_{a}[blk]" for a in qs]
+        lines += ["        if i < n:", "            " + call]
+        for a in qw:
+            lines.append(f"            sm_{a}[t] = abs(np.float32(r[{sig.written.index(a)}]))")
+        lines += ["        else:"] + [f"            sm_{a}[t] = np.float32(0.0)" for a in qw]
+        lines += ["        cuda.syncthreads()", "        h = 128", "        while h > 0:",
+                  "            if t < h:"]
+        for a in qw:
+            lines += [f"                p = sm_{a}[t]", f"                q = sm_{a}[t + h]",
+                      f"                sm_{a}[t] = p if (p > q or p != p) else q"]
+        lines += ["            cuda.syncthreads()", "            h //= 2"]
+        lines += [f"        m_{a} = sm_{a}[0]" for a in qw]
+        lines += ["        if i < n:"] + ["            " + x for x in [call] + stores + acc]
+        lines.append("        cuda.syncthreads()")
+        lines += ["        if t == 0:"] + [f"            x_{a}[blk] = m_{a}" for a in qw]
+    lines += [f"    cuda.atomic.add(out, {j}, acc{j})" for j in range(ns)]
     return "\n".join(lines) + "\n"
 
 
@@ -1078,6 +1155,8 @@ from fastopt.kernels._numba_bits import f32_bits, f32_from_bits
 
 SOURCE_HASH = "{hash}"
 u32, u64, f32 = np.uint32, np.uint64, np.float32
+SUM_BLOCK = {sum_block}
+GRID_ROWS = {grid_rows}
 # no fastmath at all: IEEE arithmetic (no contraction into FMA, no reciprocal approximation),
 # so the value a 16-bit store rounds -- and so the stored bits -- are the same on every backend
 _FM = False
@@ -1125,39 +1204,39 @@ def layout_source(kind, sig, ctag, flags, formats, rounding, name, mod=None):
     loop and its serial twin, ``<name>_par`` / ``<name>_ser``) or ``"cuda"`` (a grid-stride
     kernel ``<name>``).  Each element is decoded from its storage format, updated by the rule
     in the compute dtype and encoded back (stochastic rounding: the counter-based bits of
-    ``(seed, step, base + i, array)``)."""
+    ``(seed, step, base + i, array)``).  A grid rule's loop is :func:`_numba_grid` /
+    :func:`_cuda_grid` with its element arrays decoded and encoded the same way."""
     mod = mod or load_rules()
     deco = "@_inline" if kind == "numba" else "@_device"
-    out = [_LAYOUT_HEAD[kind].format(hash=source_hash()), _python_tables()]
+    out = [_LAYOUT_HEAD[kind].format(hash=source_hash(), sum_block=SUM_BLOCK,
+                                     grid_rows=GRID_ROWS), _python_tables()]
     for fn in load_codecs():
         out.append(f"\n{deco}\n" + _python_def(fn) + "\n")
     for fn in helpers(mod):
         out.append(f"\n{deco}\n" + _python_def(fn) + "\n")
     out.append(f"\n{deco}\n" + _python_def(getattr(mod, sig.name)) + "\n")
+    np_name = DTYPES[ctag][0]
+    if sig.grid:
+        layout = (formats, rounding == "stochastic")
+        if kind == "numba":
+            out += [_numba_grid(sig, np_name, name, flags, k, rng, layout)
+                    for k, rng in (("par", "prange"), ("ser", "range"))]
+        else:
+            out.append(_cuda_grid(sig, np_name, name, flags, layout))
+        return "".join(out)
     qs = [a for a, f in zip(sig.arrays, formats) if f in ("q8s", "q8u")]
     loop = _loop_args(sig)
     args = ", ".join(loop[:len(sig.arrays)] + [f"x_{a}" for a in qs] + loop[len(sig.arrays):]
-                     + ["base", "step", "seed"])
-    first = f"a_{sig.arrays[0]}"
-    if qs and kind == "numba":
-        for kind_, rng in (("par", "prange"), ("ser", "range")):
-            out.append("\n" + _q8_numba_loop(sig, ctag, flags, formats, rounding,
-                                              f"@_{kind_}\ndef {name}_{kind_}({args}):", rng))
-        return "".join(out)
-    if qs:
-        out.append("\n" + _q8_cuda_kernel(sig, ctag, flags, formats, rounding,
-                                           f"@cuda.jit\ndef {name}({args}):"))
-        return "".join(out)
+                     + ["base", "step", "seed"] + (["out"] if sig.sums and kind == "cuda"
+                                                   else []))
     if kind == "numba":
         for kind_, rng in (("par", "prange"), ("ser", "range")):
-            out.append("\n" + _layout_loop(
-                sig, ctag, flags, formats, rounding, f"@_{kind_}\ndef {name}_{kind_}({args}):",
-                8, f"    for i in {rng}({first}.size):"))
+            out.append("\n" + _numba_layout_loop(sig, ctag, flags, formats, rounding,
+                                                  f"@_{kind_}\ndef {name}_{kind_}({args}):",
+                                                  rng))
     else:
-        out.append("\n" + _layout_loop(
-            sig, ctag, flags, formats, rounding, f"@cuda.jit\ndef {name}({args}):", 8,
-            f"    start = cuda.grid(1)\n    stride = cuda.gridsize(1)\n"
-            f"    for i in range(start, {first}.shape[0], stride):"))
+        out.append("\n" + _cuda_layout_kernel(sig, ctag, flags, formats, rounding,
+                                               f"@cuda.jit\ndef {name}({args}):"))
     return "".join(out)
 
 
@@ -1402,7 +1481,8 @@ def _cython_helper(fn, tag, helper_names):
     return "\n".join(lines) + "\n"
 
 
-_LOOP_NAMES = {"i", "n", "threshold", "r", "pk", "plo", "phi"}
+_LOOP_NAMES = {"i", "n", "threshold", "r", "pk", "plo", "phi", "c", "l", "m", "lo", "hi",
+               "part"}
 
 
 def _cython_rule_body(sig, tag, flags, helper_names):
@@ -1817,25 +1897,33 @@ def _cython_layout_variant(sig, tag, ctype, flags, helper_names):
     """The storage-layout loop of one (rule, compute dtype, flags) variant: blocks of 256
     elements; per block each array of another format is decoded into a per-thread scratch
     buffer (an array already in the compute dtype is used in place), the rule runs over the
-    block, and the written arrays are encoded back (rounding to nearest or stochastically).
+    block, and the written arrays are encoded back (rounding to nearest or stochastically;
+    8-bit state requantized to the block's new absmax; 8-bit state only read is just decoded).
     The formats are runtime codes, tested once per block and array, so one compiled loop
-    serves every layout."""
+    serves every layout.
+
+    A reduction: each block's terms are added into SUM_LANES float64 lanes per sum, the lanes
+    of each SUM_BLOCK elements in order, then those blocks in order -- the order of the native
+    loops (:func:`_cython_reduction`), so the totals do not depend on the threads."""
     name = variant_name(sig, tag, flags)
     used = sig.used(flags)
     own = "FMT_F32" if tag == "f32" else "FMT_F64"
     A = len(sig.arrays)
+    ns, L = len(sig.sums), SUM_LANES
     locals_, body = _cython_rule_body(sig, tag, flags, helper_names)
-    body = [b.replace("[i]", "[j]") for b in body]
+    body = [b.replace("[i]", "[j]").replace("[i - c]", "[j]") for b in body]
     scal = [f"{ctype} {s}" for s in sig.scalars]
     ptrs = [f"{tag}_{'cp' if a in sig.readonly else 'p'} a_{a}" for a in sig.arrays if a in used]
-    lines = [f"cdef void _{name}_block(Py_ssize_t blk, Py_ssize_t n, const uintptr_t* addr, "
-             f"const int* fmt, const uintptr_t* amax, {ctype}* scratch, "
+    lanes = "double* lanes, " if ns else ""
+    lines = [f"cdef void _{name}_lyblock(Py_ssize_t blk, Py_ssize_t n, const uintptr_t* addr, "
+             f"const int* fmt, const uintptr_t* amax, {ctype}* scratch, {lanes}"
              f"{', '.join(scal + [''])}uint64_t base, "
              f"uint32_t step, uint32_t seed, bint stochastic) noexcept nogil:",
              "    cdef Py_ssize_t j",
              "    cdef Py_ssize_t start = blk * BLOCK",
              "    cdef Py_ssize_t nb = n - start if n - start < BLOCK else BLOCK",
              f"    cdef {ctype} {', '.join(locals_)}"]
+    lines += [f"    cdef {ctype} t{j}[BLOCK]" for j in range(ns)]
     lines += [f"    cdef {p}" for p in ptrs]
     for k, a in enumerate(sig.arrays):
         if a not in used:
@@ -1851,6 +1939,10 @@ def _cython_layout_variant(sig, tag, ctype, flags, helper_names):
                   f"        a_{a} = scratch + {k} * BLOCK"]
     lines.append("    for j in range(nb):")
     lines += [textwrap.indent(b, " " * 8) for b in body]
+    # (a block starts at a multiple of SUM_LANES within its SUM_BLOCK: element j of the block
+    # goes to lane j % SUM_LANES, as in the native loops)
+    for j in range(ns):
+        lines += ["    for j in range(nb):", f"        lanes[{j * L} + (j & {L - 1})] += <double>t{j}[j]"]
     for k, a in enumerate(sig.arrays):
         if a in used and a in sig.written:
             lines += [f"    if fmt[{k}] >= FMT_Q8S:",
@@ -1859,34 +1951,81 @@ def _cython_layout_variant(sig, tag, ctype, flags, helper_names):
                       f"    elif fmt[{k}] != {own}:",
                       f"        _encode_{tag}(fmt[{k}], scratch + {k} * BLOCK, addr[{k}], start, "
                       f"nb, stochastic, base + <uint64_t>start, step, seed, {k})"]
-    # the row driver: serial below the threshold, blocks over OpenMP threads above it
     args = ", ".join(sig.scalars)
-    call = (f"_{name}_block(blk, n, addr, fmt, amax, scratch, "
-            f"{args + ', ' if args else ''}base, step, seed, stochastic)")
-    lines += ["", "", f"cdef void _{name}_layout(Py_ssize_t n, const uintptr_t* addr, "
-              f"const int* fmt, const uintptr_t* amax, {', '.join(scal + [''])}uint64_t base, "
-              f"uint32_t step, "
-              f"uint32_t seed, bint stochastic, Py_ssize_t threshold) noexcept nogil:",
-              "    cdef Py_ssize_t blk, nblocks = (n + BLOCK - 1) // BLOCK",
-              f"    cdef {ctype}* scratch",
-              "    if n < threshold:",
-              f"        scratch = <{ctype}*>malloc({A} * BLOCK * sizeof({ctype}))",
-              "        for blk in range(nblocks):",
-              f"            {call}",
-              "        free(scratch)",
-              "        return",
-              "    with parallel():",
-              f"        scratch = <{ctype}*>malloc({A} * BLOCK * sizeof({ctype}))",
-              "        for blk in prange(nblocks, schedule='static'):",
-              f"            {call}",
-              "        free(scratch)"]
+    rest = f"{args + ', ' if args else ''}base, step, seed, stochastic"
+    head = (f"Py_ssize_t n, const uintptr_t* addr, const int* fmt, const uintptr_t* amax, "
+            f"{', '.join(scal + [''])}uint64_t base, uint32_t step, uint32_t seed, "
+            f"bint stochastic, Py_ssize_t threshold")
+    if not ns:
+        # the row driver: serial below the threshold, blocks over OpenMP threads above it
+        call = f"_{name}_lyblock(blk, n, addr, fmt, amax, scratch, {rest})"
+        lines += ["", "", f"cdef void _{name}_layout({head}) noexcept nogil:",
+                  "    cdef Py_ssize_t blk, nblocks = (n + BLOCK - 1) // BLOCK",
+                  f"    cdef {ctype}* scratch",
+                  "    if n < threshold:",
+                  f"        scratch = <{ctype}*>malloc({A} * BLOCK * sizeof({ctype}))",
+                  "        for blk in range(nblocks):",
+                  f"            {call}",
+                  "        free(scratch)",
+                  "        return",
+                  "    with parallel():",
+                  f"        scratch = <{ctype}*>malloc({A} * BLOCK * sizeof({ctype}))",
+                  "        for blk in prange(nblocks, schedule='static'):",
+                  f"            {call}",
+                  "        free(scratch)"]
+    else:
+        # a reduction's row driver: SUM_BLOCKs (of SUM_BLOCK // BLOCK blocks each) serially or
+        # over the threads, each with its lanes; then the SUM_BLOCKs' sums in order
+        per = SUM_BLOCK // 256
+        call = f"_{name}_lyblock(blk, n, addr, fmt, amax, scratch, lanes, {rest})"
+        lines += ["", "", f"cdef void _{name}_lysum(Py_ssize_t sb, Py_ssize_t n, "
+                  f"const uintptr_t* addr, const int* fmt, const uintptr_t* amax, "
+                  f"{ctype}* scratch, double* lanes, double* part, "
+                  f"{', '.join(scal + [''])}uint64_t base, uint32_t step, uint32_t seed, "
+                  f"bint stochastic) noexcept nogil:",
+                  "    cdef Py_ssize_t blk, l, b1 = (n + BLOCK - 1) // BLOCK",
+                  "    cdef double acc",
+                  f"    if b1 > (sb + 1) * {per}:", f"        b1 = (sb + 1) * {per}",
+                  f"    for l in range({ns * L}):", "        lanes[l] = 0",
+                  f"    for blk in range(sb * {per}, b1):", f"        {call}"]
+        for j in range(ns):
+            lines += ["    acc = 0", f"    for l in range({L}):",
+                      f"        acc = acc + lanes[{j * L} + l]", f"    part[sb * {ns} + {j}] = acc"]
+        scall = f"_{name}_lysum(sb, n, addr, fmt, amax, scratch, lanes, part, {rest})"
+        lines += ["", "", f"cdef void _{name}_layout({head}, double* out) noexcept nogil:",
+                  f"    cdef Py_ssize_t sb, nsb = (n + {SUM_BLOCK - 1}) // {SUM_BLOCK}",
+                  f"    cdef {ctype}* scratch",
+                  "    cdef double* lanes",
+                  f"    cdef double* part = <double*>malloc((nsb if nsb else 1) * {ns} * "
+                  f"sizeof(double))",
+                  f"    cdef double {', '.join(f'tot{j} = 0' for j in range(ns))}",
+                  "    if n < threshold:",
+                  f"        scratch = <{ctype}*>malloc({A} * BLOCK * sizeof({ctype}))",
+                  f"        lanes = <double*>malloc({ns * L} * sizeof(double))",
+                  "        for sb in range(nsb):",
+                  f"            {scall}",
+                  "        free(scratch)", "        free(lanes)",
+                  "    else:",
+                  "        with parallel():",
+                  f"            scratch = <{ctype}*>malloc({A} * BLOCK * sizeof({ctype}))",
+                  f"            lanes = <double*>malloc({ns * L} * sizeof(double))",
+                  "            for sb in prange(nsb, schedule='static'):",
+                  f"                {scall}",
+                  "            free(scratch)", "            free(lanes)",
+                  "    for sb in range(nsb):"]
+        lines += [f"        tot{j} += part[sb * {ns} + {j}]" for j in range(ns)]
+        lines += [f"    out[{j}] = tot{j}" for j in range(ns)]
+        lines.append("    free(part)")
     # the entry point: rows (n, base, address x A, format code x A, absmax address x A)
     width = 2 + 3 * A
     nsc = len(sig.scalars)
     lines += ["", "", f"def {name}_layout(uintptr_t table, Py_ssize_t count, tuple scalars, "
-              "uint32_t step=0, uint32_t seed=0, bint stochastic=False):",
+              "uint32_t step=0, uint32_t seed=0, bint stochastic=False"
+              + (", uintptr_t out=0" if ns else "") + "):",
               f'    """{sig.name} ({tag}, flags {dict(zip(sig.flags, flags))}) over `count` rows '
-              f'of (n, base, {A} addresses, {A} format codes, {A} absmax addresses)."""',
+              f'of (n, base, {A} addresses, {A} format codes, {A} absmax addresses)'
+              + (f'; `out`: the address of count x {ns} doubles, the sums '
+                 f'({", ".join(sig.sums)}) of each row' if ns else '') + '."""',
               "    cdef const uintptr_t* t = <const uintptr_t*>table",
               "    cdef Py_ssize_t k, q",
               f"    cdef int fmt[{A}]",
@@ -1896,6 +2035,9 @@ def _cython_layout_variant(sig, tag, ctype, flags, helper_names):
               f"    if len(scalars) != {nsc}:",
               f"        raise ValueError(f'{name}_layout takes {nsc} scalars, got "
               f"{{len(scalars)}}')"]
+    if ns:
+        lines += ["    if count and not out:",
+                  f"        raise ValueError('{name}_layout: a reduction needs `out`')"]
     lines += [f"    cdef {ctype} {s} = <{ctype}><double>scalars[{j}]"
               for j, s in enumerate(sig.scalars)]
     lines += ["    with nogil:", "        for k in range(count):",
@@ -1905,7 +2047,7 @@ def _cython_layout_variant(sig, tag, ctype, flags, helper_names):
               f"                amax[q] = t[k * {width} + 2 + {2 * A} + q]",
               f"            _{name}_layout(<Py_ssize_t>t[k * {width}], addr, fmt, amax, "
               f"{args + ', ' if args else ''}<uint64_t>t[k * {width} + 1], step, seed, "
-              f"stochastic, threshold)"]
+              f"stochastic, threshold" + (f", (<double*>out) + k * {ns}" if ns else "") + ")"]
     return "\n".join(lines) + "\n"
 
 
@@ -1928,10 +2070,10 @@ def cython_source(mod=None):
             for flags in flag_variants(sig):
                 if sig.grid:
                     out.append("\n\n" + _cython_grid(sig, tag, ctype, flags, names))
+                    out.append("\n\n" + _cython_grid_layout(sig, tag, ctype, flags, names))
                     continue
                 out.append("\n\n" + _cython_variant(sig, tag, ctype, flags, names))
-                if not sig.sums:    # reductions: the compute dtype's own storage only
-                    out.append("\n\n" + _cython_layout_variant(sig, tag, ctype, flags, names))
+                out.append("\n\n" + _cython_layout_variant(sig, tag, ctype, flags, names))
     return "".join(out)
 
 
@@ -2095,6 +2237,116 @@ def _cython_grid(sig, tag, ctype, flags, helper_names):
               "    cdef bint serial = R * m < _config.PARALLEL_THRESHOLD"]
     call = f"_{name}_block(k, n, m, nb, {', '.join(args)}, orow, ocol)"
     lines += ["    with nogil:", "        if serial:", "            for k in range(nblk):",
+              f"                {call}", "        else:",
+              "            for k in prange(nblk, schedule='static'):", f"                {call}"]
+    return "\n".join(lines) + "\n"
+
+
+def _cython_grid_layout(sig, tag, ctype, flags, helper_names):
+    """A grid rule's loops for storage layouts (the element arrays -- parameter, gradient -- in
+    any float format, as runtime codes; the row and column arrays in the compute dtype): as
+    :func:`_cython_grid`, each row in chunks of SUM_LANES elements, an element array not in
+    the compute dtype decoded into a chunk buffer first and a written one encoded back after
+    (stochastic rounding's counter ``base + lo + c``); the sums added in the same order."""
+    name = variant_name(sig, tag, flags)
+    own = "FMT_F32" if tag == "f32" else "FMT_F64"
+    ns, nc, L, G = len(sig.sums), len(sig.col_sums), SUM_LANES, GRID_FOLD
+    node = _fn_ast(sig.fn)
+    body = [_Constants(dict(zip(sig.flags, flags))).visit(
+        _CythonNames(tag, helper_names).visit(st)) for st in _body(node)]
+    ret, body = body[-1], body[:-1]
+    locals_ = list(sig.arrays) + _assigned(body, set(sig.arrays) | set(sig.scalars))
+    clash = (_LOOP_NAMES | {"j", "k", "b", "lo", "r0", "r1", "c", "cl", "l", "m", "acc"}) \
+        & set(locals_)
+    if clash:
+        raise ValueError(f"rule {sig.name}: local names {sorted(clash)} are reserved for loops")
+    idx = {a: q for q, a in enumerate(sig.arrays)}
+    inner = [f"{a} = a_{a}[b * m + j]" if a in sig.cols else f"{a} = e_{a}[j - c]"
+             for a in sig.arrays if a not in sig.rows]
+    inner += [ast.unparse(st) for st in body]
+    inner += [f"e_{a}[j - c] = {ast.unparse(v)}" for a, v in zip(sig.written, ret.value.elts)]
+    inner += [f"t{j}[j - c] = {ast.unparse(v)}"
+              for j, v in enumerate(ret.value.elts[len(sig.written):])]
+    scal = [f"{ctype} {x}" for x in sig.scalars]
+    cols = [(c, sig.sums.index(cname)) for c, cname in enumerate(sig.col_sums)]
+    lines = [f"cdef void _{name}_lblock(Py_ssize_t k, Py_ssize_t n, Py_ssize_t m, Py_ssize_t nb, "
+             f"const uintptr_t* addr, const int* fmt, {', '.join(scal + [''])}double* o_rows, "
+             f"double* o_cols, uint64_t base, uint32_t step, uint32_t seed, "
+             f"bint stochastic) noexcept nogil:",
+             "    cdef Py_ssize_t b = k // nb, i, j, l, c, cl, lo",
+             f"    cdef Py_ssize_t r0 = b * n + (k - b * nb) * {GRID_ROWS}",
+             f"    cdef Py_ssize_t r1 = min(b * n + n, r0 + {GRID_ROWS})",
+             f"    cdef {ctype} {', '.join(locals_)}",
+             "    cdef double acc"]
+    lines += [f"    cdef {ctype} t{j}[{L}]" for j in range(ns)]
+    lines += [f"    cdef double lane{j}[{G}]" for j in range(ns)]
+    lines += [f"    cdef {ctype} sc_{a}[{L}]" for a in sig.elements]
+    lines += [f"    cdef {ctype}* e_{a}" for a in sig.elements]
+    lines += [f"    cdef const {ctype}* a_{a} = <const {ctype}*>addr[{idx[a]}]"
+              for a in sig.rows + sig.cols]
+    lines += [f"    cdef double* cp{c} = o_cols + (k * {nc} + {c}) * m" for c in range(nc)]
+    lines += [f"    cdef {ctype}* cf{c} = <{ctype}*>calloc(m, sizeof({ctype}))" for c in range(nc)]
+    lines += ["    for i in range(r0, r1):", "        lo = i * m"]
+    lines += [f"        {a} = a_{a}[i]" for a in sig.rows]
+    if ns:
+        lines += [f"        for l in range({G}):"] + \
+            [f"            lane{j}[l] = 0" for j in range(ns)]
+    lines += [f"        for c in range(0, m, {L}):", f"            cl = m - c if m - c < {L} else {L}"]
+    for a in sig.elements:
+        q = idx[a]
+        lines += [f"            if fmt[{q}] == {own}:",
+                  f"                e_{a} = (<{ctype}*>addr[{q}]) + lo + c",
+                  "            else:",
+                  f"                _decode_{tag}(fmt[{q}], addr[{q}], lo + c, cl, sc_{a})",
+                  f"                e_{a} = sc_{a}"]
+    lines += ["            for j in range(c, c + cl):"]
+    lines += [textwrap.indent(x, " " * 16) for x in inner]
+    if ns:
+        lines += [f"            if cl == {L}:"]
+        lines += [f"                fastopt_fold8_{tag}(t{j}, lane{j})" for j in range(ns)]
+        if cols:
+            lines += [f"                for l in range({L}):"]
+            lines += [f"                    cf{c}[c + l] = cf{c}[c + l] + t{j}[l]" for c, j in cols]
+        lines += ["            else:", "                for l in range(cl):"]
+        lines += [f"                    lane{j}[l % {G}] += <double>t{j}[l]" for j in range(ns)]
+        lines += [f"                    cf{c}[c + l] = cf{c}[c + l] + t{j}[l]" for c, j in cols]
+    for a in sig.written:
+        q = idx[a]
+        lines += [f"            if fmt[{q}] != {own}:",
+                  f"                _encode_{tag}(fmt[{q}], sc_{a}, addr[{q}], lo + c, cl, "
+                  f"stochastic, base + <uint64_t>(lo + c), step, seed, {q})"]
+    for j in range(ns):
+        lines += ["        acc = 0", f"        for l in range({G}):",
+                  f"            acc = acc + lane{j}[l]", f"        o_rows[i * {ns} + {j}] = acc"]
+    for c in range(nc):
+        lines += ["    for j in range(m):", f"        cp{c}[j] = <double>cf{c}[j]", f"    free(cf{c})"]
+    nsc, A = len(sig.scalars), len(sig.arrays)
+    args = ", ".join(sig.scalars)
+    call = (f"_{name}_lblock(k, n, m, nb, addr, fm, {args + ', ' if args else ''}orow, ocol, "
+            f"base, step, seed, stochastic)")
+    lines += ["", "", f"def {name}_layout(Py_ssize_t n, Py_ssize_t m, Py_ssize_t R, "
+              f"tuple addresses, tuple scalars, uintptr_t o_rows, uintptr_t o_cols, "
+              f"tuple formats, uint64_t base=0, uint32_t step=0, uint32_t seed=0, "
+              f"bint stochastic=False):",
+              f'    """{sig.name} ({tag}) as ``{name}``, its arrays in the storage formats '
+              f'``formats`` (codes; the element arrays\' any float format, the others the '
+              f'compute dtype\'s)."""',
+              f"    if len(scalars) != {nsc} or len(addresses) != {A} or len(formats) != {A}:",
+              f"        raise ValueError('{name}_layout: {nsc} scalars, {A} addresses and "
+              f"{A} formats expected')",
+              "    if n <= 0 or m <= 0 or R <= 0 or R % n:", "        return",
+              f"    if ({ns} and not o_rows) or ({nc} and not o_cols):",
+              f"        raise ValueError('{name}_layout: the sums need their output addresses')",
+              f"    cdef uintptr_t addr[{A}]", f"    cdef int fm[{A}]", "    cdef Py_ssize_t q",
+              f"    for q in range({A}):", "        addr[q] = addresses[q]",
+              "        fm[q] = formats[q]"]
+    lines += [f"    cdef {ctype} {x} = <{ctype}><double>scalars[{j}]"
+              for j, x in enumerate(sig.scalars)]
+    lines += [f"    cdef Py_ssize_t k, nb = (n + {GRID_ROWS - 1}) // {GRID_ROWS}",
+              "    cdef Py_ssize_t nblk = (R // n) * nb",
+              "    cdef double* orow = <double*>o_rows", "    cdef double* ocol = <double*>o_cols",
+              "    cdef bint serial = R * m < _config.PARALLEL_THRESHOLD",
+              "    with nogil:", "        if serial:", "            for k in range(nblk):",
               f"                {call}", "        else:",
               "            for k in prange(nblk, schedule='static'):", f"                {call}"]
     return "\n".join(lines) + "\n"

@@ -106,6 +106,8 @@ class NumbaBackend(HostBackend):
                                                kernel.formats, kernel.rounding, kernel.name))
         return getattr(mod, kernel.name + "_par"), getattr(mod, kernel.name + "_ser")
 
+    _compile_grid = _compile
+
     def bind(self, kernel, rows, bases=None, seed=0):
         par, ser = kernel.impl
         n_scalars = len(kernel.sig.scalars)
@@ -126,15 +128,17 @@ class NumbaBackend(HostBackend):
             calls.append((n, _entry(par, types), _entry(ser, types), args, extra, k))
         layout = not kernel.native
         seed = int(seed)
-        if kernel.sig.sums:      # a reduction (native arrays only): the totals of every row
+        if kernel.sig.sums:      # a reduction: the totals of every row
             zero = (0.0,) * len(kernel.sig.sums)
             nrows = len(checked)
 
             def reduce(scalars, step=0):
                 threshold = config.PARALLEL_THRESHOLD
                 out = [zero] * nrows
-                for n, p, s, args, _, k in calls:
-                    out[k] = tuple((p if n >= threshold else s)(*args, *scalars))
+                for n, p, s, args, extra, k in calls:
+                    fn = p if n >= threshold else s
+                    out[k] = tuple(fn(*args, *scalars, *extra, int(step), seed) if layout
+                                   else fn(*args, *scalars))
                 return out
             reduce.rows = [c[0] for c in calls]
             return reduce
@@ -149,14 +153,15 @@ class NumbaBackend(HostBackend):
         call.rows = [c[0] for c in calls]
         return call
 
-    def _compile_grid(self, kernel):
-        mod = module()
-        return getattr(mod, kernel.name + "_par"), getattr(mod, kernel.name + "_ser")
-
-    def _grid_loop(self, kernel, arrays, n, m, R, scalars, o_rows, o_part):
+    def _grid_loop(self, kernel, arrays, n, m, R, scalars, o_rows, o_part, rnd):
         par, ser = kernel.impl
-        (par if R * m >= config.PARALLEL_THRESHOLD else ser)(*arrays, *scalars, n, m, o_rows,
-                                                             o_part)
+        fn = par if R * m >= config.PARALLEL_THRESHOLD else ser
+        if kernel.native:
+            fn(*arrays, *scalars, n, m, o_rows, o_part)
+        else:      # (16-bit arrays as their bits; stochastic rounding's base, seed, step)
+            base, seed, step = rnd
+            fn(*(_view(a, f) for a, f in zip(arrays, kernel.formats)), *scalars, n, m, o_rows,
+               o_part, base, step, seed)
 
     def all_finite(self, array):
         big = array.size >= config.PARALLEL_THRESHOLD

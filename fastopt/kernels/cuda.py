@@ -275,6 +275,8 @@ class CudaBackend(Backend):
                                            kernel.formats, kernel.rounding, kernel.name))
         return getattr(mod, kernel.name)
 
+    _compile_grid = _compile
+
     def bind(self, kernel, rows, bases=None, seed=0):
         kern = kernel.impl
         empty = cuda.device_array(0, dtype=kernel.dtype)
@@ -289,19 +291,24 @@ class CudaBackend(Backend):
                 calls.append((n, args, () if kernel.native else (int(base),), k))
         layout, seed = not kernel.native, int(seed)
         ns = len(kernel.sig.sums)
-        if ns:   # a reduction (native arrays only): per row, float64 totals added atomically
+        # written 8-bit state: one thread block of 256 per block of 256 elements (its absmax
+        # reduction)
+        grid = _q8_launch if any(a in kernel.sig.written for a in kernel.quantized) \
+            else launch_config
+        if ns:   # a reduction: per row, float64 totals added atomically
             out = cuda.device_array((len(checked), ns), dtype=np.float64)
             zeros = np.zeros((len(checked), ns), dtype=np.float64)
 
             def reduce(scalars, step=0):
                 out.copy_to_device(zeros)
-                for n, args, _, k in calls:
-                    kern[launch_config(n)](*args, *scalars, out[k])
+                for n, args, extra, k in calls:
+                    if layout:
+                        kern[grid(n)](*args, *scalars, *extra, int(step), seed, out[k])
+                    else:
+                        kern[launch_config(n)](*args, *scalars, out[k])
                 return [tuple(r) for r in out.copy_to_host().tolist()]
             reduce.rows = [c[0] for c in calls]
             return reduce
-        # 8-bit state: one thread block of 256 per block of 256 elements (its absmax reduction)
-        grid = _q8_launch if kernel.quantized else launch_config
 
         def call(scalars, step=0):
             for n, args, extra, _ in calls:
@@ -312,10 +319,7 @@ class CudaBackend(Backend):
         call.rows = [c[0] for c in calls]
         return call
 
-    def _compile_grid(self, kernel):
-        return getattr(module(), kernel.name)
-
-    def _grid(self, kernel, arrays, n, m, R, scalars):
+    def _grid(self, kernel, arrays, n, m, R, scalars, rnd):
         """A block of threads per row (grid-stride over the rows), the sums added atomically in
         float64 into device arrays, copied back to the host."""
         sig = kernel.sig
@@ -324,7 +328,12 @@ class CudaBackend(Backend):
         o_cols = cuda.to_device(np.zeros((R // n, nc, m) if nc else (1, 1, 1)))
         threads = min(128, 1 << max(0, (m - 1).bit_length()))
         blocks = max(1, min(R, 65535))
-        kernel.impl[blocks, threads](*arrays, *scalars, n, m, o_rows, o_cols)
+        if kernel.native:
+            kernel.impl[blocks, threads](*arrays, *scalars, n, m, o_rows, o_cols)
+        else:      # (16-bit arrays as their bits; stochastic rounding's base, seed, step)
+            base, seed, step = rnd
+            kernel.impl[blocks, threads](*(_view(a, f) for a, f in zip(arrays, kernel.formats)),
+                                         *scalars, n, m, o_rows, o_cols, base, step, seed)
         rows = o_rows.copy_to_host() if ns else np.zeros((R, 0))
         cols = o_cols.copy_to_host() if nc else np.zeros((R // n, 0, m))
         return rows, cols

@@ -104,18 +104,24 @@ _use(os.environ.get("FASTOPT_CYTHON_ISA", "") if os.environ.get("FASTOPT_CYTHON_
 _TAG = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 
 
+def _codes(kernel):
+    """The format codes of a kernel's arrays (0 for an unused one)."""
+    return tuple(F.CODES[f] if f is not None else 0 for f in kernel.formats)
+
+
 def _address(a):
     return a.__array_interface__["data"][0]
 
 
-def _reduction(fn, table, nrows, kept, ns):
-    """The call of a reduction entry point: its totals of every row (zeros for empty ones)."""
+def _reduction(fn, table, nrows, kept, ns, **layout):
+    """The call of a reduction entry point: its totals of every row (zeros for empty ones);
+    ``layout``: a layout entry point's ``seed`` and ``stochastic``."""
     out = np.zeros((len(kept), ns), dtype=np.float64)
     zero = (0.0,) * ns
-    address, count = _address(table), len(kept)
+    address, count, where = _address(table), len(kept), _address(out)
 
     def call(scalars, step=0):
-        fn(address, count, scalars, step, _address(out))
+        fn(address, count, scalars, step, out=where, **layout)
         sums = [zero] * nrows
         for j, k in enumerate(kept):
             sums[k] = tuple(out[j].tolist())
@@ -123,32 +129,49 @@ def _reduction(fn, table, nrows, kept, ns):
     return call
 
 
+def _entry(kernel):
+    """The name of a variant's entry point in the extension: its own loop, or for another
+    storage layout its layout loop."""
+    base = _codegen.variant_name(kernel.sig, kernel.dtype.name, kernel.flags)
+    return base if kernel.native else base + "_layout"
+
+
 class CythonBackend(HostBackend):
     name = "cython"
 
-    def _compile_grid(self, kernel):
-        return kernel.name
+    def _grid_loop(self, kernel, arrays, n, m, R, scalars, o_rows, o_part, rnd):
+        fn = getattr(extension, kernel.impl)
+        addresses = tuple(_address(a) for a in arrays)
+        if kernel.native:
+            fn(n, m, R, addresses, scalars, _address(o_rows), _address(o_part))
+            return
+        base, seed, step = rnd
+        fn(n, m, R, addresses, scalars, _address(o_rows), _address(o_part), _codes(kernel),
+           base, step, seed, kernel.rounding == "stochastic")
 
-    def _grid_loop(self, kernel, arrays, n, m, R, scalars, o_rows, o_part):
-        getattr(extension, kernel.impl)(n, m, R, tuple(_address(a) for a in arrays), scalars,
-                                        _address(o_rows), _address(o_part))
-
-    def _grid_by_address(self, kernel, n, m, R, fixed, o_rows, o_part):
+    def _grid_by_address(self, kernel, n, m, R, fixed, o_rows, o_part, base, seed):
         fn = functools.partial(getattr(extension, kernel.impl), n, m, R)
         orow, opart = _address(o_rows), _address(o_part)
         known = [(_address(fixed[k]) if k in fixed else None)
                  for k in range(len(kernel.sig.arrays))]
+        if kernel.native:
+            def run(arrays, scalars, step=0):
+                fn(tuple(a if a is not None else _address(x) for a, x in zip(known, arrays)),
+                   scalars, orow, opart)
+            return run
+        codes, stochastic = _codes(kernel), kernel.rounding == "stochastic"
 
-        def run(arrays, scalars):
+        def run(arrays, scalars, step=0):
             fn(tuple(a if a is not None else _address(x) for a, x in zip(known, arrays)),
-               scalars, orow, opart)
+               scalars, orow, opart, codes, base, step, seed, stochastic)
         return run
 
     def _compile(self, kernel):
         # the entry point's name, looked up in the extension in use when binding: the variant's
         # own loop, or for another storage layout its blocked layout loop
-        base = _codegen.variant_name(kernel.sig, kernel.dtype.name, kernel.flags)
-        return base if kernel.native else base + "_layout"
+        return _entry(kernel)
+
+    _compile_grid = _compile
 
     def bind(self, kernel, rows, bases=None, seed=0):
         checked = [(n, row) for n, row in self._check_rows(kernel, rows)]
@@ -183,7 +206,7 @@ class CythonBackend(HostBackend):
                                   len(kernel.sig.sums))
         else:
             fn = getattr(extension, kernel.impl)
-            codes = [F.CODES[f] if f is not None else 0 for f in kernel.formats]
+            codes = list(_codes(kernel))
             qcols = [2 + 2 * A + kernel.sig.arrays.index(a) for a in kernel.quantized]
             table = np.zeros((len(keep), 2 + 3 * A), dtype=np.uintp)
             for k, ((n, addresses), base) in enumerate(keep):
@@ -194,6 +217,10 @@ class CythonBackend(HostBackend):
                 table[k, qcols] = addresses[A:]
             call = functools.partial(fn, _address(table), len(keep), seed=int(seed),
                                      stochastic=kernel.rounding == "stochastic")
+            if kernel.sig.sums:
+                call = _reduction(fn, table, len(rows), [k for k, r in enumerate(rows) if r[0]],
+                                  len(kernel.sig.sums), seed=int(seed),
+                                  stochastic=kernel.rounding == "stochastic")
         call.keep = table
         call.rows = [r[0] for r, _ in keep]
         return call

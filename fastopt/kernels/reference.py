@@ -22,7 +22,8 @@ from . import HostBackend
 from . import formats as F
 
 __all__ = ["NumpyBackend", "sgd", "momentum", "rmsprop", "adagrad", "adam", "adamax", "nadam",
-           "radam", "adadelta", "asgd", "rprop", "lion", "lamb", "lamb_apply",
+           "radam", "adadelta", "asgd", "rprop", "lion", "lamb", "lamb_apply", "lamb_norms",
+           "lamb_update",
            "adamw_schedulefree", "lerp_to", "adafactor_vector", "adafactor_vector_apply",
            "adafactor_sq", "adafactor_factored", "adafactor_factored_apply",
            "adafactor_separable", "adafactor_separable_apply", "norm_sq", "ema", "swap",
@@ -200,6 +201,32 @@ def lion(param, grad, exp_avg, neg_lr, grad_sign, weight_decay, beta1, one_minus
     exp_avg[...] = exp_avg * beta2 + one_minus_beta2 * g
 
 
+def _ordered_sum(terms):
+    """``sum(terms)`` in float64 in the order every compiled reduction adds (the rules module's
+    ``sums``): the terms (each rounded to its compute dtype) in blocks of ``SUM_BLOCK``; within
+    a block term ``i`` goes to float64 lane ``i % SUM_LANES`` (each lane added in order), the
+    lanes in order; then the blocks in order -- so a reduction gives the same bits on every
+    host backend, this one included."""
+    from ._codegen import SUM_BLOCK, SUM_LANES
+    t = np.asarray(terms).reshape(-1).astype(np.float64)
+    nb = -(-t.size // SUM_BLOCK)
+    if not nb:
+        return 0.0
+    pad = np.zeros(nb * SUM_BLOCK)
+    pad[:t.size] = t
+    blocks = pad.reshape(nb, SUM_BLOCK // SUM_LANES, SUM_LANES)
+    lanes = np.zeros((nb, SUM_LANES))
+    for row in range(blocks.shape[1]):           # each lane in order (not pairwise)
+        lanes += blocks[:, row]
+    acc = np.zeros(nb)
+    for lane in range(SUM_LANES):                # the lanes in order
+        acc += lanes[:, lane]
+    total = 0.0
+    for x in acc.tolist():                       # the blocks in order
+        total += x
+    return total
+
+
 def _lamb_update(param, exp_avg, exp_avg_sq, inv_bias_correction1, inv_bias_correction2_sqrt,
                  eps, weight_decay, decay):
     """Adam's bias-corrected direction ``m_hat/(sqrt(v_hat) + eps)`` (+ ``weight_decay*p``)."""
@@ -214,11 +241,10 @@ def lamb(param, grad, exp_avg, exp_avg_sq, grad_sign, beta1, one_minus_beta1, be
     """LAMB's first pass: the moments, then ``(sum(p*p), sum(u*u))`` in float64."""
     g = grad_sign * grad
     exp_avg[...] = beta1 * exp_avg + one_minus_beta1 * g
-    exp_avg_sq[...] = beta2 * exp_avg_sq + one_minus_beta2 * (g * g)
+    exp_avg_sq[...] = beta2 * exp_avg_sq + one_minus_beta2 * g * g
     u = _lamb_update(param, exp_avg, exp_avg_sq, inv_bias_correction1,
                      inv_bias_correction2_sqrt, eps, weight_decay, decay)
-    return (float(np.sum((param * param).astype(np.float64))),
-            float(np.sum((u * u).astype(np.float64))))
+    return _ordered_sum(param * param), _ordered_sum(u * u)
 
 
 def lamb_apply(param, exp_avg, exp_avg_sq, neg_step, inv_bias_correction1,
@@ -226,6 +252,26 @@ def lamb_apply(param, exp_avg, exp_avg_sq, neg_step, inv_bias_correction1,
     """LAMB's second pass: ``p += neg_step*u`` (``neg_step = -lr*trust_ratio``)."""
     param += neg_step * _lamb_update(param, exp_avg, exp_avg_sq, inv_bias_correction1,
                                      inv_bias_correction2_sqrt, eps, weight_decay, decay)
+
+
+def lamb_norms(param, grad, exp_avg, exp_avg_sq, grad_sign, beta1, one_minus_beta1, beta2,
+               one_minus_beta2, inv_bias_correction1, inv_bias_correction2_sqrt, eps,
+               weight_decay, *, decay):
+    """LAMB's first pass on 8-bit state: the sums of :func:`lamb` without storing the moments."""
+    return lamb(param, grad, exp_avg.copy(), exp_avg_sq.copy(), grad_sign, beta1,
+                one_minus_beta1, beta2, one_minus_beta2, inv_bias_correction1,
+                inv_bias_correction2_sqrt, eps, weight_decay, decay=decay)
+
+
+def lamb_update(param, grad, exp_avg, exp_avg_sq, grad_sign, beta1, one_minus_beta1, beta2,
+                one_minus_beta2, inv_bias_correction1, inv_bias_correction2_sqrt, eps,
+                weight_decay, neg_step, *, decay):
+    """LAMB's second pass on 8-bit state: the moments, then ``p += neg_step*u``."""
+    lamb(param, grad, exp_avg, exp_avg_sq, grad_sign, beta1, one_minus_beta1, beta2,
+         one_minus_beta2, inv_bias_correction1, inv_bias_correction2_sqrt, eps, weight_decay,
+         decay=decay)
+    lamb_apply(param, exp_avg, exp_avg_sq, neg_step, inv_bias_correction1,
+               inv_bias_correction2_sqrt, eps, weight_decay, decay=decay)
 
 
 def _lerp_select(start, end, weight, weight_minus_one, small, zero):
@@ -266,18 +312,27 @@ def _sq64(x):
     return (x * x).astype(np.float64)
 
 
+def _adafactor_variance(grad, variance, grad_sign, weight, weight_minus_one, small, zero):
+    """``variance.lerp(g*g, weight)``: this step's second moment of a vector."""
+    g = grad_sign * grad
+    return _lerp(variance, g * g, weight, weight_minus_one, small > zero)
+
+
 def adafactor_vector(param, grad, variance, grad_sign, weight, weight_minus_one, small, zero,
                      eps1_sq, one):
-    """Adafactor on a vector, pass 1: ``variance.lerp_(g*g, weight)``; the sums of p**2 and of
-    u**2 (float64)."""
-    g = grad_sign * grad
-    variance[...] = _lerp(variance, g * g, weight, weight_minus_one, small > zero)
-    u = _adafactor_u(grad, variance, grad_sign, eps1_sq, one)
-    return float(np.sum(_sq64(param))), float(np.sum(_sq64(u)))
+    """Adafactor on a vector, pass 1: the sums of p**2 and of u**2 (float64), ``u`` from
+    ``variance.lerp(g*g, weight)`` (not stored)."""
+    v = _adafactor_variance(grad, variance, grad_sign, weight, weight_minus_one, small, zero)
+    u = _adafactor_u(grad, v, grad_sign, eps1_sq, one)
+    return _ordered_sum(param * param), _ordered_sum(u * u)
 
 
-def adafactor_vector_apply(param, grad, variance, grad_sign, eps1_sq, one, decay, neg_step):
-    """Adafactor on a vector, pass 2: ``param = param*decay + neg_step*u``."""
+def adafactor_vector_apply(param, grad, variance, grad_sign, weight, weight_minus_one, small,
+                           zero, eps1_sq, one, decay, neg_step):
+    """Adafactor on a vector, pass 2: ``variance.lerp_(g*g, weight)``, then ``param =
+    param*decay + neg_step*u``."""
+    variance[...] = _adafactor_variance(grad, variance, grad_sign, weight, weight_minus_one,
+                                        small, zero)
     param[...] = param * decay + neg_step * _adafactor_u(grad, variance, grad_sign, eps1_sq, one)
 
 
@@ -338,7 +393,7 @@ def adafactor_separable_apply(param, grad, row_scale, col_scale, decay, *, n, m)
 
 def norm_sq(x):
     """``sum(x*x)``, the squares in the array's dtype, added in float64."""
-    return (float(np.sum(_sq64(x))),)
+    return (_ordered_sum(x * x),)
 
 
 def ema(average, param, decay, one_minus_decay):
@@ -358,6 +413,24 @@ def assign(dst, src):
     dst[...] = src
 
 
+def _encode_written(kernel, row, vals, base, step, seed, absmax_of):
+    """Store the rule's new values ``vals`` into the written arrays of ``row`` in their
+    formats (8-bit: requantized; 16-bit: rounded as the kernel rounds, stochastic rounding's
+    bits from ``(seed, step, base + element, array)``)."""
+    written = kernel.sig.written
+    for k, (name, a, f, v) in enumerate(zip(kernel.sig.arrays, row, kernel.formats, vals)):
+        if a is None or name not in written:
+            continue
+        if name in absmax_of:
+            F.quantize(f, v, a, row[absmax_of[name]])
+            continue
+        bits = None
+        if kernel.rounding == "stochastic":
+            n = a.shape[0]
+            bits = F.random_bits(np.arange(base, base + n, dtype=np.uint64), step, seed, k)
+        F.encode(f, v, a, kernel.rounding, bits)
+
+
 class NumpyBackend(HostBackend):
     name = "numpy"
 
@@ -370,48 +443,40 @@ class NumpyBackend(HostBackend):
         checked = self._check_rows(kernel, rows)
         bases = list(bases) if bases is not None else [0] * len(checked)
         calls = [(row, base) for (n, row), base in zip(checked, bases) if n]
-        written = set(kernel.sig.written)
-
         arrays = kernel.sig.arrays
         absmax_of = {a: len(arrays) + j for j, a in enumerate(kernel.quantized)}
+
+        def run(row, base, cast, step):
+            """One row: the rule itself on native arrays, else decode -> the rule in the
+            compute dtype -> encode, written plainly (8-bit state: dequantize the whole buffer,
+            requantize it after the update); returns what the rule returns (a reduction's
+            sums)."""
+            if kernel.native:
+                return fn(*row, *cast, **flags)
+            vals = [None if a is None else
+                    F.dequantize(f, a, row[absmax_of[name]], dtype) if name in absmax_of
+                    else F.decode(f, a, dtype)
+                    for name, a, f in zip(arrays, row, kernel.formats)]
+            vals = [v if v is None or v.dtype != dtype or v is not a else v.copy()
+                    for v, a in zip(vals, row)]
+            out = fn(*vals, *cast, **flags)
+            _encode_written(kernel, row, vals, base, step, seed, absmax_of)
+            return out
 
         def call(scalars, step=0):
             cast = [dtype.type(s) for s in scalars]
             with np.errstate(all="ignore"):   # NaN/Inf propagate silently, as in the kernels
                 for row, base in calls:
-                    if kernel.native:
-                        fn(*row, *cast, **flags)
-                        continue
-                    # decode -> the rule in the compute dtype -> encode, written plainly (8-bit
-                    # state: dequantize the whole buffer, requantize it after the update)
-                    vals = [None if a is None else
-                            F.dequantize(f, a, row[absmax_of[name]], dtype) if name in absmax_of
-                            else F.decode(f, a, dtype)
-                            for name, a, f in zip(arrays, row, kernel.formats)]
-                    vals = [v if v is None or v.dtype != dtype or v is not a else v.copy()
-                            for v, a in zip(vals, row)]
-                    fn(*vals, *cast, **flags)
-                    n = row[0].shape[0]
-                    for k, (name, a, f, v) in enumerate(zip(arrays, row, kernel.formats, vals)):
-                        if a is None or name not in written:
-                            continue
-                        if name in absmax_of:
-                            F.quantize(f, v, a, row[absmax_of[name]])
-                            continue
-                        bits = None
-                        if kernel.rounding == "stochastic":
-                            bits = F.random_bits(np.arange(base, base + n, dtype=np.uint64),
-                                                 step, seed, k)
-                        F.encode(f, v, a, kernel.rounding, bits)
+                    run(row, base, cast, step)
         call.rows = [row[0].shape[0] for row, _ in calls]
-        if kernel.sig.sums:      # a reduction (native arrays only): the totals of every row
+        if kernel.sig.sums:      # a reduction: the totals of every row
             zero = (0.0,) * len(kernel.sig.sums)
 
             def reduce(scalars, step=0):
                 cast = [dtype.type(s) for s in scalars]
                 with np.errstate(all="ignore"):
-                    return [tuple(fn(*row, *cast, **flags)) if n else zero
-                            for n, row in checked]
+                    return [tuple(run(row, base, cast, step)) if n else zero
+                            for (n, row), base in zip(checked, bases)]
             reduce.rows = call.rows
             return reduce
         return call
@@ -419,10 +484,18 @@ class NumpyBackend(HostBackend):
     def _compile_grid(self, kernel):
         return globals()[kernel.sig.name]
 
-    def _grid(self, kernel, arrays, n, m, R, scalars):
+    def _grid(self, kernel, arrays, n, m, R, scalars, rnd):
         cast = [kernel.dtype.type(x) for x in scalars]
+        dtype = kernel.dtype
         with np.errstate(all="ignore"):
-            return kernel.impl(*arrays, *cast, n=n, m=m)
+            if kernel.native:
+                return kernel.impl(*arrays, *cast, n=n, m=m)
+            vals = [F.decode(f, a, dtype) for a, f in zip(arrays, kernel.formats)]
+            vals = [v.copy() if v is a else v for v, a in zip(vals, arrays)]
+            out = kernel.impl(*vals, *cast, n=n, m=m)
+            base, seed, step = rnd
+            _encode_written(kernel, arrays, vals, base, step, seed, {})
+            return out
 
     def all_finite(self, array):
         return F.all_finite(array)

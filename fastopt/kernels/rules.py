@@ -29,15 +29,16 @@ How a rule is written (checked by ``_codegen.signature`` when the loops are gene
   loop never reads or writes it (the rule receives a placeholder value and must not use it).
 * ``@rule(sums=(name, ...))``: a *reduction*: the return tuple ends with one value per name,
   and the loop adds them up over each row (in float64) and returns the totals, one tuple per
-  row (LAMB's per-tensor norms).  Reductions are compiled for the compute dtype's own storage
-  only (no 16-bit or 8-bit layouts).
+  row (LAMB's per-tensor norms), in every storage layout.
 * ``@rule(grid=True, rows=(...), cols=(...), sums=(...), col_sums=(...))``: a *grid* rule
   (Adafactor's factored second moment) walks a parameter seen as ``B`` matrices of ``n x m``
   (its last two dimensions; ``R = B*n`` rows of ``m`` elements).  The arrays named in ``rows``
   hold one value per row (``R``), those in ``cols`` one per column of each matrix (``B*m``,
   column ``j`` of matrix ``b`` at ``b*m + j``); both are only read.  Each ``sums`` value is
   added up per row (float64: ``R`` totals each), and those also named in ``col_sums`` per
-  column of each matrix as well (``B*m`` totals).  The loops split the rows into blocks of
+  column of each matrix as well (``B*m`` totals); the element arrays may be stored in any
+  float format (decoded, and the written ones encoded, as elsewhere).  The loops split the rows
+  into blocks of
   ``GRID_ROWS`` rows within a matrix; a block's column sums are added in row order, then the
   blocks in order: the same bits on every host backend and thread count.
 * No numeric literals (``1.0`` would promote float32 arithmetic to float64 in Numba): constants
@@ -54,7 +55,7 @@ from math import sqrt
 __all__ = ["rule", "helper", "nan_max", "nan_min", "clamp", "clamp_min", "fabs", "sign", "lerp",
            "sgd", "momentum",
            "rmsprop", "adagrad", "adam", "adamax", "nadam", "radam", "adadelta", "asgd", "rprop",
-           "lion", "lamb", "lamb_apply", "adamw_schedulefree", "lerp_to", "adafactor_vector",
+           "lion", "lamb", "lamb_apply", "lamb_norms", "lamb_update", "adamw_schedulefree", "lerp_to", "adafactor_vector",
            "adafactor_vector_apply", "adafactor_sq", "adafactor_factored",
            "adafactor_factored_apply", "adafactor_separable", "adafactor_separable_apply",
            "norm_sq", "ema", "swap", "assign"]
@@ -384,6 +385,41 @@ def lamb_apply(param, exp_avg, exp_avg_sq, /, neg_step, inv_bias_correction1,
     return (param + neg_step * u,)
 
 
+@rule(readonly=("param", "grad", "exp_avg", "exp_avg_sq"), sums=("param_sq", "update_sq"))
+def lamb_norms(param, grad, exp_avg, exp_avg_sq, /, grad_sign, beta1, one_minus_beta1, beta2,
+               one_minus_beta2, inv_bias_correction1, inv_bias_correction2_sqrt, eps,
+               weight_decay, *, decay):
+    """LAMB with 8-bit state, pass 1 of 2: the sums of ``param**2`` and ``u**2`` with ``u`` from
+    this step's moments, computed from the stored ones and the gradient (nothing is written:
+    :func:`lamb_update` computes the same moments again and stores them).  Reading back 8-bit
+    moments written by pass 1 instead would give pass 2 a second moment rounded to 0 where it
+    is under the block's smallest code (about 1.6e-7 of its absmax) while the first moment is
+    not: ``u = m/eps`` there."""
+    g = grad_sign * grad
+    avg = beta1 * exp_avg + one_minus_beta1 * g
+    avg_sq = beta2 * exp_avg_sq + one_minus_beta2 * g * g
+    u = (avg * inv_bias_correction1) / (sqrt(avg_sq) * inv_bias_correction2_sqrt + eps)
+    if decay:
+        u = u + weight_decay * param
+    return param * param, u * u
+
+
+@rule(readonly=("grad",))
+def lamb_update(param, grad, exp_avg, exp_avg_sq, /, grad_sign, beta1, one_minus_beta1, beta2,
+                one_minus_beta2, inv_bias_correction1, inv_bias_correction2_sqrt, eps,
+                weight_decay, neg_step, *, decay):
+    """LAMB with 8-bit state, pass 2 of 2: the moments as :func:`lamb_norms` computes them,
+    stored, and ``param += neg_step*u`` (``neg_step = -lr*trust_ratio``) from them in float32
+    (as bitsandbytes' 8-bit steps use the new moments before they are quantized)."""
+    g = grad_sign * grad
+    exp_avg = beta1 * exp_avg + one_minus_beta1 * g
+    exp_avg_sq = beta2 * exp_avg_sq + one_minus_beta2 * g * g
+    u = (exp_avg * inv_bias_correction1) / (sqrt(exp_avg_sq) * inv_bias_correction2_sqrt + eps)
+    if decay:
+        u = u + weight_decay * param
+    return param + neg_step * u, exp_avg, exp_avg_sq
+
+
 @rule(readonly=("grad",))
 def adamw_schedulefree(param, grad, z, exp_avg_sq, /, grad_sign, beta2, one_minus_beta2,
                        inv_bias_correction2, eps, weight_decay, ckp1, ckp1_minus_one, small,
@@ -416,29 +452,36 @@ def lerp_to(param, z, /, weight, weight_minus_one, small, zero):
 
 # -- Adafactor (torch.optim.Adafactor) ---------------------------------------------------------
 
-@rule(readonly=("param", "grad"), sums=("param_sq", "update_sq"))
+@rule(readonly=("param", "grad", "variance"), sums=("param_sq", "update_sq"))
 def adafactor_vector(param, grad, variance, /, grad_sign, weight, weight_minus_one, small, zero,
                      eps1_sq, one):
-    """Adafactor on a vector (a parameter of fewer than 2 dimensions), pass 1 of 2: ``v =
-    lerp(v, g*g, weight)`` (``weight = t**beta2_decay``: a per-step scalar, so lerp's branch
-    ``small`` is one too); sums of ``param**2`` (the parameter's RMS) and of ``u**2`` with ``u =
-    rsqrt(clamp(v, min=eps1**2))*g`` (the update's RMS)."""
+    """Adafactor on a vector (a parameter of fewer than 2 dimensions), pass 1 of 2: this
+    step's second moment ``v = lerp(variance, g*g, weight)`` (``weight = t**beta2_decay``: a
+    per-step scalar, so lerp's branch ``small`` is one too) and the sums of ``param**2`` (the
+    parameter's RMS) and of ``u**2`` with ``u = rsqrt(clamp(v, min=eps1**2))*g`` (the update's
+    RMS).  Nothing is written: :func:`adafactor_vector_apply` computes ``v`` again and stores
+    it (the same bytes as storing it here and reading it back there, and the update then uses
+    the moment of this step in the compute dtype whatever the state's format)."""
+    g = grad_sign * grad
+    sq = g * g
+    diff = sq - variance
+    v = variance + weight * diff if small > zero else sq + weight_minus_one * diff
+    u = one / sqrt(clamp_min(v, eps1_sq)) * g
+    return param * param, u * u
+
+
+@rule(readonly=("grad",))
+def adafactor_vector_apply(param, grad, variance, /, grad_sign, weight, weight_minus_one, small,
+                           zero, eps1_sq, one, decay, neg_step):
+    """Adafactor on a vector, pass 2 of 2: the second moment as :func:`adafactor_vector`
+    computes it, stored, and ``param = param*decay + neg_step*u`` (``decay = 1 -
+    lr*weight_decay``, ``neg_step = -alpha/max(1, RMS(u)/d)``)."""
     g = grad_sign * grad
     sq = g * g
     diff = sq - variance
     variance = variance + weight * diff if small > zero else sq + weight_minus_one * diff
     u = one / sqrt(clamp_min(variance, eps1_sq)) * g
-    return variance, param * param, u * u
-
-
-@rule(readonly=("grad", "variance"))
-def adafactor_vector_apply(param, grad, variance, /, grad_sign, eps1_sq, one, decay, neg_step):
-    """Adafactor on a vector, pass 2 of 2: ``param = param*decay + neg_step*u`` (``decay = 1 -
-    lr*weight_decay``, ``neg_step = -alpha/max(1, RMS(u)/d)``) with ``u`` as in
-    :func:`adafactor_vector`, from the variance it wrote."""
-    g = grad_sign * grad
-    u = one / sqrt(clamp_min(variance, eps1_sq)) * g
-    return (param * decay + neg_step * u,)
+    return param * decay + neg_step * u, variance
 
 
 @rule(grid=True, readonly=("param", "grad"), sums=("param_sq", "grad_sq"), col_sums=("grad_sq",))

@@ -18,8 +18,9 @@ and the step per parameter is (see :data:`fastopt.specs.ADAFACTOR` for the bytes
   square root per element (which made them compute-bound), equal to torch's to a few units
   in the last place.  Otherwise (a row or column of zeros, non-finite values) the exact form
   runs, operation for operation torch's;
-* a vector: ``adafactor_vector`` (the second moment, the sums of ``p*p`` and ``u*u``), then
-  ``adafactor_vector_apply``: two passes, as LAMB.
+* a vector: ``adafactor_vector`` (the sums of ``p*p`` and ``u*u``, from this step's second
+  moment), then ``adafactor_vector_apply`` (the second moment again, stored, and the update):
+  two passes, as LAMB.
 
 The per-tensor scalars (``alpha``, the clipping denominator) follow torch's formulas in float64
 from the float64 sums.  :class:`AdafactorOptimizer` plugs this into :class:`Optimizer` (the
@@ -34,9 +35,10 @@ import math
 import numpy as np
 
 from .. import _checks
+from ..kernels import formats as F
 from .core import Optimizer, _Plan
 
-__all__ = ["AdafactorOptimizer", "TensorStep", "factored_shapes", "eps1_of"]
+__all__ = ["AdafactorOptimizer", "TensorStep", "factored_shapes", "eps1_of", "state_formats"]
 
 
 def factored_shapes(shape):
@@ -49,10 +51,32 @@ def factored_shapes(shape):
     return {"row_var": shape[:-1] + (1,), "col_var": shape[:-2] + (1, shape[-1])}
 
 
+def state_formats(shape, param_fmt, state_dtype, min_8bit_size):
+    """``{state name: storage format}`` of a parameter of ``shape`` and format ``param_fmt``:
+    ``state_dtype`` None keeps the state in the parameter's format (as torch), "float32" or
+    "bfloat16" in that one; under "int8" a vector of at least ``min_8bit_size`` elements keeps
+    its ``variance`` as 8-bit codes (the unsigned map, an absmax per block of 256), everything
+    else float32 (the factors of a matrix are ``n + m`` values: quantizing them would save
+    under 1% of the parameter's own bytes)."""
+    names = factored_shapes(shape)
+    if state_dtype != "int8":
+        fmt = F.state_format(state_dtype, param_fmt)
+        return {name: fmt for name in names}
+    size = int(np.prod(shape, dtype=np.int64))
+    return {name: F.Q8U if name == "variance" and size >= min_8bit_size else F.F32
+            for name in names}
+
+
 def eps1_of(group, dtype):
     """``eps1``, or the machine epsilon of ``dtype`` when the group's is None (torch's)."""
     eps1 = group["eps"][0]
-    return float(np.finfo(dtype).eps) if eps1 is None else float(eps1)
+    if eps1 is not None:
+        return float(eps1)
+    dtype = np.dtype(dtype)
+    if dtype.name == "bfloat16":      # (torch.finfo(torch.bfloat16).eps)
+        import ml_dtypes
+        return float(ml_dtypes.finfo(dtype).eps)
+    return float(np.finfo(dtype).eps)
 
 
 def _lerp(start, end, w, dtype):
@@ -216,13 +240,15 @@ class _Factors:
 class TensorStep:
     """One parameter's Adafactor step on a backend: the kernels bound to its flat parameter,
     gradient and state arrays (``state``: ``{name: 1-D array}`` of :func:`factored_shapes`'s
-    sizes, on the backend)."""
+    sizes, on the backend; an 8-bit ``variance`` with its ``variance_absmax``)."""
 
-    __slots__ = ("be", "shape", "size", "dtype", "param", "grad", "state", "kernels", "rows",
-                 "_vec1", "_vec2", "_mean", "_scale", "_cols", "separable", "whole", "reduce",
-                 "_gaddr", "_whole_size", "_batches", "_fx")
+    __slots__ = ("be", "shape", "size", "dtype", "pdtype", "param", "grad", "state", "kernels",
+                 "rows", "_vec1", "_vec2", "_mean", "_scale", "_cols", "separable", "whole",
+                 "reduce", "_gaddr", "_whole_size", "_batches", "_fx", "formats", "rounding",
+                 "base", "seed", "_rv", "_cv", "_stored")
 
-    def __init__(self, be, shape, param, grad, state, *, whole=None, reduce=None):
+    def __init__(self, be, shape, param, grad, state, *, whole=None, reduce=None, formats=None,
+                 rounding="nearest", base=0, seed=0):
         """``shape``: the arrays' (a shard's, for a sharded tensor); ``whole``: the whole
         tensor's shape (default ``shape``); ``reduce(kind, values)``: for a shard, the float64
         ``values`` summed over the tensor's shards -- ``"total"`` (the sums of ``p*p`` and
@@ -235,7 +261,15 @@ class TensorStep:
         torch adapter keeps one TensorStep per parameter across steps without keeping the
         gradients of past steps alive.  The matrix passes are bound to their sizes once
         (:meth:`Backend.bind_grid`), a vector's two passes to its arrays' addresses where the
-        backend takes addresses (rebound when the gradient moved)."""
+        backend takes addresses (rebound when the gradient moved).
+
+        ``formats``: ``{"param": ..., "grad": ..., state name: ...}`` storage formats
+        (default: every array in the parameter's); the arithmetic runs in float32 (float64
+        for float64 parameters), the passes decode and encode 16-bit parameters and gradients
+        themselves, rounding the parameter's writes as ``rounding`` says (stochastic
+        rounding's element index from ``base``, its ``seed``).  Factors stored in another
+        format are updated on the host in the compute dtype and rounded into their storage
+        (``n + m`` values per matrix); the passes read the stored values."""
         self.be, self.shape = be, tuple(shape)
         self.whole = self.shape if whole is None else tuple(whole)
         self.reduce = reduce
@@ -243,26 +277,47 @@ class TensorStep:
         self.size = int(np.prod(self.shape, dtype=np.int64))
         self._whole_size = int(np.prod(self.whole, dtype=np.int64))
         self._batches = int(np.prod(self.shape[:-2], dtype=np.int64))
-        self.dtype = np.dtype(param.dtype)
+        self.pdtype = np.dtype(param.dtype)
+        if self.pdtype.kind == "V" and self.pdtype.name != "bfloat16":   # (the simulator)
+            self.pdtype = F.storage_dtype(formats["param"])
+        pfmt = F.tag(self.pdtype) if formats is None else formats["param"]
+        self.dtype = F.compute_dtype(pfmt)
+        self.formats = {"param": pfmt, "grad": pfmt, **{n: pfmt for n in state
+                                                          if not n.endswith("_absmax")}}
+        self.formats.update(formats or {})
+        self.rounding, self.base, self.seed = rounding, int(base), int(seed)
         self.rows = [self.size]
         self._vec1 = self._vec2 = self._gaddr = self._fx = None
+        own = F.F64 if self.dtype == np.float64 else F.F32
         if len(self.shape) < 2:
             self.kernels = None
+            self._rv = self._cv = None
+            self._stored = None
         else:
             n, m = self.shape[-2], self.shape[-1]
             rows = int(np.prod(self.shape[:-1], dtype=np.int64))
             self._mean = be.zeros(rows, self.dtype)
             self._scale = be.zeros(rows, self.dtype)
             self._cols = be.zeros(self.state["col_var"].size, self.dtype)
+            # factors stored in another format: the passes read compute-dtype copies of the
+            # stored values
+            self._stored = self.formats["row_var"]
+            same = self._stored == own
+            self._rv = state["row_var"] if same else be.zeros(state["row_var"].size, self.dtype)
+            self._cv = state["col_var"] if same else be.zeros(state["col_var"].size, self.dtype)
             # (every array but the gradient is passed again at each call: bound once)
-            mine = {"param": param, "row_var": state["row_var"], "col_var": state["col_var"],
+            mine = {"param": param, "row_var": self._rv, "col_var": self._cv,
                     "row_mean": self._mean, "row_scale": self._scale, "col_scale": self._cols}
+            fmt = {"param": pfmt, "grad": self.formats["grad"]}
             kernels = []
             for r in ("adafactor_sq", "adafactor_factored", "adafactor_factored_apply",
                       "adafactor_separable", "adafactor_separable_apply"):
-                k = be.grid(r, self.dtype)
+                sig = _kernels_signature(r)
+                k = be.grid(r, self.dtype, (), tuple(fmt.get(a, own) for a in sig.arrays),
+                            rounding)
                 fixed = {j: mine[a] for j, a in enumerate(k.sig.arrays) if a in mine}
-                kernels.append(be.bind_grid(k, n, m, rows, fixed) if self.size else None)
+                kernels.append(be.bind_grid(k, n, m, rows, fixed, base=self.base,
+                                            seed=self.seed) if self.size else None)
             self.kernels = tuple(kernels)
         #: whether the last step took the separable passes (no clamp anywhere)
         self.separable = None
@@ -272,21 +327,69 @@ class TensorStep:
         addresses (nothing kept alive: the gradient's address is checked at each call), else
         holding the arrays."""
         be, dt = self.be, self.dtype
-        arrays = (self.param, self.grad, self.state["variance"])
-        ks = (be.kernel("adafactor_vector", dt, ()), be.kernel("adafactor_vector_apply", dt, ()))
+        var = self.state["variance"]
+        absmax = self.state.get("variance_absmax")
+        arrays = (self.param, self.grad, var) + (() if absmax is None else (absmax,))
+        fmt = self.formats
+        formats = (fmt["param"], fmt["grad"], fmt["variance"])
+        ks = (be.kernel("adafactor_vector", dt, (), formats, self.rounding),
+              be.kernel("adafactor_vector_apply", dt, (), formats, self.rounding))
         if hasattr(be, "bind_addresses"):
             addr = [a.__array_interface__["data"][0] for a in arrays]
-            self._vec1, self._vec2 = (be.bind_addresses(k, [(self.size, [
-                x if name in k.used else 0 for name, x in zip(k.sig.arrays, addr)])])
-                for k in ks)
+            self._vec1, self._vec2 = (be.bind_addresses(k, [(self.size, addr)],
+                                                        bases=[self.base], seed=self.seed)
+                                      for k in ks)
             self._gaddr = addr[1]
         else:
-            self._vec1, self._vec2 = (be.bind(k, [arrays]) for k in ks)
+            self._vec1, self._vec2 = (be.bind(k, [arrays], bases=[self.base], seed=self.seed)
+                                      for k in ks)
             self._gaddr = None
 
     def _host(self, x):
         """``x`` itself on a host backend, else a host copy of it (and of its values)."""
         return x if isinstance(x, np.ndarray) else np.asarray(self.be.to_numpy(x))
+
+    def _factors_host(self):
+        """The :class:`_Factors` of this step: on a host backend kept (over the compute-dtype
+        factors the passes read), else made on host copies every step.  Factors stored in
+        another format are decoded from their storage first."""
+        fx = self._fx
+        host = isinstance(self._rv, np.ndarray)
+        if fx is None or not host:    # (a device backend: on host copies, every step)
+            h = self._host
+            fx = _Factors(h(self._rv), h(self._cv), h(self._mean), h(self._scale),
+                          h(self._cols), self._batches, self.shape[-2], self.shape[-1],
+                          self.whole[-1], self.whole[-2])
+            if host:
+                self._fx = fx
+        if self._rv is not self.state["row_var"]:
+            for name, x in (("row_var", fx.rv), ("col_var", fx.cv)):
+                np.copyto(x, F.decode(self._stored, _storage(self._host(self.state[name]),
+                                                             self._stored), self.dtype))
+        return fx
+
+    def _store_factors(self, fx, t):
+        """Factors kept in another format: this step's values rounded into their storage
+        (stochastic rounding's bits from ``(seed, step, base + index, 2 | 3)``), and the
+        stored values are what the passes and the mean use; returns each matrix's float64
+        sum of its stored row factors (in order, as the compiled helper adds them)."""
+        be = self.be
+        for salt, (name, x) in enumerate((("row_var", fx.rv), ("col_var", fx.cv)), start=2):
+            out = np.empty(x.size, F.storage_dtype(self._stored))
+            bits = None
+            if self.rounding == "stochastic":
+                bits = F.random_bits(np.arange(self.base, self.base + x.size, dtype=np.uint64),
+                                     t, self.seed, salt)
+            F.encode(self._stored, x, out, self.rounding, bits)
+            np.copyto(x, F.decode(self._stored, out, self.dtype))
+            dst = self.state[name]
+            if isinstance(dst, np.ndarray):
+                np.copyto(dst, out.view(dst.dtype))
+            else:
+                be.copy_from_numpy(dst, out)
+        B, n = self._batches, self.shape[-2]
+        return np.cumsum(fx.rv.reshape(B, n), axis=1, dtype=np.float64)[:, -1].copy() \
+            if n else np.zeros(B)
 
     def release(self):
         """Drop the gradient (and whatever holds it) until the next call's."""
@@ -310,15 +413,15 @@ class TensorStep:
         dt = self.dtype
         w = float(t) ** group["beta2_decay"]
         rho = min(lr, 1.0 / math.sqrt(t))
-        eps1 = eps1_of(group, dt)
+        eps1 = eps1_of(group, self.pdtype)
         eps1_sq = eps1 * eps1
         decay = 1.0 - lr * group["weight_decay"]
         be = self.be
         if self.kernels is None:
             wm1 = float(dt.type(w) - dt.type(1.0))
+            lerp = (grad_sign, w, wm1, 1.0 if abs(w) < 0.5 else 0.0, 0.0)
             if self.size:
-                (p_sq, u_sq), = self._vec1(
-                    (grad_sign, w, wm1, 1.0 if abs(w) < 0.5 else 0.0, 0.0, eps1_sq, 1.0), t)
+                (p_sq, u_sq), = self._vec1(lerp + (eps1_sq, 1.0), t)
             else:
                 p_sq = u_sq = 0.0
             if red is not None:
@@ -328,7 +431,7 @@ class TensorStep:
             n, m = self.shape[-2], self.shape[-1]
             B = self._batches
             if self.size:
-                rows, cols = k_sq((self.param, self.grad), (grad_sign,))
+                rows, cols = k_sq((self.param, self.grad), (grad_sign,), t)
             else:     # an empty shard: its sums are zeros
                 rows, cols = np.zeros((B * n, 2)), np.zeros((B, 1, m))
             p_sq = float(rows[:, 0].sum())
@@ -339,16 +442,12 @@ class TensorStep:
             # the factors (torch: norm(g, dim).square_().div_(size) in the parameter's dtype,
             # lerp_ into row_var and col_var, row_var.mean(dim=-2).clamp_(min=eps1) per matrix
             # for its rows), on host copies for a device backend
-            rv, cv = self.state["row_var"], self.state["col_var"]
+            rv, cv = self._rv, self._cv
             host = isinstance(rv, np.ndarray)
-            fx = self._fx
-            if fx is None or not host:    # (a device backend: on host copies, every step)
-                h = self._host
-                fx = _Factors(h(rv), h(cv), h(self._mean), h(self._scale), h(self._cols), B, n,
-                              m, self.whole[-1], self.whole[-2])
-                if host:
-                    self._fx = fx
+            fx = self._factors_host()
             sums = fx.factors(g_rows, g_cols, w)
+            if rv is not self.state["row_var"]:
+                sums = self._store_factors(fx, t)
             if red is not None:   # (a shard of the rows: their sum over the whole column)
                 sums = red("cols", sums)
             mean = np.maximum((sums / self.whole[-2]).astype(dt), dt.type(eps1))
@@ -365,12 +464,12 @@ class TensorStep:
                     be.copy_from_numpy(self._scale, hs)
                     be.copy_from_numpy(self._cols, hc)
                 if self.size:
-                    rows, _ = k_su((self.grad, self._scale, self._cols), ())
+                    rows, _ = k_su((self.grad, self._scale, self._cols), (), t)
             else:
                 if hm is not self._mean:
                     be.copy_from_numpy(self._mean, hm)
                 if self.size:
-                    rows, _ = k_u((self.grad, rv, self._mean, cv), (grad_sign, eps1_sq, 1.0))
+                    rows, _ = k_u((self.grad, rv, self._mean, cv), (grad_sign, eps1_sq, 1.0), t)
             u_sq = float(rows[:, 0].sum()) if self.size else 0.0
             if red is not None:
                 u_sq = float(red("total", np.array([u_sq]))[0])
@@ -381,28 +480,32 @@ class TensorStep:
         if not self.size:
             return
         if self.kernels is None:
-            self._vec2(scalars, t)
+            self._vec2(lerp + (eps1_sq, 1.0, decay, -alpha / denom), t)
         elif self.separable:
             # (the row scales times the step: (-alpha/denom) * (grad_sign * 1/sqrt(r/rmean)))
             hs = self._fx.rs if self._fx is not None else self._host(self._scale)
             np.multiply(hs, dt.type(-alpha / denom), out=hs)
             if hs is not self._scale:
                 be.copy_from_numpy(self._scale, hs)
-            k_sapply((self.param, self.grad, self._scale, self._cols), (decay,))
+            k_sapply((self.param, self.grad, self._scale, self._cols), (decay,), t)
         else:
-            k_apply((self.param, self.grad, rv, self._mean, cv), scalars)
+            k_apply((self.param, self.grad, rv, self._mean, cv), scalars, t)
+
+
+def _kernels_signature(rule):
+    from ..kernels import rule_signature
+    return rule_signature(rule)
+
+
+def _storage(x, fmt):
+    """A host array of 16-bit bits (the simulator's raw 2-byte values) as ``fmt``'s dtype."""
+    return x.view(F.storage_dtype(fmt)) if x.dtype.kind == "V" and x.dtype.name != "bfloat16" \
+        else x
 
 
 class AdafactorOptimizer(Optimizer):
     """:class:`Optimizer` with Adafactor's factored state and per-tensor step (the base of
     ``fastopt.Adafactor``)."""
-
-    def __init__(self, params, hyper, *, state_dtype=None, **kw):
-        if state_dtype is not None and state_dtype != "float32":
-            raise ValueError(f"state_dtype={state_dtype!r}: Adafactor keeps its state in the "
-                             f"parameters' dtype (None; its factored sums are compiled for "
-                             f"float32 and float64)")
-        super().__init__(params, hyper, state_dtype=state_dtype, **kw)
 
     def _state_shapes(self, i, group):
         return factored_shapes(self._params[i].shape)
@@ -410,12 +513,21 @@ class AdafactorOptimizer(Optimizer):
     def _alloc_state(self, seg, group):
         be = self._backend
         (i,) = seg.indices
-        for name, shape in self._state_shapes(i, group).items():
-            size = int(np.prod(shape, dtype=np.int64))
+        shape = self._params[i].shape
+        fmts = state_formats(shape, seg.fmt, self._state_dtype, self._min_8bit_size)
+        for name, shp in self._state_shapes(i, group).items():
+            size = int(np.prod(shp, dtype=np.int64))
             buf = seg.state.get(name)
-            if buf is None or buf.size != size:
-                seg.state[name] = be.zeros(size, seg.dtype)
-            seg.state_fmt.setdefault(name, seg.fmt)
+            fmt = fmts[name]
+            seg.state_fmt[name] = fmt
+            if buf is not None and buf.size == size:
+                continue
+            seg.state[name] = be.zeros(size, F.storage_dtype(fmt))
+            if fmt in F.QUANTIZED:     # (zeros, quantized: the code of 0, absmax 0)
+                codes, absmax = F.quantize(fmt, np.zeros(size, np.float32))
+                be.copy_from_numpy(seg.state[name], codes)
+                seg.absmax[name] = be.zeros(F.nblocks(size), np.float32)
+                be.copy_from_numpy(seg.absmax[name], absmax)
 
     @property
     def state(self):
@@ -426,6 +538,8 @@ class AdafactorOptimizer(Optimizer):
                 entry = {"step": self._steps[gi]}
                 for name, shape in self._state_shapes(i, group).items():
                     entry[name] = seg.state[name].reshape(shape)
+                    if name in seg.absmax:
+                        entry[name + "_absmax"] = seg.absmax[name]
                 out[self._names[i]] = entry
         return out
 
@@ -447,8 +561,13 @@ class AdafactorOptimizer(Optimizer):
                 (i,) = seg.indices
                 g = be.flat(checked[i])
                 names = self._state_shapes(i, self.param_groups[gi])
-                calls.append((gi, TensorStep(be, self._params[i].shape, seg.param, g,
-                                             {n: seg.state[n] for n in names})))
+                state = {n: seg.state[n] for n in names}
+                state.update({n + "_absmax": seg.absmax[n] for n in names if n in seg.absmax})
+                formats = {"param": seg.fmt, "grad": F.tag(g.dtype),
+                           **{n: seg.state_fmt[n] for n in names}}
+                calls.append((gi, TensorStep(be, self._params[i].shape, seg.param, g, state,
+                                             formats=formats, rounding=self._rounding,
+                                             base=self._offsets[i], seed=self._seed)))
                 if g.size:
                     check.append(g)
         return _Plan(grads, glist, calls, check)

@@ -191,8 +191,6 @@ class Optimizer:
         self._steps = [0] * len(self.param_groups)
         self._flags = [spec.flags(g) for g in self.param_groups]
         self._segments = [self._make_segments(g) for g in self.param_groups]
-        if spec.apply_rule:
-            self._check_native()
         self._plan = None
         for g in self.param_groups:
             g.dirty = False
@@ -206,21 +204,6 @@ class Optimizer:
             if b0 < a0 + an:
                 raise ValueError(f"{label(self._names[j])} shares memory with "
                                  f"{label(self._names[i])}: the same array given twice")
-
-    def _check_native(self):
-        """A family with a per-tensor reduction (LAMB) keeps parameters and state in float32 or
-        float64, the state in the parameters' dtype."""
-        for segs in self._segments:
-            for seg in segs:
-                if seg.fmt not in (F.F32, F.F64):
-                    raise TypeError(f"{type(self).__name__}: parameters of dtype {seg.dtype} "
-                                    f"are not supported (float32 or float64 only: its "
-                                    f"per-tensor norms are compiled for those)")
-                for name, fmt in seg.state_fmt.items():
-                    if fmt != seg.fmt:
-                        raise ValueError(f"state_dtype={self._state_dtype!r}: "
-                                         f"{type(self).__name__} keeps its state in the "
-                                         f"parameters' dtype ({seg.dtype}) only")
 
     def _state_formats(self, dtype, size):
         """``{state name: format}`` of a segment of ``size`` elements of ``dtype``."""
@@ -441,16 +424,32 @@ class Optimizer:
                                *[seg.state_fmt[n] if u else None for n, u in needed.items()])
                     by_layout.setdefault((seg.compute, formats), []).append((row, base))
             for (compute, formats), rows in by_layout.items():
-                kernel = be.kernel(rule, compute, self._flags[gi], formats, self._rounding)
+                first, second, q8 = self._passes(formats)
+                kernel = be.kernel(first, compute, self._flags[gi], formats, self._rounding)
                 calls.append((gi, be.bind(kernel, [r for r, _ in rows],
                                           bases=[b for _, b in rows], seed=self._seed)))
                 check.extend(r[1] for r, _ in rows if r[1].size)
-                if self.spec.apply_rule:     # the second pass: one call per row (its scalars)
-                    second = be.kernel(self.spec.apply_rule, compute, self._flags[gi],
-                                       (formats[0], *formats[2:]), self._rounding)
-                    apply.append([be.bind(second, [(r[0], *r[2:])], bases=[b],
-                                          seed=self._seed) for r, b in rows])
+                if second:     # the second pass: one call per row (its scalars)
+                    if q8:     # (8-bit state: over the same arrays, writing the state)
+                        k2 = be.kernel(second, compute, self._flags[gi], formats,
+                                       self._rounding)
+                        apply.append([(True, be.bind(k2, [r], bases=[b], seed=self._seed))
+                                      for r, b in rows])
+                        continue
+                    k2 = be.kernel(second, compute, self._flags[gi],
+                                   (formats[0], *formats[2:]), self._rounding)
+                    apply.append([(False, be.bind(k2, [(r[0], *r[2:])], bases=[b],
+                                                  seed=self._seed)) for r, b in rows])
         return _Plan(grads, glist, calls, check, apply if self.spec.apply_rule else None)
+
+    def _passes(self, formats):
+        """``(first rule, second rule or "", 8-bit?)`` of a kernel call whose arrays have
+        ``formats``: a two-pass spec with 8-bit state takes its ``q8_rules``."""
+        spec = self.spec
+        q8 = bool(spec.q8_rules) and any(f in F.QUANTIZED for f in formats)
+        if q8:
+            return (*spec.q8_rules, True)
+        return spec.rule, spec.apply_rule, False
 
     def _revalidate(self, gi, group):
         """A group was changed since the last step: check it, (re)allocate state it now needs."""
@@ -548,13 +547,14 @@ class Optimizer:
             for gi, call in plan.calls:
                 call(sc[gi], ts[gi])
         else:   # two passes per tensor (LAMB): sums, then the update with the tensor's scalars
-            second = spec.apply_scalars
+            second, q8_second = spec.apply_scalars, spec.q8_apply_scalars
             for (gi, call), applies in zip(plan.calls, plan.apply):
                 group, t = groups[gi], ts[gi]
                 lr = group["lr"]
                 lr = _checks.lr_value(lr, t) if callable(lr) else lr
-                for sums, apply in zip(call(sc[gi], t), applies):
-                    apply(second(group, t, lr, sums), t)
+                for sums, (q8, apply) in zip(call(sc[gi], t), applies):
+                    apply(q8_second(sc[gi], group, t, lr, sums) if q8 else
+                          second(group, t, lr, sums), t)
 
     def _state_shapes(self, i, group):
         """``{state name: shape}`` of parameter ``i``'s state under ``group``'s options (each

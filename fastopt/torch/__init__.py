@@ -173,16 +173,20 @@ def _adafactor_class():
     from ._adafactor import AdafactorBase
     spec = _specs.ADAFACTOR
     init = make_init("Adafactor.__init__", __name__, torch_signature(spec),
-                     [("backend", None), ("state_dtype", None), ("max_grad_norm", None)],
+                     [("backend", None), ("state_dtype", None), ("rounding", "nearest"),
+                      ("seed", 0), ("min_8bit_size", 4096), ("max_grad_norm", None)],
                      ({"_base": AdafactorBase},
                       "_base.__init__(self, params, dict({hyper}), backend=backend, "
-                      "state_dtype=state_dtype, max_grad_norm=max_grad_norm)"))
+                      "state_dtype=state_dtype, rounding=rounding, seed=seed, "
+                      "min_8bit_size=min_8bit_size, max_grad_norm=max_grad_norm)"))
     doc = (f"{spec.summary}  (as ``torch.optim.Adafactor``, whose state and state_dict it "
            f"keeps; the rules are :class:`fastopt.Adafactor`'s.)\n\n{spec.math.strip()}\n\n"
            f"Takes torch.optim's arguments; extra keyword arguments: ``backend``, "
-           f"``state_dtype`` (None, or 'float32' for float32 parameters), ``max_grad_norm`` "
-           f"(see :class:`fastopt.Optimizer`).  Plain float32/float64 tensors, CPU or CUDA "
-           f"(the CUDA path has run on numba's simulator only).\n")
+           f"``state_dtype``, ``rounding``, ``seed``, ``min_8bit_size``, ``max_grad_norm`` "
+           f"(see :class:`fastopt.Optimizer`; with ``state_dtype='int8'`` a vector's "
+           f"``variance`` of at least ``min_8bit_size`` elements is uint8 codes with "
+           f"``variance_absmax``).  float32, float64, bfloat16 and float16 tensors, CPU or "
+           f"CUDA (the CUDA path has run on numba's simulator only).\n")
     return type("Adafactor", (AdafactorBase,), {"__init__": init, "spec": spec,
                                                  "__module__": __name__, "__doc__": doc})
 

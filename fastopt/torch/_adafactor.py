@@ -5,7 +5,10 @@ Its state is torch's, tensor for tensor (``step``, and ``row_var``/``col_var`` o
 classes.  Each parameter is stepped by :class:`fastopt.optimizers._adafactor.TensorStep` on
 zero-copy views of the parameter, its gradient and its state (NumPy views of CPU tensors,
 numba device arrays of CUDA ones).  Everything is checked before any parameter or state
-changes.  ``flatten=True`` and 16-bit or 8-bit state are refused.
+changes.  bfloat16/float16 parameters (gradients of their dtype or float32), ``state_dtype``
+and ``rounding`` as :class:`fastopt.Adafactor`'s (with ``"int8"`` a vector of at least
+``min_8bit_size`` elements keeps ``variance`` as uint8 codes with ``variance_absmax``, one
+float32 per block of 256); ``flatten=True`` is refused.
 
 DTensor parameters (FSDP2's ``fully_shard``, tensor parallelism: Shard and Replicate
 placements) are stepped through their local shards, with the sums torch's step takes over the
@@ -23,14 +26,15 @@ from __future__ import annotations
 
 import torch
 
+import numpy as np
+
 from .. import _checks
-from ..optimizers._adafactor import TensorStep, factored_shapes
+from ..kernels import formats as F
+from ..optimizers._adafactor import TensorStep, factored_shapes, state_formats
 from . import _checkpoint, _tensors as T
 from ._optimizer import FusedOptimizer, _torch
 
 __all__ = ["AdafactorBase"]
-
-_NATIVE = (torch.float32, torch.float64)
 
 
 class AdafactorBase(FusedOptimizer):
@@ -38,12 +42,18 @@ class AdafactorBase(FusedOptimizer):
     state and step."""
 
     def __init__(self, params, defaults, *, backend=None, flatten=False, state_dtype=None,
-                 max_grad_norm=None):
+                 rounding="nearest", seed=0, min_8bit_size=4096, max_grad_norm=None):
         if flatten:
             raise ValueError("Adafactor: flatten=True is not supported (its state is not "
                              "shaped like the parameters)")
         super().__init__(params, defaults, backend=backend, state_dtype=state_dtype,
+                         rounding=rounding, seed=seed, min_8bit_size=min_8bit_size,
                          max_grad_norm=max_grad_norm)
+
+    def _formats(self, p):
+        """``{state name: storage format}`` of parameter ``p``'s state."""
+        return state_formats(p.shape, F.tag(T.NP_DTYPE[p.dtype]), self._state_dtype,
+                             self._min_8bit_size)
 
     def add_param_group(self, param_group):
         n = len(self.param_groups)
@@ -70,8 +80,8 @@ class AdafactorBase(FusedOptimizer):
                 if g is None:
                     continue
                 hit = self._calls.get(("adafactor", id(p)))
-                if T.fast_ok(p, g) and p.dtype in _NATIVE and g.dtype == p.dtype \
-                        and hit is not None and self._same_state(hit, p):
+                if T.fast_ok(p, g) and hit is not None and hit[5] is g.dtype \
+                        and self._same_state(hit, p):
                     # (the common case: plain tensors, the state this step was built on,
                     # checked then; no error label built)
                     work.append((group, lr, p, g, hit[2]))
@@ -79,23 +89,12 @@ class AdafactorBase(FusedOptimizer):
                 label = T.label(group, gi, i, p)
                 if torch.is_complex(p):   # pragma: no cover - check_param refuses complex
                     raise RuntimeError(f"{label}: Adafactor does not support complex tensors")
+                T.check_param(label, p)
                 g = T.check_grad(label, p, g)
-                if p.dtype not in _NATIVE or g.dtype != p.dtype:
-                    raise TypeError(f"{label}: Adafactor steps float32 or float64 parameters "
-                                    f"with gradients of their dtype, got {p.dtype} and "
-                                    f"{g.dtype}")
                 be = self._backend_for(label, p.device.type)
                 state = self.state.get(p)
                 if state:
-                    for name, shape in factored_shapes(p.shape).items():
-                        t = state.get(name)
-                        if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape \
-                                or t.dtype != p.dtype or t.device != p.device:
-                            raise ValueError(f"{label}: state {name!r} must be a {p.dtype} "
-                                             f"tensor of shape {shape} on {p.device}")
-                        if T.is_dtensor(t) and not T.is_dtensor(p):
-                            raise ValueError(f"{label}: state {name!r} is a DTensor, the "
-                                             f"parameter a plain tensor")
+                    self._check_state(label, p, state)
                 work.append((group, lr, p, g, be))
         steps = []
         try:
@@ -103,11 +102,18 @@ class AdafactorBase(FusedOptimizer):
                 state = self.state[p]
                 names = factored_shapes(p.shape)
                 placed = _state_placements(p)
-                if not state:      # torch's initial state
+                if not state:      # torch's initial state (in the state's formats)
                     state["step"] = torch.tensor(0.0, dtype=T.scalar_dtype())
-                    for name, shape in names.items():
-                        state[name] = (_dzeros(shape, p, placed[name]) if placed else
-                                       torch.zeros(shape, dtype=p.dtype, device=p.device))
+                    for name, fmt in self._formats(p).items():
+                        shape = names[name]
+                        dtype = _TORCH[fmt]
+                        state[name] = (_dzeros(shape, p, placed[name], dtype) if placed else
+                                       torch.zeros(shape, dtype=dtype, device=p.device))
+                        if fmt in F.QUANTIZED:    # (zeros: the code of 0, absmax 0)
+                            codes, _ = F.quantize(fmt, np.zeros(p.numel(), np.float32))
+                            state[name].copy_(torch.from_numpy(codes).reshape(shape))
+                            state[name + "_absmax"] = torch.zeros(
+                                F.nblocks(p.numel()), dtype=torch.float32, device=p.device)
                 for name in names:
                     if placed:     # (a loaded state: a full tensor, or placed as the parameter)
                         state[name] = _placed(state[name], p, placed[name])
@@ -117,7 +123,7 @@ class AdafactorBase(FusedOptimizer):
                 steps.append(state["step"])
                 work_p, back = T.kernel_params([p]) if not p.is_contiguous() or T.is_dtensor(p) \
                     else ((p,), ())
-                step = self._tensor_step(p, work_p[0], state, names, be)
+                step = self._tensor_step(p, work_p[0], state, names, be, g.dtype)
                 step(group, _checks.lr_value(lr, t) if callable(lr) else lr, t,
                      (-1.0 if group["maximize"] else 1.0) * clip,
                      grad=self._array(T.local(g) if g.is_contiguous() else T.local(g).contiguous(),
@@ -129,6 +135,39 @@ class AdafactorBase(FusedOptimizer):
             if steps:   # counts (those of the tensors stepped, should one fail)
                 torch._foreach_add_(steps, 1.0)
 
+    def _check_state(self, label, p, state):
+        """Each state tensor of ``p`` as this optimizer keeps it (a loaded or edited state
+        included), before anything changes."""
+        names = factored_shapes(p.shape)
+        for name, fmt in self._formats(p).items():
+            shape, dtype = names[name], _TORCH[fmt]
+            t = state.get(name)
+            if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape \
+                    or t.dtype != dtype or t.device != p.device:
+                raise ValueError(f"{label}: state {name!r} must be a {dtype} tensor of shape "
+                                 f"{shape} on {p.device}")
+            if T.is_dtensor(t) and not T.is_dtensor(p):
+                raise ValueError(f"{label}: state {name!r} is a DTensor, the parameter a "
+                                 f"plain tensor")
+            if fmt in F.QUANTIZED:
+                a = state.get(name + "_absmax")
+                want = (F.nblocks(p.numel()),)
+                if not isinstance(a, torch.Tensor) or tuple(a.shape) != want \
+                        or a.dtype != torch.float32 or a.device != p.device \
+                        or not a.is_contiguous():
+                    raise ValueError(f"{label}: state {name + '_absmax'!r} must be a "
+                                     f"contiguous torch.float32 tensor of shape {want} on "
+                                     f"{p.device} (one per block of {F.BLOCK})")
+
+    def state_dict(self):
+        """As torch's (``step`` kept a tensor whatever ``state_dtype``)."""
+        sd = _torch("state_dict")(self)
+        own = _checkpoint.fastopt_only(self.spec)
+        if own:
+            sd["param_groups"] = [{k: v for k, v in g.items() if k not in own or v != own[k]}
+                                  for g in sd["param_groups"]]
+        return sd
+
     def _same_state(self, hit, p):
         """Whether the kept step ``hit`` was built on the state tensors ``p`` has now (the
         same objects, of the same shapes: checked when it was built) and on its memory."""
@@ -136,25 +175,36 @@ class AdafactorBase(FusedOptimizer):
         return bool(state) and hit[3] == p.data_ptr() and all(
             state.get(name) is t and t.shape == shape for name, t, shape in hit[4])
 
-    def _tensor_step(self, p, work, state, names, be):
+    def _tensor_step(self, p, work, state, names, be, gdtype):
         """The parameter's :class:`TensorStep`, kept across steps (in the bound-call cache,
         which a ``load_state_dict``, a copy or edited param groups clear) while the memory it
         views is the same: the parameter (or its contiguous copy: rebuilt each step), its
         state tensors, the backend."""
-        st = [T.local(state[name]) for name in names]
+        fmts = self._formats(p)
+        keys = list(names) + [n + "_absmax" for n, f in fmts.items() if f in F.QUANTIZED]
+        st = [T.local(state[name]) for name in keys]
         ident = (work.data_ptr(), tuple(x.data_ptr() for x in st), tuple(work.shape),
-                 tuple(p.shape), work.dtype, work.device, id(be))
+                 tuple(p.shape), work.dtype, work.device, id(be), gdtype)
         key = ("adafactor", id(p))
         hit = self._calls.get(key)
         if hit is not None and hit[0] == ident:
             return hit[1]
+        offsets = self._element_offsets()
+        if id(p) not in offsets:      # (param_groups edited in place)
+            self._offsets = None
+            offsets = self._element_offsets()
+        pfmt = F.tag(T.NP_DTYPE[p.dtype])
         step = TensorStep(be, work.shape, self._array(work, p.device), None,
-                          {name: self._array(x, p.device) for name, x in zip(names, st)},
-                          whole=p.shape, reduce=_reducer(p))
-        # (kept: the step, its backend, the parameter's address and its state tensors, for
-        # the next step's check-free path in _step)
+                          {name: self._array(x, p.device) for name, x in zip(keys, st)},
+                          whole=p.shape, reduce=_reducer(p),
+                          formats={"param": pfmt, "grad": F.tag(T.NP_DTYPE[gdtype]), **fmts},
+                          rounding=self._rounding, base=offsets[id(p)] + T.shard_start(p),
+                          seed=self._seed)
+        # (kept: the step, its backend, the parameter's address, its state tensors and the
+        # gradient's dtype, for the next step's check-free path in _step)
         self._calls[key] = (ident, step, be, p.data_ptr(),
-                            tuple((name, state[name], state[name].shape) for name in names))
+                            tuple((name, state[name], state[name].shape) for name in keys),
+                            gdtype)
         return step
 
     @torch.no_grad()
@@ -201,9 +251,14 @@ def _state_placements(p):
     return out
 
 
-def _dzeros(shape, p, placements):
+#: the torch dtype of each state format
+_TORCH = {F.F64: torch.float64, F.F32: torch.float32, F.BF16: torch.bfloat16,
+          F.F16: torch.float16, F.Q8U: torch.uint8}
+
+
+def _dzeros(shape, p, placements, dtype):
     from torch.distributed.tensor import zeros
-    return zeros(shape, dtype=p.dtype, device_mesh=p.device_mesh, placements=placements)
+    return zeros(shape, dtype=dtype, device_mesh=p.device_mesh, placements=placements)
 
 
 def _placed(t, p, placements):

@@ -92,7 +92,6 @@ def _torch(name):
 
 _COLUMN = ("parameter", "gradient", "state tensor")
 _NP_OTHER = {torch.uint8: np.dtype(np.uint8)}
-_NATIVE = (torch.float32, torch.float64)   # what a reduction (LAMB's first pass) compiles for
 
 
 class FusedOptimizer(_TorchOptimizer):
@@ -116,9 +115,6 @@ class FusedOptimizer(_TorchOptimizer):
             raise ValueError(f"state_dtype='int8': {type(self).__name__}'s "
                              f"{', '.join(self.spec.from_param)} is a copy of the parameters "
                              f"(use 'bfloat16' or 'float32')")
-        if self.spec.apply_rule and self._state_dtype not in (None, "float32", "float64"):
-            raise ValueError(f"state_dtype={self._state_dtype!r}: {type(self).__name__} keeps "
-                             f"its state in the parameters' dtype (float32 or float64)")
         # stochastic rounding draws per step: SGD (no torch "step") keeps one then
         self._needs_step = self.spec.torch_step or rounding == "stochastic"
         self._offsets = None      # id(param) -> first element among params of its dtype
@@ -147,21 +143,15 @@ class FusedOptimizer(_TorchOptimizer):
         self.spec.validate(group)
 
     def _check_two_pass(self, label, p):
-        """LAMB (a spec with a per-tensor reduction): float32/float64 parameters with state of
-        their own dtype; a DTensor sharded or replicated on each mesh dimension (its shards'
-        sums are all-reduced over the sharded ones: :meth:`_global_sums`)."""
+        """LAMB (a spec with a per-tensor reduction): a DTensor sharded or replicated on each
+        mesh dimension (its shards' sums are all-reduced over the sharded ones:
+        :meth:`_global_sums`)."""
         name = type(self).__name__
         if T.is_dtensor(p) and not all(pl.is_shard() or pl.is_replicate()
                                        for pl in p.placements):
             raise ValueError(f"{label} is a DTensor with placements {tuple(p.placements)}: "
                              f"{name}'s trust ratio needs the norms of the whole tensor, from "
                              f"shards (Shard) or copies (Replicate) of it only")
-        if p.dtype not in _NATIVE:
-            raise TypeError(f"{label} has dtype {p.dtype}: {name} steps float32 or float64 "
-                            f"only (its per-tensor reduction is compiled for those)")
-        if self._state_torch_dtype(p) != p.dtype:
-            raise ValueError(f"{label}: {name} keeps its state in the parameters' dtype "
-                             f"({p.dtype}); state_dtype={self._state_dtype!r} is not supported")
 
     def _backend_for(self, label, device_type):
         be = self._backends.get(device_type)
@@ -362,6 +352,8 @@ class FusedOptimizer(_TorchOptimizer):
         by_t = {}
         known = {id(p) for flat in (self._flats[gi] if gi < len(self._flats) else ())
                  if flat.intact() for p in flat.params}   # flatten: checked at construction
+        needed = self.spec.needed(group)
+        keys = [key for n, key in self._state_keys(needed).items() if needed[n]]
         for i, p in enumerate(group["params"]):
             g = p.grad
             if g is None:
@@ -371,8 +363,9 @@ class FusedOptimizer(_TorchOptimizer):
                 T.check_param(label, p)
                 g = T.check_grad(label, p, g)
                 self._odd = self._odd or T.is_dtensor(p) or not p.is_contiguous()
-            if self.spec.apply_rule and p.dtype not in _NATIVE:   # LAMB: p.data re-typed
-                self._check_two_pass(T.label(group, gi, i, p), p)
+            state = self.state.get(p)
+            if state and keys:
+                self._check_state_dtypes(group, gi, i, p, state, keys)
             if self.spec.group_step:     # Schedule-Free: the group counts the steps
                 t = r = group[self.spec.group_step] + 1
             else:
@@ -388,6 +381,21 @@ class FusedOptimizer(_TorchOptimizer):
                 buckets.setdefault((p.device, p.dtype, g.dtype, sc, r, self._quantized(p)),
                                    []).append((p, g))
         return buckets
+
+    def _check_state_dtypes(self, group, gi, i, p, state, keys):
+        """The state ``p`` has (``keys``: its used state's keys) is of the dtype this optimizer
+        keeps for it -- checked when a step is planned, before any parameter is stepped (a
+        ``p.data`` re-typed without its state raises naming the parameter, with nothing
+        changed)."""
+        want = torch.uint8 if self._quantized(p) else self._state_torch_dtype(p)
+        for key in keys:
+            t = state.get(key)
+            if t is not None and t.dtype is not want:
+                raise TypeError(f"{T.label(group, gi, i, p)} ({p.dtype}) has state {key!r} of "
+                                f"dtype {t.dtype}; this optimizer keeps {want} for it (state "
+                                f"of another dtype than its parameter: move the optimizer's "
+                                f"state with the parameter, or load a state dict); nothing "
+                                f"was changed")
 
     def step(self, closure=None):
         """Perform one optimization step; returns ``closure()``'s loss (evaluated with grad
@@ -586,7 +594,9 @@ class FusedOptimizer(_TorchOptimizer):
                 sfmt = {n: one for n in names}
             formats = (pfmt, F.tag(T.NP_DTYPE[gdtype]),
                        *[sfmt[n] if needed[n] else None for n in names])
-            kernel = be.kernel(spec.rule, F.compute_dtype(pfmt), flags, formats, self._rounding)
+            # (a two-pass spec with 8-bit state: its q8_rules)
+            first = spec.q8_rules[0] if q8 and spec.q8_rules else spec.rule
+            kernel = be.kernel(first, F.compute_dtype(pfmt), flags, formats, self._rounding)
             ckey = (gi, device, dtype, gdtype, flags, len(pairs), q8)
             call = self._bound(ckey, columns, device, kernel, offsets, owners,
                                per_tensor=bool(spec.apply_rule))
@@ -596,7 +606,7 @@ class FusedOptimizer(_TorchOptimizer):
                 sums = self._global_sums(owners, sums)
             if spec.apply_rule:    # LAMB: the second pass, per tensor, with its own scalars
                 self._apply_pass(group, device, columns, formats, flags, sums, t, ckey,
-                                 offsets, owners)
+                                 offsets, owners, sc, q8)
             for dst, src in back:
                 dst.copy_(src)
             if self._needs_step:
@@ -637,21 +647,30 @@ class FusedOptimizer(_TorchOptimizer):
         return sums
 
     def _apply_pass(self, group, device, columns, formats, flags, sums, t, ckey, offsets,
-                    owners):
+                    owners, sc, q8):
         """A two-pass spec's second pass (LAMB): per tensor, ``spec.apply_rule`` over the
         parameter and the state its first pass wrote, with the scalars of that tensor's sums
-        (``spec.apply_scalars``; LAMB's trust ratio)."""
+        (``spec.apply_scalars``; LAMB's trust ratio).  With 8-bit state, the second of
+        ``spec.q8_rules`` over the first pass's arrays (it stores the state), with
+        ``spec.q8_apply_scalars`` from the first pass's scalars ``sc``."""
         spec = self.spec
         be = self._backend_for("parameter", device.type)
-        kernel = be.kernel(spec.apply_rule, F.compute_dtype(formats[0]), flags,
-                           (formats[0], *formats[2:]), self._rounding)
         lr = group["lr"]
         lr = _checks.lr_value(lr.item() if isinstance(lr, torch.Tensor) else lr, t)
-        cols = [columns[0], *columns[2:]]
+        if q8 and spec.q8_rules:
+            kernel = be.kernel(spec.q8_rules[1], F.compute_dtype(formats[0]), flags, formats,
+                               self._rounding)
+            cols = columns
+        else:
+            kernel = be.kernel(spec.apply_rule, F.compute_dtype(formats[0]), flags,
+                               (formats[0], *formats[2:]), self._rounding)
+            cols = [columns[0], *columns[2:]]
         for k, tensor_sums in enumerate(sums):
             call = self._bound(ckey + ("apply", k), [[c[k]] for c in cols], device, kernel,
                                offsets, [owners[k]])
-            self._launch(device, call, spec.apply_scalars(group, t, lr, tensor_sums), t)
+            scalars = (spec.q8_apply_scalars(sc, group, t, lr, tensor_sums) if q8 and
+                       spec.q8_rules else spec.apply_scalars(group, t, lr, tensor_sums))
+            self._launch(device, call, scalars, t)
 
     def _launch(self, device, call, sc, t):
         """``call(sc, t)``; returns what it returns (a reduction's per-row sums)."""

@@ -1,6 +1,7 @@
 """Adafactor on the 'cuda' backend: its grid kernels (a block of threads per row, the row and
 column sums added atomically) against the NumPy reference, and the optimizer's exact and
-separable passes against the host.  Small sizes: the simulator runs every thread in Python."""
+separable passes against the host; LAMB and Adafactor with 16-bit parameters and 16-bit or 8-bit
+state.  Small sizes: the simulator runs every thread in Python."""
 import numpy as np
 import pytest
 from numba import cuda
@@ -69,3 +70,58 @@ def test_optimizer_exact_and_separable_passes(dtype):
         for k, v in want.items():
             if k != "step":
                 np.testing.assert_allclose(sd[i][k], v, **tol, err_msg=f"{i} {k}")
+
+
+# -- storage formats: bfloat16/float16 parameters, 16-bit and 8-bit state ----------------------
+def _close_units(a, b, units):
+    """Parameters or state of the same format at most ``units`` units of their last place
+    apart (the sums are added atomically in another order than the host's: a trust ratio or
+    RMS a few float64 units away can move a stored value by one unit of its format)."""
+    a64, b64 = np.asarray(a).astype(np.float64).ravel(), np.asarray(b).astype(np.float64).ravel()
+    mant = {2: 8 if np.asarray(a).dtype.name == "bfloat16" else 11, 4: 24, 8: 53}[
+        np.asarray(a).dtype.itemsize]
+    floor = 0.1 * np.sqrt(np.mean(b64 ** 2)) if b64.size else 0.0
+    ulp = np.maximum(np.abs(b64), max(floor, 1e-30)) * 2.0 ** (1 - mant)
+    return np.abs(a64 - b64) / ulp <= units
+
+
+@pytest.mark.parametrize("state_dtype, rounding", [(None, "stochastic"), ("int8", "nearest")])
+@pytest.mark.parametrize("name", ["Adafactor", "LAMB"])
+def test_half_parameters_and_state_formats(name, state_dtype, rounding, small_grid):
+    """bfloat16 parameters (a float32 gradient on one), bfloat16 or 8-bit state: the host
+    NumPy backend's values (bit for bit where no sum is involved; the per-tensor sums are
+    added atomically here, so within a unit of the format)."""
+    import ml_dtypes
+    bf16 = np.dtype(ml_dtypes.bfloat16)
+    rng = np.random.default_rng(5)
+    shapes = [(7, 40), (300,), (5,)]
+    params = [rng.standard_normal(s).astype(bf16) for s in shapes]
+    grads = [[(rng.standard_normal(s) * 0.5).astype(np.float32 if i == 0 else bf16)
+              for i, s in enumerate(shapes)] for _ in range(3)]
+    cls = getattr(fastopt, name)
+    options = dict(lr=0.05, weight_decay=0.01, state_dtype=state_dtype, rounding=rounding,
+                   seed=4, min_8bit_size=256)
+    host = [p.copy() for p in params]
+    dev = [cuda.to_device(p) for p in params]
+    ho = cls(host, backend="numpy", **options)
+    do = cls(dev, backend="cuda", **options)
+    for gs in grads:
+        ho.step(gs)
+        do.step([cuda.to_device(g) for g in gs])
+    for i, (d, h) in enumerate(zip(dev, host)):
+        got = d.copy_to_host().view(bf16)
+        assert _close_units(got, h, 1).mean() >= 0.98, i
+        assert (got.view(np.uint16) == h.view(np.uint16)).mean() >= 0.9, i
+    sd = do.state_dict()["state"]
+    for i, want in ho.state.items():
+        for k, v in want.items():
+            if k == "step":
+                continue
+            got = np.asarray(sd[i][k])
+            if v.dtype == np.uint8:       # 8-bit codes (LAMB's moments, a vector's variance)
+                assert (got == v).mean() >= 0.97, (i, k)
+            elif k.endswith("_absmax"):
+                np.testing.assert_allclose(got, v, rtol=1e-2, err_msg=f"{i} {k}")
+            else:
+                got = got.view(v.dtype) if got.dtype.kind == "V" else got.astype(v.dtype)
+                assert _close_units(got, v, 2).mean() >= 0.98, (i, k)

@@ -20,7 +20,8 @@ SIM = bool(numba_config.ENABLE_CUDASIM)
 LAYOUTS = [(BF16, np.float32, "float32"), (BF16, BF16, None), (np.float16, np.float32, "bfloat16"),
            (np.float32, np.float32, "bfloat16")]
 # two cases of the first six families, the defaults of the later ones (see _support.FORMAT_CASES;
-# LAMB's per-tensor reduction has no storage layouts)
+# not LAMB and Adafactor: their per-tensor sums are added atomically here, in another order than
+# the host's, so they are compared within a unit: tests/cuda/test_adafactor_cuda.py)
 CASES = [(s.name, kw) for i, s in enumerate(SPECS) if not s.apply_rule
          for kw in list(s.cases.values())[:2 if i < 6 else 1]]
 
