@@ -1,5 +1,6 @@
 """Fewer bytes per step: fastopt's storage formats against torch's fused AdamW, bitsandbytes'
-and torchao's 8-bit AdamW, at 2^24 elements, in one process, interleaved.
+and torchao's 8-bit AdamW, at 2^24 elements, in one process, interleaved; LAMB and Adafactor
+(a 2^12 x 2^12 matrix) in the same formats, Adafactor against torch's on bfloat16.
 
     python bench/bench_formats.py [--n 16777216] [--rounds 15] [--out bench/results]
 
@@ -122,11 +123,14 @@ def main(argv=None):
     grad = torch.randn(n) * 1e-2
     cases = {}     # name -> (opt, params, bytes per element, note)
 
-    def add(name, make, dtype, gdtype, bpe, note=""):
-        p = base.to(dtype).clone().requires_grad_()
+    def add(name, make, dtype, gdtype, bpe, note="", shape=None):
+        p = base.to(dtype).clone()
+        if shape is not None:
+            p = p.view(shape)
+        p.requires_grad_()
         if gdtype != dtype:
             p.grad_dtype = None
-        p.grad = grad.to(gdtype)
+        p.grad = grad.to(gdtype).view(p.shape)
         try:
             opt = make([p])
         except Exception as exc:  # a peer that does not install or run here
@@ -160,6 +164,28 @@ def main(argv=None):
     add("fastopt AdamW, all bfloat16", lambda ps: ft.AdamW(ps, lr=1e-3), bf16, bf16, 14)
     add("fastopt AdamW, all bfloat16, stochastic",
         lambda ps: ft.AdamW(ps, lr=1e-3, rounding="stochastic"), bf16, bf16, 14)
+    # the two families with per-tensor passes, in the same formats (LAMB: two passes; with
+    # 8-bit state the first only reads; Adafactor: a matrix's three passes, 12 of its 24 bytes
+    # read-only)
+    lamb_blk = 6 * 4 / 256      # absmax: pass 1 reads two, pass 2 reads and writes two
+    add("fastopt LAMB, float32", lambda ps: ft.LAMB(ps, lr=1e-3), f32, f32, 40)
+    add("fastopt LAMB, bfloat16 p/g, bfloat16 state, stochastic",
+        lambda ps: ft.LAMB(ps, lr=1e-3, rounding="stochastic"), bf16, bf16, 20)
+    add("fastopt LAMB, float32 p/g, int8 state",
+        lambda ps: ft.LAMB(ps, lr=1e-3, state_dtype="int8"), f32, f32, 26 + lamb_blk)
+    add("fastopt LAMB, bfloat16 p/g, int8 state, stochastic",
+        lambda ps: ft.LAMB(ps, lr=1e-3, state_dtype="int8", rounding="stochastic"), bf16, bf16,
+        16 + lamb_blk)
+    rows_ = 1 << (int(np.log2(n)) // 2)
+    if n % rows_ == 0:         # (a matrix, square for an even power of two: factored passes)
+        mat = (rows_, n // rows_)
+        size = f"{mat[0]}x{mat[1]}"
+        add(f"fastopt Adafactor {size}, float32", lambda ps: ft.Adafactor(ps), f32, f32,
+            24, shape=mat)
+        add(f"fastopt Adafactor {size}, bfloat16 p/g, stochastic",
+            lambda ps: ft.Adafactor(ps, rounding="stochastic"), bf16, bf16, 12, shape=mat)
+        add(f"torch Adafactor {size}, bfloat16 (foreach)",
+            lambda ps: torch.optim.Adafactor(ps, foreach=True), bf16, bf16, 12, shape=mat)
     try:
         if args.no_peers:
             raise ImportError("--no-peers")
@@ -267,7 +293,7 @@ def main(argv=None):
 
 def render(info, rows):
     n = info["n"]
-    lines = [f"# Storage formats: AdamW at 2^{int(np.log2(n))} elements", "",
+    lines = [f"# Storage formats: AdamW, LAMB and Adafactor at 2^{int(np.log2(n))} elements", "",
              f"{info['machine']}, {info['cores']} cores; torch {info['torch']}, bitsandbytes "
              f"{info['bitsandbytes']}, torchao {info['torchao']}; fastopt on "
              f"{info['fastopt_backend']}; {info['date']}.  `python bench/bench_formats.py` "
@@ -291,6 +317,18 @@ def render(info, rows):
         if "vs_" + peer in q:
             lines.append(f"fastopt int8 AdamW against {peer}'s AdamW8bit on the same tensors: "
                          f"**{q['vs_' + peer]:.1f}×** faster per step.")
+    lamb = by.get("fastopt LAMB, float32", {})
+    for other in ("fastopt LAMB, float32 p/g, int8 state",
+                  "fastopt LAMB, bfloat16 p/g, int8 state, stochastic",
+                  "fastopt LAMB, bfloat16 p/g, bfloat16 state, stochastic"):
+        if "ms" in lamb and "ms" in by.get(other, {}):
+            lines.append(f"{other[len('fastopt LAMB, '):]} LAMB against float32 LAMB: "
+                         f"**{lamb['ms'] / by[other]['ms']:.2f}×**.")
+    ada = [r for r in rows if r["case"].startswith("fastopt Adafactor") and "bfloat16" in r["case"]]
+    peer = [r for r in rows if r["case"].startswith("torch Adafactor")]
+    if ada and peer and "ms" in ada[0] and "ms" in peer[0]:
+        lines.append(f"bfloat16 Adafactor against torch's (foreach, bfloat16) on the same matrix: "
+                     f"**{peer[0]['ms'] / ada[0]['ms']:.1f}×**.")
     gather = by.get("fastopt AdamW, float32 p/g, int8 state, AVX2 gather codecs", {})
     if "ms" in gather and "ms" in q:
         lines.append(f"The int8 step with the AVX-512 codecs against the same step with the AVX2 "

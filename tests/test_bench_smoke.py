@@ -357,6 +357,9 @@ def test_bench_formats_runs_tiny(tmp_path):
     text = md.read_text()
     assert "| fastopt AdamW, float32 p/g, int8 state | 16.06 |" in text
     assert "| bitsandbytes AdamW8bit (CPU) | 16.00 | – |" in text       # skipped, and says so
+    assert "| fastopt LAMB, bfloat16 p/g, int8 state, stochastic | 16.09 |" in text
+    assert "| fastopt Adafactor 64x128, bfloat16 p/g, stochastic | 12.00 |" in text
+    assert "int8 state LAMB against float32 LAMB" in text and "against torch's (foreach" in text
     if bf._q8_avx512_extension() is not None:
         assert "AVX2 gather codecs" in text and "faster." in text
 
