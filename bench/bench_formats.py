@@ -41,6 +41,25 @@ def _sync():
     pass
 
 
+def kernel_isa():
+    """The ISA of the Cython build fastopt uses here (``avx512``, ``avx2``, ``baseline``), or
+    ``numba`` without the extension: part of the results' labels, since VMs sold under one
+    CPU name differ in it (an AMD EPYC with AVX-512 and one without ran these benchmarks)."""
+    try:
+        from fastopt.kernels import cython as cy
+    except Exception:  # noqa: BLE001 - not built, or stale: the Numba backend runs
+        return "numba"
+    return cy.ISA
+
+
+def machine_tag(machine):
+    """The results' label: ``cpu-`` and the model's first words, the kernels' ISA, the core
+    count, e.g. ``cpu-amd-epyc-avx2-2c`` (results before the ISA was in it are labelled
+    without)."""
+    return "cpu-" + "-".join(machine.lower().replace("(r)", "").split()[:3]) + \
+        f"-{kernel_isa()}-{os.cpu_count()}c"
+
+
 def floor_gbps(torch, n=1 << 26, repeats=15, huge=False):
     """The in-place triad ``a.add_(b, alpha)`` over ``n`` float32 (12 bytes per element), GB/s
     of the median of ``repeats``; on torch's own allocations (4 KiB pages unless
@@ -281,8 +300,7 @@ def main(argv=None):
                 else "the numba backend", first_step_s=first,
                 date=time.strftime("%Y-%m-%d"))
     os.makedirs(args.out, exist_ok=True)
-    tag = "cpu-" + "-".join(machine.lower().replace("(r)", "").split()[:3]) + \
-        f"-{os.cpu_count()}c"
+    tag = machine_tag(machine)
     with open(os.path.join(args.out, f"formats-{tag}.json"), "w") as fh:
         json.dump(dict(info=info, rows=rows), fh, indent=1)
     text = render(info, rows)

@@ -52,7 +52,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
-from bench_formats import floor_gbps  # noqa: E402
+from bench_formats import floor_gbps, machine_tag  # noqa: E402
 
 
 def read_floor_gbps(torch, n=1 << 26, repeats=15):
@@ -252,8 +252,7 @@ def main(argv=None):
     except ImportError:
         info["schedulefree"] = None
     os.makedirs(args.out, exist_ok=True)
-    tag = "cpu-" + "-".join(info["machine"].lower().replace("(r)", "").split()[:3]) + \
-        f"-{os.cpu_count()}c"
+    tag = machine_tag(info["machine"])
     with open(os.path.join(args.out, f"optimizers-{tag}.json"), "w") as fh:
         json.dump(dict(info=info, rows=rows), fh, indent=1)
     text = render(info, rows)

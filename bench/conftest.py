@@ -298,7 +298,8 @@ def cpu_model():
 
 def machine_info():
     import numba
-    info = dict(cpu_model=cpu_model(), cores=os.cpu_count(), python=sys.version.split()[0],
+    info = dict(cpu_model=cpu_model(), cores=os.cpu_count(), isa=kernel_isa(),
+                python=sys.version.split()[0],
                 numpy=np.__version__, numba=numba.__version__,
                 numba_threads=numba.get_num_threads(),
                 loadavg=list(os.getloadavg()) if hasattr(os, "getloadavg") else None)
@@ -321,15 +322,23 @@ def machine_info():
     return info
 
 
+def kernel_isa():
+    """The ISA of the Cython build fastopt uses here (bench_formats.kernel_isa)."""
+    from _bench_import import sibling
+    return sibling("bench_formats.py", "bench_formats").kernel_isa()
+
+
 def machine_name(info=None):
-    """A stable machine label, e.g. ``cpu-amd-epyc-2c`` (no host name)."""
-    info = info or dict(cpu_model=cpu_model(), cores=os.cpu_count())
+    """A stable machine label, e.g. ``cpu-amd-epyc-avx2-2c`` (no host name; the kernels' ISA
+    where the run recorded it: results before it are labelled without)."""
+    info = info or dict(cpu_model=cpu_model(), cores=os.cpu_count(), isa=kernel_isa())
     model = info["cpu_model"].lower()
     for junk in ("(r)", "(tm)", "processor", "cpu @", "with radeon graphics"):
         model = model.replace(junk, " ")
     slug = "-".join(w for w in "".join(c if c.isalnum() else " " for c in model).split()
                     if not w.endswith("ghz"))[:40].strip("-")
-    return f"cpu-{slug}-{info['cores']}c"
+    isa = f"-{info['isa']}" if info.get("isa") else ""
+    return f"cpu-{slug}{isa}-{info['cores']}c"
 
 
 # --------------------------------------------------------------------------------------------

@@ -1940,9 +1940,13 @@ def _cython_layout_variant(sig, tag, ctype, flags, helper_names):
     lines.append("    for j in range(nb):")
     lines += [textwrap.indent(b, " " * 8) for b in body]
     # (a block starts at a multiple of SUM_LANES within its SUM_BLOCK: element j of the block
-    # goes to lane j % SUM_LANES, as in the native loops)
-    for j in range(ns):
-        lines += ["    for j in range(nb):", f"        lanes[{j * L} + (j & {L - 1})] += <double>t{j}[j]"]
+    # goes to lane j % SUM_LANES, as in the native loops; SUM_LANES at a time, so the lanes'
+    # additions are vectors: one element at a time, they were half of LAMB's first pass)
+    if ns:
+        lines[1] = "    cdef Py_ssize_t j, c, l, cl"
+        lines += [f"    for c in range(0, nb, {L}):", f"        cl = nb - c if nb - c < {L} else {L}",
+                  "        for l in range(cl):"]
+        lines += [f"            lanes[{j * L} + l] += <double>t{j}[c + l]" for j in range(ns)]
     for k, a in enumerate(sig.arrays):
         if a in used and a in sig.written:
             lines += [f"    if fmt[{k}] >= FMT_Q8S:",
