@@ -287,6 +287,54 @@ def scenario_dtensor_stochastic_rounding(rank, tmp):
         assert torch.equal(q.detach().full_tensor(), p.detach()), k
 
 
+def scenario_dtensor_half_lamb_adafactor(rank, tmp):
+    """LAMB and Adafactor on bfloat16 DTensors sharded on dim 0 (one shard empty), stochastic
+    rounding, bfloat16 state (Adafactor: its factors rounded into bfloat16 on each rank, each
+    factor's random bits from its position in the whole tensor, so the column factors, whole
+    on every rank, round alike on each): the unsharded parameters' values -- bit for bit but
+    where the all-reduced sums (added in another order than one process's) moved a value next
+    to a rounding boundary, by one unit."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+    mesh = init_device_mesh("cpu", (WORLD,))
+    for cls in (ft.LAMB, ft.Adafactor):
+        gen = torch.Generator().manual_seed(6)
+        fulls = [torch.randn(s, generator=gen).to(torch.bfloat16)
+                 for s in ((70, 30), (9,), (1, 40), (300,))]
+        grads = [[torch.randn(f.shape, generator=gen).to(torch.bfloat16) for f in fulls]
+                 for _ in range(4)]
+        plain = [torch.nn.Parameter(f.clone()) for f in fulls]
+        sharded = [torch.nn.Parameter(distribute_tensor(f.clone(), mesh, [Shard(0)]))
+                   for f in fulls]
+        kw = dict(lr=0.01, rounding="stochastic", seed=3)
+        ref, opt = cls(plain, **kw), cls(sharded, **kw)
+        for gs in grads:
+            for p, q, g in zip(plain, sharded, gs):
+                p.grad = g.clone()
+                q.grad = distribute_tensor(g.clone(), mesh, [Shard(0)])
+            ref.step()
+            opt.step()
+        for k, (p, q) in enumerate(zip(plain, sharded)):
+            a, b = q.detach().full_tensor().float(), p.detach().float()
+            assert not torch.equal(b, fulls[k].float()), (cls.__name__, k)
+            same = (a == b).float().mean().item()
+            ulp = b.abs().clamp(min=1e-3) * 2.0 ** -7
+            assert same >= 0.98 and ((a - b).abs() <= ulp).all(), (cls.__name__, k, same)
+            st = opt.state[q]
+            for name, v in ref.state[p].items():
+                if name == "step":
+                    continue
+                assert st[name].dtype == torch.bfloat16, (cls.__name__, name)
+                got = st[name].full_tensor().float()
+                assert (got == v.float()).float().mean().item() >= 0.98, (cls.__name__, name)
+                if name == "col_var":   # replicated on every rank: the same rounding on each
+                    import torch.distributed as dist
+                    loc = st[name].to_local().float()
+                    first = loc.clone()
+                    dist.broadcast(first, src=0)
+                    assert torch.equal(first, loc), (cls.__name__, k, "replicas differ")
+
+
 def _reference_step(ref, ref_opt, i):
     """One step of one process on the ranks' mean gradient (the loss averaged over their
     batches), as DDP and FSDP2 (which average the ranks' gradients) step."""

@@ -245,10 +245,10 @@ class TensorStep:
     __slots__ = ("be", "shape", "size", "dtype", "pdtype", "param", "grad", "state", "kernels",
                  "rows", "_vec1", "_vec2", "_mean", "_scale", "_cols", "separable", "whole",
                  "reduce", "_gaddr", "_whole_size", "_batches", "_fx", "formats", "rounding",
-                 "base", "seed", "_rv", "_cv", "_stored")
+                 "base", "seed", "_rv", "_cv", "_stored", "_findex")
 
     def __init__(self, be, shape, param, grad, state, *, whole=None, reduce=None, formats=None,
-                 rounding="nearest", base=0, seed=0):
+                 rounding="nearest", base=0, seed=0, factor_base=None, factor_index=None):
         """``shape``: the arrays' (a shard's, for a sharded tensor); ``whole``: the whole
         tensor's shape (default ``shape``); ``reduce(kind, values)``: for a shard, the float64
         ``values`` summed over the tensor's shards -- ``"total"`` (the sums of ``p*p`` and
@@ -269,7 +269,10 @@ class TensorStep:
         themselves, rounding the parameter's writes as ``rounding`` says (stochastic
         rounding's element index from ``base``, its ``seed``).  Factors stored in another
         format are updated on the host in the compute dtype and rounded into their storage
-        (``n + m`` values per matrix); the passes read the stored values."""
+        (``n + m`` values per matrix); the passes read the stored values.  Their stochastic
+        rounding's index: ``factor_base`` (default ``base``) plus each factor's position in the
+        whole tensor (``factor_index``: ``{"row_var": ..., "col_var": ...}`` uint64 arrays for
+        a shard; default its position in the arrays)."""
         self.be, self.shape = be, tuple(shape)
         self.whole = self.shape if whole is None else tuple(whole)
         self.reduce = reduce
@@ -286,6 +289,12 @@ class TensorStep:
                                                           if not n.endswith("_absmax")}}
         self.formats.update(formats or {})
         self.rounding, self.base, self.seed = rounding, int(base), int(seed)
+        fb = np.uint64(self.base if factor_base is None else int(factor_base))
+        self._findex = None if factor_index is None else \
+            {k: np.asarray(v, np.uint64) + fb for k, v in factor_index.items()}
+        if self._findex is None and len(self.shape) >= 2:
+            self._findex = {k: np.arange(state[k].size, dtype=np.uint64) + fb
+                            for k in ("row_var", "col_var")}
         self.rows = [self.size]
         self._vec1 = self._vec2 = self._gaddr = self._fx = None
         own = F.F64 if self.dtype == np.float64 else F.F32
@@ -370,7 +379,8 @@ class TensorStep:
 
     def _store_factors(self, fx, t):
         """Factors kept in another format: this step's values rounded into their storage
-        (stochastic rounding's bits from ``(seed, step, base + index, 2 | 3)``), and the
+        (stochastic rounding's bits from ``(seed, step, factor_base + the factor's position in
+        the whole tensor, 2 | 3)``), and the
         stored values are what the passes and the mean use; returns each matrix's float64
         sum of its stored row factors (in order, as the compiled helper adds them)."""
         be = self.be
@@ -378,8 +388,7 @@ class TensorStep:
             out = np.empty(x.size, F.storage_dtype(self._stored))
             bits = None
             if self.rounding == "stochastic":
-                bits = F.random_bits(np.arange(self.base, self.base + x.size, dtype=np.uint64),
-                                     t, self.seed, salt)
+                bits = F.random_bits(self._findex[name], t, self.seed, salt)
             F.encode(self._stored, x, out, self.rounding, bits)
             np.copyto(x, F.decode(self._stored, out, self.dtype))
             dst = self.state[name]

@@ -199,7 +199,9 @@ class AdafactorBase(FusedOptimizer):
                           whole=p.shape, reduce=_reducer(p),
                           formats={"param": pfmt, "grad": F.tag(T.NP_DTYPE[gdtype]), **fmts},
                           rounding=self._rounding, base=offsets[id(p)] + T.shard_start(p),
-                          seed=self._seed)
+                          seed=self._seed, factor_base=offsets[id(p)],
+                          factor_index=T.factor_indices(p, work.shape) if T.is_dtensor(p)
+                          and len(names) == 2 else None)
         # (kept: the step, its backend, the parameter's address, its state tensors and the
         # gradient's dtype, for the next step's check-free path in _step)
         self._calls[key] = (ident, step, be, p.data_ptr(),

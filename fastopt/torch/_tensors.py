@@ -131,6 +131,29 @@ def shard_start(p):
     return offset[0] * math.prod(p.shape[1:]) if p.dim() else 0
 
 
+def factor_indices(p, local_shape):
+    """Adafactor's factors of parameter ``p`` (a local shard of ``local_shape``): the global
+    index of each local row (``row_var``: the leading dimensions flattened) and of each local
+    column of each matrix (``col_var``), as uint64 arrays -- the factor's position in the whole
+    tensor, the same on every rank holding it (a replicated factor rounds alike everywhere)
+    and as one process stepping the whole tensor."""
+    import numpy as np
+    local_shape = tuple(local_shape)
+    whole = tuple(p.shape)
+    offset = (0,) * len(whole)
+    if is_dtensor(p):
+        from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+        _, offset = compute_local_shape_and_global_offset(p.shape, p.device_mesh, p.placements)
+    out = []
+    for keep in (slice(None, -1), tuple(range(len(whole) - 2)) + (len(whole) - 1,)):
+        dims = list(range(len(whole)))[keep] if isinstance(keep, slice) else list(keep)
+        loc = [local_shape[d] for d in dims]
+        idx = np.indices(loc).reshape(len(dims), -1) + np.array([offset[d] for d in dims])[:, None]
+        out.append(np.ravel_multi_index(idx, [whole[d] for d in dims]).astype(np.uint64)
+                   if idx.size else np.zeros(0, np.uint64))
+    return {"row_var": out[0], "col_var": out[1]}
+
+
 def kernel_params(params):
     """``(tensors the kernel steps, [(parameter memory, contiguous copy)] to write back)``:
     each parameter itself when it is a contiguous plain tensor (no copy, the common path), a
