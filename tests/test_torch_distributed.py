@@ -260,28 +260,36 @@ def scenario_fsdp2_torch_checkpoint(rank, tmp):
     _same_params(ref, back, "fastopt's FSDP2 checkpoint resumed in torch")
 
 
-def scenario_dtensor_stochastic_rounding(rank, tmp):
-    """bfloat16 DTensors sharded on dim 0 (one shard empty) with stochastic rounding: the same
-    bits as the unsharded parameters (each shard draws its elements' own random bits)."""
+def _sharded_and_plain(cls, shapes, steps, seed):
+    """``cls`` (stochastic rounding) on bfloat16 parameters of ``shapes``, once as plain tensors
+    and once as DTensors sharded on dim 0, ``steps`` steps of the same gradients: -> (the
+    initial values, the plain parameters, the sharded ones, their two optimizers)."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Shard, distribute_tensor
     mesh = init_device_mesh("cpu", (WORLD,))
-    gen = torch.Generator().manual_seed(5)
-    fulls = [torch.randn(s, generator=gen).to(torch.bfloat16)
-             for s in ((7, 3), (5,), (1, 4), (300,))]
+    gen = torch.Generator().manual_seed(seed)
+    fulls = [torch.randn(s, generator=gen).to(torch.bfloat16) for s in shapes]
     grads = [[torch.randn(f.shape, generator=gen).to(torch.bfloat16) for f in fulls]
-             for _ in range(3)]
+             for _ in range(steps)]
     plain = [torch.nn.Parameter(f.clone()) for f in fulls]
     sharded = [torch.nn.Parameter(distribute_tensor(f.clone(), mesh, [Shard(0)]))
                for f in fulls]
     kw = dict(lr=0.01, rounding="stochastic", seed=3)
-    ref, opt = ft.AdamW(plain, **kw), ft.AdamW(sharded, **kw)
+    ref, opt = cls(plain, **kw), cls(sharded, **kw)
     for gs in grads:
         for p, q, g in zip(plain, sharded, gs):
             p.grad = g.clone()
             q.grad = distribute_tensor(g.clone(), mesh, [Shard(0)])
         ref.step()
         opt.step()
+    return fulls, plain, sharded, ref, opt
+
+
+def scenario_dtensor_stochastic_rounding(rank, tmp):
+    """bfloat16 DTensors sharded on dim 0 (one shard empty) with stochastic rounding: the same
+    bits as the unsharded parameters (each shard draws its elements' own random bits)."""
+    fulls, plain, sharded, _, _ = _sharded_and_plain(ft.AdamW, ((7, 3), (5,), (1, 4), (300,)),
+                                                     3, 5)
     for k, (p, q) in enumerate(zip(plain, sharded)):
         assert not torch.equal(p.detach(), fulls[k])
         assert torch.equal(q.detach().full_tensor(), p.detach()), k
@@ -294,26 +302,9 @@ def scenario_dtensor_half_lamb_adafactor(rank, tmp):
     on every rank, round alike on each): the unsharded parameters' values -- bit for bit but
     where the all-reduced sums (added in another order than one process's) moved a value next
     to a rounding boundary, by one unit."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.tensor import Shard, distribute_tensor
-    mesh = init_device_mesh("cpu", (WORLD,))
     for cls in (ft.LAMB, ft.Adafactor):
-        gen = torch.Generator().manual_seed(6)
-        fulls = [torch.randn(s, generator=gen).to(torch.bfloat16)
-                 for s in ((70, 30), (9,), (1, 40), (300,))]
-        grads = [[torch.randn(f.shape, generator=gen).to(torch.bfloat16) for f in fulls]
-                 for _ in range(4)]
-        plain = [torch.nn.Parameter(f.clone()) for f in fulls]
-        sharded = [torch.nn.Parameter(distribute_tensor(f.clone(), mesh, [Shard(0)]))
-                   for f in fulls]
-        kw = dict(lr=0.01, rounding="stochastic", seed=3)
-        ref, opt = cls(plain, **kw), cls(sharded, **kw)
-        for gs in grads:
-            for p, q, g in zip(plain, sharded, gs):
-                p.grad = g.clone()
-                q.grad = distribute_tensor(g.clone(), mesh, [Shard(0)])
-            ref.step()
-            opt.step()
+        fulls, plain, sharded, ref, opt = _sharded_and_plain(
+            cls, ((70, 30), (9,), (1, 40), (300,)), 4, 6)
         for k, (p, q) in enumerate(zip(plain, sharded)):
             a, b = q.detach().full_tensor().float(), p.detach().float()
             assert not torch.equal(b, fulls[k].float()), (cls.__name__, k)

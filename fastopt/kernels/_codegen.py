@@ -2133,6 +2133,21 @@ def _cython_reduction(name, ptrs, scal, ctype, locals_, body, sig, used, ns):
     return lines
 
 
+def _grid_rule_body(sig, tag, flags, helper_names):
+    """A grid rule's body for the Cython loops: ``(return statement, statements, locals)``,
+    flags made constants and calls made C's; a local named like a loop variable raises."""
+    node = _fn_ast(sig.fn)
+    body = [_Constants(dict(zip(sig.flags, flags))).visit(
+        _CythonNames(tag, helper_names).visit(st)) for st in _body(node)]
+    ret, body = body[-1], body[:-1]
+    locals_ = list(sig.arrays) + _assigned(body, set(sig.arrays) | set(sig.scalars))
+    clash = (_LOOP_NAMES | {"j", "k", "b", "lo", "r0", "r1", "c", "cl", "l", "m", "mL", "acc"}) \
+        & set(locals_)
+    if clash:
+        raise ValueError(f"rule {sig.name}: local names {sorted(clash)} are reserved for loops")
+    return ret, body, locals_
+
+
 def _cython_grid(sig, tag, ctype, flags, helper_names):
     """A grid rule's loops (as :func:`_numba_grid`, the same order of additions): a block
     function over GRID_ROWS rows, serial below the threshold or ``prange`` over the blocks, and
@@ -2141,15 +2156,7 @@ def _cython_grid(sig, tag, ctype, flags, helper_names):
     ns, nc, L = len(sig.sums), len(sig.col_sums), SUM_LANES
     ptrs = [f"{tag}_{'cp' if a not in sig.written else 'p'} a_{a}" for a in sig.arrays]
     scal = [f"{ctype} {x}" for x in sig.scalars]
-    node = _fn_ast(sig.fn)
-    body = [_Constants(dict(zip(sig.flags, flags))).visit(
-        _CythonNames(tag, helper_names).visit(st)) for st in _body(node)]
-    ret, body = body[-1], body[:-1]
-    locals_ = list(sig.arrays) + _assigned(body, set(sig.arrays) | set(sig.scalars))
-    clash = (_LOOP_NAMES | {"j", "k", "b", "lo", "r0", "r1", "c", "l", "m", "mL", "acc"}) \
-        & set(locals_)
-    if clash:
-        raise ValueError(f"rule {sig.name}: local names {sorted(clash)} are reserved for loops")
+    ret, body, locals_ = _grid_rule_body(sig, tag, flags, helper_names)
     inner = [f"{a} = a_{a}[b * m + j]" if a in sig.cols else f"{a} = a_{a}[lo + j]"
              for a in sig.arrays if a not in sig.rows]
     inner += [ast.unparse(st) for st in body]
@@ -2255,15 +2262,7 @@ def _cython_grid_layout(sig, tag, ctype, flags, helper_names):
     name = variant_name(sig, tag, flags)
     own = "FMT_F32" if tag == "f32" else "FMT_F64"
     ns, nc, L, G = len(sig.sums), len(sig.col_sums), SUM_LANES, GRID_FOLD
-    node = _fn_ast(sig.fn)
-    body = [_Constants(dict(zip(sig.flags, flags))).visit(
-        _CythonNames(tag, helper_names).visit(st)) for st in _body(node)]
-    ret, body = body[-1], body[:-1]
-    locals_ = list(sig.arrays) + _assigned(body, set(sig.arrays) | set(sig.scalars))
-    clash = (_LOOP_NAMES | {"j", "k", "b", "lo", "r0", "r1", "c", "cl", "l", "m", "acc"}) \
-        & set(locals_)
-    if clash:
-        raise ValueError(f"rule {sig.name}: local names {sorted(clash)} are reserved for loops")
+    ret, body, locals_ = _grid_rule_body(sig, tag, flags, helper_names)
     idx = {a: q for q, a in enumerate(sig.arrays)}
     inner = [f"{a} = a_{a}[b * m + j]" if a in sig.cols else f"{a} = e_{a}[j - c]"
              for a in sig.arrays if a not in sig.rows]

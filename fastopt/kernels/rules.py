@@ -53,6 +53,7 @@ every backend and in torch.
 from math import sqrt
 
 __all__ = ["rule", "helper", "nan_max", "nan_min", "clamp", "clamp_min", "fabs", "sign", "lerp",
+           "lamb_direction", "adafactor_variance", "adafactor_update",
            "sgd", "momentum",
            "rmsprop", "adagrad", "adam", "adamax", "nadam", "radam", "adadelta", "asgd", "rprop",
            "lion", "lamb", "lamb_apply", "lamb_norms", "lamb_update", "adamw_schedulefree", "lerp_to", "adafactor_vector",
@@ -133,6 +134,29 @@ def lerp(start, end, weight, weight_minus_one, small: bool):
     if small:
         return start + weight * (end - start)
     return end + weight_minus_one * (end - start)
+
+
+@helper
+def lamb_direction(param, exp_avg, exp_avg_sq, inv_bias_correction1, inv_bias_correction2_sqrt,
+                   eps, weight_decay, decay: bool):
+    """LAMB's direction: Adam's bias-corrected ``(m/bc1)/(sqrt(v)/sqrt(bc2) + eps)``, plus
+    ``weight_decay*param`` where ``decay``."""
+    u = (exp_avg * inv_bias_correction1) / (sqrt(exp_avg_sq) * inv_bias_correction2_sqrt + eps)
+    return u + weight_decay * param if decay else u
+
+
+@helper
+def adafactor_variance(variance, sq, weight, weight_minus_one, small, zero):
+    """Adafactor's second moment of a vector: ``lerp(variance, g*g, weight)`` (``sq = g*g``;
+    lerp's branch ``small > zero`` a per-step scalar)."""
+    diff = sq - variance
+    return variance + weight * diff if small > zero else sq + weight_minus_one * diff
+
+
+@helper
+def adafactor_update(variance, g, eps1_sq, one):
+    """Adafactor's update ``rsqrt(clamp(variance, min=eps1**2))*g`` (torch's operations)."""
+    return one / sqrt(clamp_min(variance, eps1_sq)) * g
 
 
 # -- optimizers ------------------------------------------------------------------------------
@@ -368,9 +392,8 @@ def lamb(param, grad, exp_avg, exp_avg_sq, /, grad_sign, beta1, one_minus_beta1,
     g = grad_sign * grad
     exp_avg = beta1 * exp_avg + one_minus_beta1 * g
     exp_avg_sq = beta2 * exp_avg_sq + one_minus_beta2 * g * g
-    u = (exp_avg * inv_bias_correction1) / (sqrt(exp_avg_sq) * inv_bias_correction2_sqrt + eps)
-    if decay:
-        u = u + weight_decay * param
+    u = lamb_direction(param, exp_avg, exp_avg_sq, inv_bias_correction1,
+                       inv_bias_correction2_sqrt, eps, weight_decay, decay)
     return exp_avg, exp_avg_sq, param * param, u * u
 
 
@@ -379,9 +402,8 @@ def lamb_apply(param, exp_avg, exp_avg_sq, /, neg_step, inv_bias_correction1,
                inv_bias_correction2_sqrt, eps, weight_decay, *, decay):
     """LAMB, pass 2 of 2: ``param += neg_step*u`` with ``u`` as in :func:`lamb` (from the moments
     it wrote) and ``neg_step = -lr*trust_ratio`` of this tensor."""
-    u = (exp_avg * inv_bias_correction1) / (sqrt(exp_avg_sq) * inv_bias_correction2_sqrt + eps)
-    if decay:
-        u = u + weight_decay * param
+    u = lamb_direction(param, exp_avg, exp_avg_sq, inv_bias_correction1,
+                       inv_bias_correction2_sqrt, eps, weight_decay, decay)
     return (param + neg_step * u,)
 
 
@@ -396,11 +418,9 @@ def lamb_norms(param, grad, exp_avg, exp_avg_sq, /, grad_sign, beta1, one_minus_
     is under the block's smallest code (about 1.6e-7 of its absmax) while the first moment is
     not: ``u = m/eps`` there."""
     g = grad_sign * grad
-    avg = beta1 * exp_avg + one_minus_beta1 * g
-    avg_sq = beta2 * exp_avg_sq + one_minus_beta2 * g * g
-    u = (avg * inv_bias_correction1) / (sqrt(avg_sq) * inv_bias_correction2_sqrt + eps)
-    if decay:
-        u = u + weight_decay * param
+    u = lamb_direction(param, beta1 * exp_avg + one_minus_beta1 * g,
+                       beta2 * exp_avg_sq + one_minus_beta2 * g * g, inv_bias_correction1,
+                       inv_bias_correction2_sqrt, eps, weight_decay, decay)
     return param * param, u * u
 
 
@@ -414,9 +434,8 @@ def lamb_update(param, grad, exp_avg, exp_avg_sq, /, grad_sign, beta1, one_minus
     g = grad_sign * grad
     exp_avg = beta1 * exp_avg + one_minus_beta1 * g
     exp_avg_sq = beta2 * exp_avg_sq + one_minus_beta2 * g * g
-    u = (exp_avg * inv_bias_correction1) / (sqrt(exp_avg_sq) * inv_bias_correction2_sqrt + eps)
-    if decay:
-        u = u + weight_decay * param
+    u = lamb_direction(param, exp_avg, exp_avg_sq, inv_bias_correction1,
+                       inv_bias_correction2_sqrt, eps, weight_decay, decay)
     return param + neg_step * u, exp_avg, exp_avg_sq
 
 
@@ -463,10 +482,8 @@ def adafactor_vector(param, grad, variance, /, grad_sign, weight, weight_minus_o
     it (the same bytes as storing it here and reading it back there, and the update then uses
     the moment of this step in the compute dtype whatever the state's format)."""
     g = grad_sign * grad
-    sq = g * g
-    diff = sq - variance
-    v = variance + weight * diff if small > zero else sq + weight_minus_one * diff
-    u = one / sqrt(clamp_min(v, eps1_sq)) * g
+    u = adafactor_update(adafactor_variance(variance, g * g, weight, weight_minus_one, small,
+                                            zero), g, eps1_sq, one)
     return param * param, u * u
 
 
@@ -477,10 +494,8 @@ def adafactor_vector_apply(param, grad, variance, /, grad_sign, weight, weight_m
     computes it, stored, and ``param = param*decay + neg_step*u`` (``decay = 1 -
     lr*weight_decay``, ``neg_step = -alpha/max(1, RMS(u)/d)``)."""
     g = grad_sign * grad
-    sq = g * g
-    diff = sq - variance
-    variance = variance + weight * diff if small > zero else sq + weight_minus_one * diff
-    u = one / sqrt(clamp_min(variance, eps1_sq)) * g
+    variance = adafactor_variance(variance, g * g, weight, weight_minus_one, small, zero)
+    u = adafactor_update(variance, g, eps1_sq, one)
     return param * decay + neg_step * u, variance
 
 
@@ -501,8 +516,7 @@ def adafactor_factored(grad, row_var, row_mean, col_var, /, grad_sign, eps1_sq, 
     rmean, min=eps1**2))*g`` with the row factor ``r``, the column factor ``c`` and the mean
     row factor of the matrix clamped to ``eps1`` (torch's ``(row_var @ col_var) /
     row_var.mean()``); nothing is written."""
-    g = grad_sign * grad
-    u = one / sqrt(clamp_min(row_var * col_var / row_mean, eps1_sq)) * g
+    u = adafactor_update(row_var * col_var / row_mean, grad_sign * grad, eps1_sq, one)
     return (u * u,)
 
 
@@ -511,8 +525,7 @@ def adafactor_factored_apply(param, grad, row_var, row_mean, col_var, /, grad_si
                              decay, neg_step):
     """Adafactor on a matrix, pass 3 of 3: ``param = param*decay + neg_step*u`` with ``u`` as
     in :func:`adafactor_factored`."""
-    g = grad_sign * grad
-    u = one / sqrt(clamp_min(row_var * col_var / row_mean, eps1_sq)) * g
+    u = adafactor_update(row_var * col_var / row_mean, grad_sign * grad, eps1_sq, one)
     return (param * decay + neg_step * u,)
 
 
