@@ -13,6 +13,13 @@ KERNEL_SOURCES := setup.py fastopt/kernels/rules.py fastopt/kernels/_codegen.py 
                   fastopt/kernels/_omp_shim.h
 # torch 2.13.0 is a local CPU build on our machines (other versions download GBs).
 TORCH_PIN ?= torch==2.13.0
+# Build only the Cython ISA variants this CPU runs (setup.py; `all` for every one the compiler
+# takes, as a wheel wants): each variant is minutes of gcc, and tests skip what the CPU can't run.
+ISA_BUILDS ?= host
+# The suite runs on every core (pytest-xdist): it is mostly Numba compiling its loops, one
+# compile per core; `make test PYTEST_JOBS=0` runs it in one process.
+PYTEST_JOBS ?= auto
+PYTEST := $(PY) -m pytest -q $(if $(filter 0,$(PYTEST_JOBS)),,-n $(PYTEST_JOBS) --dist worksteal)
 
 .PHONY: setup test test-gpu demo bench bench-extra info clean
 
@@ -22,14 +29,14 @@ $(STAMP): pyproject.toml $(KERNEL_SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip "setuptools>=77" wheel "Cython>=3.0" "numpy>=1.24"
 	$(PIP) install -q "$(TORCH_PIN)"
-	$(PIP) install -q --no-build-isolation -e ".[test,demo,torch,cuda]"
+	FASTOPT_ISA_BUILDS=$(ISA_BUILDS) $(PIP) install -q --no-build-isolation -e ".[test,demo,torch,cuda]"
 	touch $(STAMP)
 
 setup: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
-	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest -q tests/cuda -p no:cacheprovider
+	$(PYTEST) tests
+	NUMBA_ENABLE_CUDASIM=1 $(PYTEST) tests/cuda -p no:cacheprovider
 
 test-gpu: $(STAMP)
 	$(PY) -m pytest -q tests/cuda -m "gpu or not gpu"

@@ -21,7 +21,8 @@ isolated): the loop generator ``fastopt/kernels/_codegen.py`` is loaded by path.
   only when the running CPU has AVX2.  ``FASTOPT_NO_AVX2=1`` skips that variant.  Likewise
   ``fastopt.kernels._cython_avx512`` (AVX-512 F/DQ/BW/VL, 16-lane vectors; FMA is available
   there but ``-ffp-contract=off`` keeps a*b+c unfused, so the bits are the same), used where
-  the CPU has those; ``FASTOPT_NO_AVX512=1`` skips it.
+  the CPU has those; ``FASTOPT_NO_AVX512=1`` skips it.  ``FASTOPT_ISA_BUILDS=host`` (set by
+  ``make setup``) leaves out the variants the building machine's CPU cannot run.
 * The extension is optional: no Cython, a broken compiler (``CC=false``) or a failed compile
   prints a warning and the install goes on without it.
 """
@@ -135,8 +136,30 @@ def _write_if_changed(rel, text):
     return rel
 
 
+def _host_only():
+    """``FASTOPT_ISA_BUILDS=host`` (``make setup`` sets it): build only the ISA variants this
+    machine's CPU runs -- a build it cannot load is compile time for nothing (each variant is
+    minutes of gcc).  The default, ``all``, builds every variant the compiler takes (wheels)."""
+    return os.environ.get("FASTOPT_ISA_BUILDS", "all").strip().lower() == "host"
+
+
+def _cpu_runs(*features):
+    """Whether this CPU has ``features`` (NumPy's names, as ``fastopt.kernels.cython`` checks
+    them at import); True when NumPy is not importable here (then nothing is left out)."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__
+    except ImportError:
+        try:
+            from numpy.core._multiarray_umath import __cpu_features__
+        except ImportError:
+            return True
+    return all(__cpu_features__.get(f, False) for f in features)
+
+
 def _avx2_wanted():
     if _flag("FASTOPT_NO_AVX2") or platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    if _host_only() and not _cpu_runs("AVX2"):
         return False
     return _compiler_accepts(["-mavx2"])
 
@@ -147,6 +170,8 @@ AVX512_FLAGS = ["-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl",
 
 def _avx512_wanted():
     if _flag("FASTOPT_NO_AVX512") or platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    if _host_only() and not _cpu_runs("AVX2", "AVX512F", "AVX512DQ", "AVX512BW", "AVX512VL"):
         return False
     return _compiler_accepts(AVX512_FLAGS)
 
@@ -195,7 +220,9 @@ def _extensions():
                         _write_if_changed(os.path.join(GENERATED, "_cython_avx512.pyx"), pyx),
                         AVX512_FLAGS))
     try:
-        exts = cythonize(exts, compiler_directives={"language_level": "3"}, quiet=True)
+        # the variants' .pyx are cythonized in parallel too (about 30 s each)
+        exts = cythonize(exts, compiler_directives={"language_level": "3"}, quiet=True,
+                         nthreads=0 if msvc else min(len(exts), os.cpu_count() or 1))
     except Exception as exc:  # noqa: BLE001
         _warn(f"cythonize failed ({type(exc).__name__}: {exc}); skipping fastopt.kernels._cython")
         return []

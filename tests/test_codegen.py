@@ -199,3 +199,38 @@ def test_every_cython_avx2_loop_is_vectorized():
                 if not bodies or not any(re.search(packed, b) for b in bodies):
                     missing.append(f"{variant} ({kind})")
     assert not missing, f"loops without packed math: {missing}"
+
+
+def test_numba_binds_compile_only_the_loop_their_rows_use(monkeypatch):
+    """A bound Numba kernel compiles the threaded loop only for rows of PARALLEL_THRESHOLD
+    elements or more and the serial one only below (the threaded compile is 3-4x the serial
+    one: compiling both at bind made most of the test suite's time); the threshold is still
+    read at call time, and either loop gives the same bits.  A bfloat16 storage layout, so the
+    variant is generated for this test alone and nothing else has compiled it."""
+    import ml_dtypes
+    from fastopt.kernels import formats as F, get_backend
+    monkeypatch.setattr(config, "PARALLEL_THRESHOLD", 1 << 40)
+    be = get_backend("numba")
+    k = be.kernel("lion", np.float32, (True,),
+                  formats=(F.BF16, F.F32, F.BF16), rounding="stochastic")
+    par, ser = k.impl
+    n = 3000
+    rng = np.random.default_rng(3)
+
+    def arrays():
+        p = rng.standard_normal(n).astype(np.float32)
+        return [p.astype(ml_dtypes.bfloat16), p * np.float32(0.1),
+                (p * 0.5).astype(ml_dtypes.bfloat16)]
+
+    a = arrays()
+    b = [x.copy() for x in a]
+    scalars = [0.5] * len(k.sig.scalars)
+    call = be.bind(k, [a], bases=[7], seed=2)
+    assert (len(par.overloads), len(ser.overloads)) == (0, 1)
+    call(scalars, step=4)
+    assert len(par.overloads) == 0
+    monkeypatch.setattr(config, "PARALLEL_THRESHOLD", 1)          # read at call time
+    be.bind(k, [b], bases=[7], seed=2)(scalars, step=4)
+    assert len(par.overloads) == 1
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x.view(np.uint8), y.view(np.uint8))

@@ -87,6 +87,31 @@ def _entry(dispatcher, types):
     return dispatcher.overloads[types].entry_point
 
 
+class _Row:
+    """One bound row of a Numba kernel: its size, arguments, and the entry points of the
+    threaded (``par``) and serial (``ser``) loops, each compiled (or loaded from the cache) when
+    first needed: a row below ``PARALLEL_THRESHOLD`` never compiles the threaded loop and one
+    above it never the serial one (the threaded compile is the slow one: 3-4x the serial).
+    :meth:`NumbaBackend.bind` resolves the loop the current threshold picks, so a compile
+    error surfaces there, before any array is written."""
+
+    __slots__ = ("n", "args", "extra", "k", "par", "ser", "_d", "_types")
+
+    def __init__(self, n, par, ser, types, args, extra, k):
+        self.n, self.args, self.extra, self.k = n, args, extra, k
+        self._d, self._types = (par, ser), types
+        self.par = self.ser = None
+
+    def fn(self, threshold):
+        if self.n >= threshold:
+            if self.par is None:
+                self.par = _entry(self._d[0], self._types)
+            return self.par
+        if self.ser is None:
+            self.ser = _entry(self._d[1], self._types)
+        return self.ser
+
+
 def _view(a, fmt):
     """The array as the loops see it (16-bit floats as their uint16 bit patterns)."""
     return a if fmt in (None, F.F32, F.F64, F.Q8S, F.Q8U) else a.view(F.view_dtype(fmt))
@@ -125,7 +150,9 @@ class NumbaBackend(HostBackend):
             if not kernel.native:
                 types += (numba.int64,) * 3
                 extra = (int(base),)
-            calls.append((n, _entry(par, types), _entry(ser, types), args, extra, k))
+            row = _Row(n, par, ser, types, args, extra, k)
+            row.fn(config.PARALLEL_THRESHOLD)
+            calls.append(row)
         layout = not kernel.native
         seed = int(seed)
         if kernel.sig.sums:      # a reduction: the totals of every row
@@ -135,22 +162,23 @@ class NumbaBackend(HostBackend):
             def reduce(scalars, step=0):
                 threshold = config.PARALLEL_THRESHOLD
                 out = [zero] * nrows
-                for n, p, s, args, extra, k in calls:
-                    fn = p if n >= threshold else s
-                    out[k] = tuple(fn(*args, *scalars, *extra, int(step), seed) if layout
-                                   else fn(*args, *scalars))
+                for c in calls:
+                    fn = c.fn(threshold)
+                    out[c.k] = tuple(fn(*c.args, *scalars, *c.extra, int(step), seed) if layout
+                                     else fn(*c.args, *scalars))
                 return out
-            reduce.rows = [c[0] for c in calls]
+            reduce.rows = [c.n for c in calls]
             return reduce
 
         def call(scalars, step=0):
             threshold = config.PARALLEL_THRESHOLD
-            for n, p, s, args, extra, _ in calls:
+            for c in calls:
+                fn = (c.par if c.n >= threshold else c.ser) or c.fn(threshold)
                 if layout:
-                    (p if n >= threshold else s)(*args, *scalars, *extra, int(step), seed)
+                    fn(*c.args, *scalars, *c.extra, int(step), seed)
                 else:
-                    (p if n >= threshold else s)(*args, *scalars)
-        call.rows = [c[0] for c in calls]
+                    fn(*c.args, *scalars)
+        call.rows = [c.n for c in calls]
         return call
 
     def _grid_loop(self, kernel, arrays, n, m, R, scalars, o_rows, o_part, rnd):
