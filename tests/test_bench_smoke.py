@@ -375,3 +375,16 @@ def test_adafactor_passes_runs_tiny(capsys):
     out = B.main(["--rows", "64", "--cols", "96", "--rounds", "2", "--floor-n", "4096"])
     assert all(out[k] > 0 for k in ("triad_gbps", "dot_gbps", "sums", "u*u", "update"))
     assert out["step_ms"] > 0 and "of its floor" in capsys.readouterr().out
+
+
+def test_lamb_passes_runs_tiny(capsys):
+    """bench/lamb_passes.py on 8192 elements: both passes, both steps and the triad timed, and
+    each pass's in-cache cost per element."""
+    B = _load("fastopt_bench_lamb_passes", "lamb_passes.py")
+    out = B.main(["--n", "8192", "--rounds", "2", "--floor-n", "4096", "--cache-n", "4096",
+                  "--cache-work", "4096", "--backend", "numpy"])
+    assert out["triad_gbps"] > 0
+    for k in ("pass 1", "pass 2", "LAMB step", "Adam step"):
+        assert out[k]["ms"] > 0 and out[k]["gbps"] > 0
+    assert out["pass 1"]["cache_ns"] > 0 and out["pass 2"]["cache_ns"] > 0
+    assert "of the triad's" in capsys.readouterr().out
