@@ -12,8 +12,11 @@ the ``dot`` rate, the update's 12 at the triad's) and against the triad alone, a
 step spends beyond its passes.
 """
 import argparse
-import statistics
-import time
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from _bench_import import sibling  # noqa: E402
 
 
 def main(argv=None):
@@ -41,13 +44,7 @@ def main(argv=None):
           "u*u": lambda: k_su((g, st._scale, st._cols), ()),
           "update": lambda: k_sapply((st.param, g, st._scale, st._cols), (1.0,)),
           "step": opt.step}
-    times = {k: [] for k in fs}
-    for _ in range(args.rounds):
-        for k, f in fs.items():
-            t0 = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t0)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = sibling("conftest.py", "fastopt_bench_conftest").interleaved_medians(fs, args.rounds)
     n = args.rows * args.cols
     triad = 12 * args.floor_n / med["triad"] / 1e9
     dot = 8 * args.floor_n / med["dot"] / 1e9

@@ -150,6 +150,18 @@ def _median_time(fn, repeats, inner=1):
     return float(np.median(ts))
 
 
+def interleaved_medians(fns, rounds):
+    """``{name: median seconds}`` of the callables ``fns`` (a dict), timed one call each per
+    round, in turn, for ``rounds`` rounds (so a drift of the machine hits every one alike)."""
+    times = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
 class Floor:
     """The bandwidth floor measured in this run (GB/s = 1e9 bytes/s)."""
 

@@ -12,24 +12,12 @@ which says whether a pass is bound by memory or by its arithmetic.
 """
 import argparse
 import pathlib
-import statistics
 import sys
-import time
 
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from _bench_import import sibling  # noqa: E402
-
-
-def _median(fn, rounds, inner=1):
-    ts = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        ts.append((time.perf_counter() - t0) / inner)
-    return statistics.median(ts)
 
 
 def _passes(backend, n, rng):
@@ -57,25 +45,19 @@ def main(argv=None):
     args = ap.parse_args(argv)
     import fastopt
     from fastopt import config
-    _triad_kernels = sibling("conftest.py", "fastopt_bench_conftest")._triad_kernels
+    H = sibling("conftest.py", "fastopt_bench_conftest")       # the suite's triad and timers
     rng = np.random.default_rng(0)
     pass1, pass2, (p, g) = _passes(args.backend, args.n, rng)
     lamb = fastopt.LAMB([p.copy()], lr=1e-3, backend=args.backend)
     adam = fastopt.Adam([p.copy()], lr=1e-3, backend=args.backend)
-    par, _, _ = _triad_kernels()
+    par, _, _ = H._triad_kernels()
     x, y = np.ones(args.floor_n, np.float32), np.ones(args.floor_n, np.float32)
     s = np.float32(1e-9)
     fs = {"triad": lambda: par(x, y, s), "pass 1": pass1, "pass 2": pass2,
           "LAMB step": lambda: lamb.step([g]), "Adam step": lambda: adam.step([g])}
     for f in fs.values():
         f()
-    times = {k: [] for k in fs}
-    for _ in range(args.rounds):
-        for k, f in fs.items():
-            t0 = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t0)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = H.interleaved_medians(fs, args.rounds)
     triad = 12 * args.floor_n / med["triad"] / 1e9
     out = {"triad_gbps": triad}
     print(f"LAMB on {args.n} float32 ({args.backend}), {args.rounds} interleaved rounds, medians; "
@@ -93,7 +75,7 @@ def main(argv=None):
         print(f"  one thread, {args.cache_n} elements in cache, ns per element:", end="")
         for k, f in (("pass 1", c1), ("pass 2", c2)):
             f()
-            ns = min(_median(f, 3, inner) for _ in range(3)) / args.cache_n * 1e9
+            ns = min(H._median_time(f, 3, inner) for _ in range(3)) / args.cache_n * 1e9
             out[k]["cache_ns"] = ns
             print(f"  {k} {ns:.3f}", end="")
         print()

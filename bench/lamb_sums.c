@@ -15,15 +15,19 @@
 #define N 16384
 static float P[N], G[N], M[N], V[N]; float U[N];
 static double now(){struct timespec t; clock_gettime(CLOCK_MONOTONIC,&t); return t.tv_sec+1e-9*t.tv_nsec;}
+/* the rule: the moments updated in place, LAMB's direction u returned (no weight decay) */
+static inline float rule(int i, float b1, float ob1, float b2, float ob2, float ibc1, float ibc2, float eps){
+  float g=G[i], m=b1*M[i]+ob1*g, v=b2*V[i]+ob2*g*g;
+  M[i]=m; V[i]=v;
+  return (m*ibc1)/(sqrtf(v)*ibc2+eps);
+}
 __attribute__((noinline)) void stage(int lo, int hi, double* part, float b1, float ob1, float b2, float ob2, float ibc1, float ibc2, float eps){
   float t0[64], t1[64]; double l0[64], l1[64]; double a0=0,a1=0;
   for(int l=0;l<64;l++){l0[l]=0;l1[l]=0;}
   for(int c=lo;c<hi;c+=64){
     for(int i=c;i<c+64;i++){
-      float p=P[i], g=G[i], m=M[i], v=V[i];
-      m=b1*m+ob1*g; v=b2*v+ob2*g*g;
-      float u=(m*ibc1)/(sqrtf(v)*ibc2+eps);
-      M[i]=m; V[i]=v; t0[i-c]=p*p; t1[i-c]=u*u;}
+      float p=P[i], u=rule(i,b1,ob1,b2,ob2,ibc1,ibc2,eps);
+      t0[i-c]=p*p; t1[i-c]=u*u;}
     for(int l=0;l<64;l++) l0[l]+=(double)t0[l];
     for(int l=0;l<64;l++) l1[l]+=(double)t1[l];
   }
@@ -35,20 +39,16 @@ __attribute__((noinline)) void direct(int lo, int hi, double* part, float b1, fl
   for(int l=0;l<64;l++){l0[l]=0;l1[l]=0;}
   for(int c=lo;c<hi;c+=64){
     for(int i=c;i<c+64;i++){
-      float p=P[i], g=G[i], m=M[i], v=V[i];
-      m=b1*m+ob1*g; v=b2*v+ob2*g*g;
-      float u=(m*ibc1)/(sqrtf(v)*ibc2+eps);
-      M[i]=m; V[i]=v; l0[i-c]+=(double)(p*p); l1[i-c]+=(double)(u*u);}
+      float p=P[i], u=rule(i,b1,ob1,b2,ob2,ibc1,ibc2,eps);
+      l0[i-c]+=(double)(p*p); l1[i-c]+=(double)(u*u);}
   }
   for(int l=0;l<64;l++){a0+=l0[l];a1+=l1[l];}
   part[0]=a0; part[1]=a1;
 }
 __attribute__((noinline)) void nosum(int lo, int hi, double* part, float b1, float ob1, float b2, float ob2, float ibc1, float ibc2, float eps){
   for(int i=lo;i<hi;i++){
-      float p=P[i], g=G[i], m=M[i], v=V[i];
-      m=b1*m+ob1*g; v=b2*v+ob2*g*g;
-      float u=(m*ibc1)/(sqrtf(v)*ibc2+eps);
-      M[i]=m; V[i]=v; U[i]=u;}
+      float u=rule(i,b1,ob1,b2,ob2,ibc1,ibc2,eps);
+      U[i]=u;}
   part[0]=0;
 }
 
@@ -57,10 +57,8 @@ __attribute__((noinline)) void f32lane(int lo, int hi, double* part, float b1, f
   for(int l=0;l<64;l++){l0[l]=0;l1[l]=0;}
   for(int c=lo;c<hi;c+=64){
     for(int i=c;i<c+64;i++){
-      float p=P[i], g=G[i], m=M[i], v=V[i];
-      m=b1*m+ob1*g; v=b2*v+ob2*g*g;
-      float u=(m*ibc1)/(sqrtf(v)*ibc2+eps);
-      M[i]=m; V[i]=v; l0[i-c]+=p*p; l1[i-c]+=u*u;}
+      float p=P[i], u=rule(i,b1,ob1,b2,ob2,ibc1,ibc2,eps);
+      l0[i-c]+=p*p; l1[i-c]+=u*u;}
   }
   for(int l=0;l<64;l++){a0+=l0[l];a1+=l1[l];}
   part[0]=a0; part[1]=a1;
