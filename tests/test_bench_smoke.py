@@ -388,3 +388,22 @@ def test_lamb_passes_runs_tiny(capsys):
         assert out[k]["ms"] > 0 and out[k]["gbps"] > 0
     assert out["pass 1"]["cache_ns"] > 0 and out["pass 2"]["cache_ns"] > 0
     assert "of the triad's" in capsys.readouterr().out
+
+
+def test_q8_blocks_c_builds_and_runs(tmp_path):
+    """bench/q8_blocks.c, compiled as its header says against ``c_tables()`` (the extension's
+    8-bit tables), runs on 4096 elements and prints its three rows."""
+    import shutil
+    import subprocess
+    from fastopt.kernels import _codegen
+    from fastopt.kernels import cython as cy
+    if shutil.which("gcc") is None or not cy._cpu_has("AVX2"):
+        pytest.skip("needs gcc and an AVX2 CPU")
+    (tmp_path / "q8_tables.h").write_text(_codegen.c_tables())
+    exe = tmp_path / "q8_blocks"
+    subprocess.run(["gcc", "-O2", "-mavx2", "-mfma", "-fno-math-errno", f"-I{tmp_path}",
+                    str(BENCH / "q8_blocks.c"), "-o", str(exe), "-lm"], check=True)
+    out = subprocess.run([str(exe), "4096"], check=True, capture_output=True, text=True).stdout
+    rows = [line.split() for line in out.splitlines()[1:]]
+    assert [" ".join(r[:-2]) for r in rows] == ["whole step", "decode + rule", "rule alone"]
+    assert all(float(x) > 0 for r in rows for x in r[-2:])
