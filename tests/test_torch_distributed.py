@@ -6,7 +6,8 @@ DTensor parameters, one with an empty local shard; DCP save -> fresh model -> lo
 continue; full state dicts), ``_apply_optimizer_in_backward``, LAMB under DDP and FSDP2
 (against one process on the mean gradient: its trust ratios from the whole tensors' norms),
 Adafactor under DDP, FSDP2 (DCP and full state dicts) and other placements (its row and
-column sums over the shards), and LAMB and Adafactor as ZeRO's local optimizer.
+column sums over the shards), LAMB and Adafactor as ZeRO's local optimizer, and FSDP1
+(``FullyShardedDataParallel``, flat and original parameters, its full optimizer state dict).
 
 The multi-process scenarios run in one pair of gloo processes on localhost
 (``torch.multiprocessing`` spawn, ``file://`` rendezvous in a temporary directory), started
@@ -550,6 +551,63 @@ def scenario_lamb_fsdp2(rank, tmp):
     else:
         raise AssertionError("fastopt.torch.LAMB accepted a Partial DTensor")
 
+
+
+def _fsdp1(use_orig_params, seed=0):
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    return FSDP(_model(seed), device_id=torch.device("cpu"), use_orig_params=use_orig_params)
+
+
+def _fsdp1_full(model):
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    with FSDP.summon_full_params(model):
+        return [p.detach().clone() for p in model.parameters()]
+
+
+def _fsdp1_run(rank, cls, use_orig_params):
+    """Four steps under FSDP1, its full optimizer state dict (``FSDP.optim_state_dict``) into
+    a fresh model's optimizer (``optim_state_dict_to_load``), three more steps there: the
+    parameters after each part, the loaded state and the uninterrupted run's parameters."""
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    model = _fsdp1(use_orig_params)
+    opt = cls(model.parameters(), lr=LR, weight_decay=WD)
+    _train(model, opt, rank, 4, set_to_none=False)
+    first = _fsdp1_full(model)
+    osd = FSDP.optim_state_dict(model, opt)
+    fresh = _fsdp1(use_orig_params, seed=1)
+    fresh.load_state_dict(model.state_dict())
+    opt2 = cls(fresh.parameters(), lr=LR, weight_decay=WD)
+    opt2.load_state_dict(FSDP.optim_state_dict_to_load(fresh, opt2, osd))
+    loaded = [{k: v.clone() for k, v in opt2.state[p].items()} for p in fresh.parameters()
+              if p in opt2.state]
+    _train(fresh, opt2, rank, 3, start=4, set_to_none=False)
+    _train(model, opt, rank, 3, start=4, set_to_none=False)
+    return first, loaded, _fsdp1_full(fresh), _fsdp1_full(model)
+
+
+def scenario_fsdp1(rank, tmp):
+    """FSDP1 (``FullyShardedDataParallel`` on CPU): flat parameters (``use_orig_params=False``)
+    and the original parameters as views of the local shard, some empty
+    (``use_orig_params=True``): the trajectory, the state loaded from FSDP1's full optimizer
+    state dict and the run resumed from it are torch.optim.AdamW's.  (With
+    ``use_orig_params=True`` that round trip does not give back torch's own ``exp_avg`` on
+    torch 2.13, so neither resumes the uninterrupted run exactly there; fastopt does what torch
+    does.)"""
+    for orig in (False, True):
+        ref = _fsdp1_run(rank, torch.optim.AdamW, orig)
+        got = _fsdp1_run(rank, ft.AdamW, orig)
+        what = f"FSDP1 use_orig_params={orig}"
+        for part, name in ((0, "trained"), (2, "resumed"), (3, "uninterrupted")):
+            for k, (a, b) in enumerate(zip(ref[part], got[part])):
+                _close(a, b, f"{what}, {name}: parameter {k}")
+        assert len(got[1]) == len(ref[1]) and len(got[1]) > 0, what
+        for a, b in zip(ref[1], got[1]):
+            assert set(a) == set(b), what
+            for key in a:
+                _close(a[key], b[key], f"{what}, loaded {key}")
+        if not orig:    # the flat parameters' round trip is exact: the resumed run is the
+            for k, (a, b) in enumerate(zip(got[3], got[2])):    # uninterrupted one
+                _close(a, b, f"{what}: resumed against uninterrupted, parameter {k}")
 
 SCENARIOS = {name[len("scenario_"):]: fn for name, fn in dict(globals()).items()
              if name.startswith("scenario_")}
