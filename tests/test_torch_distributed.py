@@ -590,9 +590,9 @@ def scenario_fsdp1(rank, tmp):
     and the original parameters as views of the local shard, some empty
     (``use_orig_params=True``): the trajectory, the state loaded from FSDP1's full optimizer
     state dict and the run resumed from it are torch.optim.AdamW's.  (With
-    ``use_orig_params=True`` that round trip does not give back torch's own ``exp_avg`` on
-    torch 2.13, so neither resumes the uninterrupted run exactly there; fastopt does what torch
-    does.)"""
+    ``use_orig_params=True`` torch's own ``exp_avg`` comes back from that round trip holding
+    ``exp_avg_sq``'s values on torch 2.13 with gloo, so neither resumes the uninterrupted run
+    exactly there; fastopt does what torch does.)"""
     for orig in (False, True):
         ref = _fsdp1_run(rank, torch.optim.AdamW, orig)
         got = _fsdp1_run(rank, ft.AdamW, orig)
