@@ -407,3 +407,14 @@ def test_q8_blocks_c_builds_and_runs(tmp_path):
     rows = [line.split() for line in out.splitlines()[1:]]
     assert [" ".join(r[:-2]) for r in rows] == ["whole step", "decode + rule", "rule alone"]
     assert all(float(x) > 0 for r in rows for x in r[-2:])
+
+
+def test_layout_backends_runs_tiny(capsys):
+    """bench/layout_backends.py on 4096 elements: both torch steps and every case on both host
+    backends timed."""
+    pytest.importorskip("torch")
+    B = _load("fastopt_bench_layout_backends", "layout_backends.py")
+    out = B.main(["--n", "4096", "--rounds", "2"])
+    assert set(out) == {"torch fused float32", "torch fused bfloat16"} | {
+        f"{b}: {c}" for b in ("cython", "numba") for c in B.CASES}
+    assert all(v > 0 for v in out.values()) and "x torch bf16" in capsys.readouterr().out
